@@ -1,0 +1,294 @@
+//! [`CodeBlock`]: an owned allocation of code memory, and [`WriteScope`]: the right to write it.
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut, Range};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::config::Strategy;
+use crate::error::{Error, Result};
+use crate::icache;
+use crate::isa;
+use crate::memory::Shared;
+use crate::range_heap::RangeId;
+use crate::region::Region;
+
+/// Where a block's memory came from.
+pub(crate) enum Owner {
+    /// A range of a pooled chunk or of the arena.
+    Range(RangeId),
+    /// Its own mapping (PerAllocation); dropping it unmaps the block.
+    Region(Region),
+}
+
+/// An owned block of code memory. Freed when dropped: its bytes are filled with trap
+/// instructions (`int3`, `brk #0`) so that a stale call traps, and its range goes back to the
+/// heap (PerAllocation: the mapping is unmapped).
+///
+/// Written through a [`WriteScope`] ([`write`](Self::write), [`write_range`](Self::write_range)),
+/// run through its executable address ([`as_ptr`](Self::as_ptr), [`entry`](Self::entry)).
+pub struct CodeBlock {
+    shared: Arc<Shared>,
+    rx: NonNull<u8>,
+    len: usize,
+    /// `rw - rx`.
+    diff: isize,
+    owner: Owner,
+}
+
+// SAFETY: a CodeBlock owns its range; the shared heap is Sync. Moving it moves ownership.
+unsafe impl Send for CodeBlock {}
+// SAFETY: &CodeBlock gives only its address and length; writing needs &mut.
+unsafe impl Sync for CodeBlock {}
+
+impl CodeBlock {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: NonNull<u8>,
+        len: usize,
+        diff: isize,
+        owner: Owner,
+    ) -> Self {
+        CodeBlock {
+            shared,
+            rx,
+            len,
+            diff,
+            owner,
+        }
+    }
+
+    /// The executable address of the block's first byte.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.rx.as_ptr()
+    }
+
+    /// The block's length in bytes (the request rounded up to 16 bytes, or to pages in the
+    /// PerAllocation layout).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: blocks are never empty. Present for the `len`/`is_empty` convention.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The executable address range.
+    pub fn addr_range(&self) -> Range<usize> {
+        let start = self.rx.as_ptr() as usize;
+        start..start + self.len
+    }
+
+    /// The strategy of the memory this block came from.
+    pub fn strategy(&self) -> Strategy {
+        self.shared.strategy
+    }
+
+    /// Opens a write scope over the whole block. See [`write_range`](Self::write_range).
+    pub fn write(&mut self) -> Result<WriteScope<'_>> {
+        self.write_range(0..self.len)
+    }
+
+    /// Opens a write scope over `range` (offsets in the block), for writing new code or patching
+    /// live code. Cost: Toggle, an `mprotect` per run of pages not already open (and code on
+    /// those pages cannot run until the scope ends); PerThread, one `WRPKRU` for the outermost
+    /// scope of the thread; Mirror and Rwx, nothing.
+    pub fn write_range(&mut self, range: Range<usize>) -> Result<WriteScope<'_>> {
+        if range.start >= range.end || range.end > self.len {
+            return Err(Error::OutOfRange {
+                start: range.start,
+                end: range.end,
+                len: self.len,
+            });
+        }
+        self.shared.check_usable()?;
+        let start = self.rx.as_ptr() as usize + range.start;
+        let end = start + (range.end - range.start);
+        self.shared.rights.acquire(start, end)?;
+        Ok(WriteScope {
+            block: self,
+            range,
+            finished: false,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Turns the code at `offset` into a function pointer of type `F`.
+    ///
+    /// # Safety
+    /// `F` is a function pointer type (e.g. `extern "C" fn(i64) -> i64`) and the bytes at
+    /// `offset` are a complete, published function with that signature and ABI. The block must
+    /// outlive every call through the pointer.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`] when `offset` is not inside the block, [`Error::Internal`] when `F`
+    /// is not pointer-sized.
+    pub unsafe fn entry<F: Copy>(&self, offset: usize) -> Result<F> {
+        if offset >= self.len {
+            return Err(Error::OutOfRange {
+                start: offset,
+                end: offset + 1,
+                len: self.len,
+            });
+        }
+        if size_of::<F>() != size_of::<*const u8>() {
+            return Err(Error::Internal("entry::<F> needs a function pointer type"));
+        }
+        let address = self.rx.as_ptr().wrapping_add(offset).cast_const();
+        // SAFETY: F is pointer-sized (checked) and, per the caller, a function pointer type.
+        Ok(unsafe { std::mem::transmute_copy::<*const u8, F>(&address) })
+    }
+
+    /// Shrinks the block to `new_len` bytes (rounded up to 16): JITs over-allocate, then know
+    /// the final size. The tail is filled with traps and returned to the heap. In the
+    /// PerAllocation layout the tail stays mapped (the mapping is page-granular) but is trapped.
+    pub fn shrink(&mut self, new_len: usize) -> Result<()> {
+        let rounded = crate::memory::round_up(new_len, crate::memory::GRANULE);
+        let rounded = match rounded {
+            Some(r) if new_len > 0 && r <= self.len => r,
+            _ => {
+                return Err(Error::BadShrink {
+                    len: self.len,
+                    new_len,
+                });
+            }
+        };
+        if rounded == self.len {
+            return Ok(());
+        }
+        self.shared.check_usable()?;
+        self.fill_traps(rounded..self.len)?;
+        match &self.owner {
+            Owner::Range(id) => {
+                self.len = self.shared.shrink_range(*id, rounded)?;
+            }
+            Owner::Region(_) => self.len = rounded,
+        }
+        Ok(())
+    }
+
+    /// Fills `range` with trap instructions, with write rights for the duration.
+    fn fill_traps(&mut self, range: Range<usize>) -> Result<()> {
+        let mut scope = self.write_range(range)?;
+        isa::fill_traps(&mut scope);
+        scope.publish()
+    }
+
+    fn rw_ptr(&self, offset: usize) -> *mut u8 {
+        self.rx
+            .as_ptr()
+            .wrapping_offset(self.diff)
+            .wrapping_add(offset)
+    }
+}
+
+impl std::fmt::Debug for CodeBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeBlock")
+            .field("rx", &self.rx)
+            .field("len", &self.len)
+            .field("strategy", &self.shared.strategy)
+            .finish()
+    }
+}
+
+impl Drop for CodeBlock {
+    fn drop(&mut self) {
+        match &self.owner {
+            Owner::Range(id) => {
+                let id = *id;
+                // A fork child of a Mirror has no writable view: it only does the bookkeeping.
+                if self.shared.writable_views_present() && self.fill_traps(0..self.len).is_err() {
+                    // Could not trap the range (rights could not be acquired): leak it rather
+                    // than hand out memory whose state we do not know.
+                    return;
+                }
+                let _ = self.shared.free_range(id);
+            }
+            Owner::Region(region) => {
+                // The mapping goes away with the Owner; stale calls fault on unmapped memory.
+                self.shared.per_allocation_freed(region.len());
+            }
+        }
+    }
+}
+
+/// The right to write a range of a [`CodeBlock`]: dereferences to `&mut [u8]` over the writable
+/// view. Scopes nest (Toggle counts open scopes per page, PerThread per thread).
+///
+/// End it with [`publish`](Self::publish) (or [`publish_live`](Self::publish_live) when other
+/// threads may be running this code). Dropping it without publishing — on an early error return
+/// or a panic — also withdraws the write rights and makes the range coherent; only the error of
+/// that last step is lost, and it poisons the memory instead.
+///
+/// `!Send`: with PerThread the rights belong to the thread that opened the scope.
+pub struct WriteScope<'a> {
+    block: &'a mut CodeBlock,
+    range: Range<usize>,
+    finished: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl WriteScope<'_> {
+    /// The block offset at which this scope's bytes start.
+    pub fn offset(&self) -> usize {
+        self.range.start
+    }
+
+    /// Withdraws the write rights and makes the written bytes visible to instruction fetch on
+    /// this thread (and, on AArch64, to every core's instruction cache). Toggle: an `mprotect`
+    /// per run of pages no other scope holds; otherwise no system call.
+    pub fn publish(mut self) -> Result<()> {
+        self.finish()
+    }
+
+    /// As [`publish`](Self::publish), then makes every thread of the process discard stale
+    /// prefetched instructions (`membarrier` sync-core): use it when patching code that other
+    /// threads may be running.
+    pub fn publish_live(mut self) -> Result<()> {
+        self.finish()?;
+        icache::pipeline_flush_mt()
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
+        let start = self.block.rx.as_ptr() as usize + self.range.start;
+        let len = self.range.end - self.range.start;
+        let released = self.block.shared.rights.release(start, start + len);
+        // SAFETY: the range lies inside the block, which is mapped and readable.
+        unsafe { icache::clear_cache(start as *const u8, len) };
+        released
+    }
+}
+
+impl Deref for WriteScope<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        let len = self.range.end - self.range.start;
+        // SAFETY: the writable view of [range] is mapped, readable, and ours for the scope's
+        // life (the block is mutably borrowed).
+        unsafe { std::slice::from_raw_parts(self.block.rw_ptr(self.range.start), len) }
+    }
+}
+
+impl DerefMut for WriteScope<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let len = self.range.end - self.range.start;
+        // SAFETY: as in deref; write rights were acquired when the scope opened and are held
+        // until it finishes, and the &mut borrow of the block makes this the only slice.
+        unsafe { std::slice::from_raw_parts_mut(self.block.rw_ptr(self.range.start), len) }
+    }
+}
+
+impl Drop for WriteScope<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            self.block.shared.poison(crate::sys::error_chain(&e));
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! What a [`JitMemory`](crate::JitMemory) is asked to be: a W^X [`Strategy`] and a [`Layout`].
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// How W^X (write xor execute) is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Let the [probe](crate::probe) choose the fastest safe strategy this process allows; the
+    /// environment variable `JITMEM_STRATEGY` (`toggle`, `mirror`, `perthread`) forces one.
+    Auto,
+    /// Pages flip between read-write and read-execute (`mprotect`). A nesting counter per page
+    /// makes nested write scopes flip once. Costs two system calls per write scope, and code on
+    /// a page being written cannot run meanwhile (other threads calling it fault), so it cannot
+    /// patch code that other threads run.
+    Toggle,
+    /// Two views of the same physical pages: one read-write, one read-execute. Permissions never
+    /// change after set-up; a write scope costs nothing.
+    Mirror,
+    /// Pages are read-write-execute in the page tables, but each thread holds write rights only
+    /// inside its write scope: Linux memory protection keys on x86-64 (`pkey_mprotect` +
+    /// `WRPKRU`), `MAP_JIT` + `pthread_jit_write_protect_np` on Apple Silicon.
+    PerThread,
+    /// Read-write-execute with no protection at all. Only with the unsafe opt-in
+    /// [`Config::allow_rwx_without_wx`]; never chosen by `Auto`.
+    Rwx,
+}
+
+impl Strategy {
+    /// Every concrete strategy, in the order `Auto` prefers them (`Rwx`, never preferred, last).
+    pub const CONCRETE: [Strategy; 4] = [
+        Strategy::Mirror,
+        Strategy::PerThread,
+        Strategy::Toggle,
+        Strategy::Rwx,
+    ];
+
+    /// The lower-case name used by `JITMEM_STRATEGY` and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Auto => "auto",
+            Strategy::Toggle => "toggle",
+            Strategy::Mirror => "mirror",
+            Strategy::PerThread => "perthread",
+            Strategy::Rwx => "rwx",
+        }
+    }
+
+    /// Parses a name as written by [`Strategy::name`].
+    pub fn from_name(name: &str) -> Option<Strategy> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(Strategy::Auto),
+            "toggle" => Some(Strategy::Toggle),
+            "mirror" => Some(Strategy::Mirror),
+            "perthread" | "per-thread" | "per_thread" => Some(Strategy::PerThread),
+            "rwx" => Some(Strategy::Rwx),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where memory comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// Each allocation is its own mapping (with its own mirror): page-granular, one or two
+    /// mappings per function (Linux caps a process near 65,530 mappings).
+    PerAllocation,
+    /// Chunks reserved on demand (256 KiB, doubling up to 16 MiB) and sub-allocated; small
+    /// functions share pages. An empty chunk is returned to the OS unless it is the only empty
+    /// one (one is kept to avoid map/unmap churn).
+    Pooled,
+    /// One reservation of `size` bytes up front, sub-allocated; physical pages are used only
+    /// when touched. All code lies in one range, so x86-64 rel32 calls (+-2 GiB) between any two
+    /// functions reach when `size` <= 2 GiB, and AArch64 BL (+-128 MiB) when `size` <= 128 MiB.
+    Arena {
+        /// Bytes to reserve, rounded up to the page size.
+        size: usize,
+    },
+}
+
+impl Layout {
+    /// The default arena size, as in the seed's LuckTXM mode: 512 MiB.
+    pub const DEFAULT_ARENA_SIZE: usize = 512 << 20;
+
+    /// The lower-case name used by `JITMEM_LAYOUT` and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::PerAllocation => "per-allocation",
+            Layout::Pooled => "pooled",
+            Layout::Arena { .. } => "arena",
+        }
+    }
+
+    /// Parses `per-allocation`, `pooled`, `arena` (512 MiB) or `arena:SIZE` (bytes, or with a
+    /// `k`, `m` or `g` suffix).
+    pub fn from_name(name: &str) -> Option<Layout> {
+        let name = name.trim().to_ascii_lowercase();
+        match name.as_str() {
+            "per-allocation" | "perallocation" | "per_allocation" => Some(Layout::PerAllocation),
+            "pooled" => Some(Layout::Pooled),
+            "arena" => Some(Layout::Arena {
+                size: Layout::DEFAULT_ARENA_SIZE,
+            }),
+            _ => {
+                let size = name.strip_prefix("arena:")?;
+                let (digits, shift) = match size.as_bytes().last()? {
+                    b'k' => (&size[..size.len() - 1], 10),
+                    b'm' => (&size[..size.len() - 1], 20),
+                    b'g' => (&size[..size.len() - 1], 30),
+                    _ => (size, 0),
+                };
+                let n: usize = digits.parse().ok()?;
+                let size = n.checked_mul(1usize.checked_shl(shift)?)?;
+                Some(Layout::Arena { size })
+            }
+        }
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Layout::Arena { size } => write!(f, "arena({} MiB)", size >> 20),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// The configuration of a [`JitMemory`](crate::JitMemory). Build it with the methods below.
+///
+/// ```
+/// use jitmem::{Config, Layout, Strategy};
+/// let config = Config::new()
+///     .strategy(Strategy::Mirror)
+///     .layout(Layout::Arena { size: 64 << 20 })
+///     .default_align(64);
+/// assert_eq!(config.requested_strategy(), Strategy::Mirror);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub(crate) strategy: Strategy,
+    pub(crate) layout: Option<Layout>,
+    pub(crate) default_align: usize,
+    pub(crate) rwx_opt_in: bool,
+    pub(crate) use_environment: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::new()
+    }
+}
+
+/// The environment variable that forces the strategy when the configuration says `Auto`.
+pub const STRATEGY_ENV: &str = "JITMEM_STRATEGY";
+/// The environment variable that forces the layout when the configuration leaves it unset.
+pub const LAYOUT_ENV: &str = "JITMEM_LAYOUT";
+
+impl Config {
+    /// `Auto` strategy, the layout `Auto` picks (Pooled), 16-byte default alignment, environment
+    /// variables honoured.
+    pub fn new() -> Self {
+        Config {
+            strategy: Strategy::Auto,
+            layout: None,
+            default_align: 16,
+            rwx_opt_in: false,
+            use_environment: true,
+        }
+    }
+
+    /// Sets the strategy. [`Strategy::Rwx`] also needs [`Config::allow_rwx_without_wx`].
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Sets the layout (default: chosen by `Auto`, which picks [`Layout::Pooled`]).
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = Some(layout);
+        self
+    }
+
+    /// Sets the alignment of [`JitMemory::allocate`](crate::JitMemory::allocate) (default 16
+    /// bytes, a good function entry alignment). Checked when the memory is created.
+    pub fn default_align(mut self, align: usize) -> Self {
+        self.default_align = align;
+        self
+    }
+
+    /// Ignore `JITMEM_STRATEGY` and `JITMEM_LAYOUT` (for tests and tools that must get exactly
+    /// what they ask for).
+    pub fn ignore_environment(mut self) -> Self {
+        self.use_environment = false;
+        self
+    }
+
+    /// Allows [`Strategy::Rwx`]: pages readable, writable and executable at once, for every
+    /// thread, with no protection.
+    ///
+    /// # Safety
+    /// This gives up W^X: any memory-safety bug that writes through a stray pointer into code
+    /// pages becomes arbitrary code execution. Use it only where no other strategy works and
+    /// the code's inputs are trusted.
+    pub unsafe fn allow_rwx_without_wx(mut self) -> Self {
+        self.rwx_opt_in = true;
+        self
+    }
+
+    /// The strategy asked for (before `Auto` and the environment are resolved).
+    pub fn requested_strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// Resolves the environment: `JITMEM_STRATEGY` when the strategy is `Auto`,
+    /// `JITMEM_LAYOUT` when no layout was set.
+    pub(crate) fn with_environment(&self) -> Result<Config> {
+        let mut config = self.clone();
+        if !self.use_environment {
+            return Ok(config);
+        }
+        if config.strategy == Strategy::Auto {
+            if let Ok(value) = std::env::var(STRATEGY_ENV) {
+                let parsed = Strategy::from_name(&value).filter(|s| *s != Strategy::Rwx);
+                config.strategy = parsed.ok_or(Error::BadEnvironment {
+                    var: STRATEGY_ENV,
+                    value,
+                    reason: "expected auto, toggle, mirror or perthread (rwx can only be enabled in code)",
+                })?;
+            }
+        }
+        if config.layout.is_none() {
+            if let Ok(value) = std::env::var(LAYOUT_ENV) {
+                config.layout = Some(Layout::from_name(&value).ok_or(Error::BadEnvironment {
+                    var: LAYOUT_ENV,
+                    value,
+                    reason: "expected per-allocation, pooled, arena or arena:SIZE (e.g. arena:64m)",
+                })?);
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in Strategy::CONCRETE.into_iter().chain([Strategy::Auto]) {
+            assert_eq!(Strategy::from_name(s.name()), Some(s));
+        }
+        assert_eq!(Strategy::from_name("nope"), None);
+        assert_eq!(Layout::from_name("pooled"), Some(Layout::Pooled));
+        assert_eq!(
+            Layout::from_name("arena:64m"),
+            Some(Layout::Arena { size: 64 << 20 })
+        );
+        assert_eq!(
+            Layout::from_name("arena:4096"),
+            Some(Layout::Arena { size: 4096 })
+        );
+        assert_eq!(Layout::from_name("arena:99999999999999999999g"), None);
+        assert_eq!(Layout::from_name("arena:"), None);
+    }
+}

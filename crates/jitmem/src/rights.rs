@@ -1,0 +1,204 @@
+//! Write rights: what a write scope acquires and gives back, per strategy.
+
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+
+use crate::config::Strategy;
+use crate::error::{Error, Result};
+use crate::sys::{self, Prot};
+
+/// How a strategy grants and withdraws write access.
+pub(crate) enum Rights {
+    /// Toggle: the pages flip RW while at least one scope covers them. The map holds the open
+    /// scope count of each writable page (page address -> count): O(log n) in the pages open.
+    Toggle {
+        open_pages: Mutex<BTreeMap<usize, u32>>,
+        page: usize,
+    },
+    /// PerThread (protection keys): the calling thread's PKRU grants write access to `key`.
+    ProtectionKey { key: u32 },
+    /// Mirror and Rwx: the writable address is always writable.
+    Always,
+}
+
+impl Rights {
+    pub(crate) fn for_strategy(strategy: Strategy) -> Result<Rights> {
+        Ok(match strategy {
+            Strategy::Toggle => Rights::Toggle {
+                open_pages: Mutex::new(BTreeMap::new()),
+                page: sys::page_size(),
+            },
+            Strategy::PerThread => Rights::ProtectionKey {
+                key: sys::code_pkey().map_err(|reason| Error::Unsupported { strategy, reason })?,
+            },
+            Strategy::Mirror | Strategy::Rwx => Rights::Always,
+            Strategy::Auto => return Err(Error::Internal("rights for Auto")),
+        })
+    }
+
+    /// Grants write access to the executable range `[start, end)` (`start < end`). Toggle: a
+    /// lock and an `mprotect` per run of pages not already open; PerThread: one `WRPKRU` for the
+    /// outermost scope of this thread; otherwise nothing.
+    #[inline]
+    pub(crate) fn acquire(&self, start: usize, end: usize) -> Result<()> {
+        match self {
+            Rights::Always => Ok(()),
+            Rights::ProtectionKey { key } => pkru::acquire(*key),
+            Rights::Toggle { open_pages, page } => {
+                let mut open = open_pages
+                    .lock()
+                    .map_err(|_| Error::Internal("toggle tracker lock poisoned"))?;
+                let pages = page_range(start, end, *page);
+                let mut flipped: Vec<usize> = Vec::new();
+                for p in pages.clone().step_by(*page) {
+                    let count = open.entry(p).or_insert(0);
+                    if *count == 0 {
+                        flipped.push(p);
+                    }
+                    *count += 1;
+                }
+                if let Err(e) = for_runs(&flipped, *page, Prot::RW) {
+                    // Undo: restore RX on whatever flipped, and the counts.
+                    let _ = for_runs(&flipped, *page, Prot::RX);
+                    for p in pages.step_by(*page) {
+                        if let Some(count) = open.get_mut(&p) {
+                            *count -= 1;
+                            if *count == 0 {
+                                open.remove(&p);
+                            }
+                        }
+                    }
+                    return Err(e);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Withdraws what [`acquire`](Self::acquire) granted for the same range.
+    #[inline]
+    pub(crate) fn release(&self, start: usize, end: usize) -> Result<()> {
+        match self {
+            Rights::Always => Ok(()),
+            Rights::ProtectionKey { key } => pkru::release(*key),
+            Rights::Toggle { open_pages, page } => {
+                let mut open = open_pages
+                    .lock()
+                    .map_err(|_| Error::Internal("toggle tracker lock poisoned"))?;
+                let mut closed: Vec<usize> = Vec::new();
+                for p in page_range(start, end, *page).step_by(*page) {
+                    match open.get_mut(&p) {
+                        Some(count) if *count > 1 => *count -= 1,
+                        Some(_) => {
+                            open.remove(&p);
+                            closed.push(p);
+                        }
+                        None => {
+                            return Err(Error::Internal(
+                                "write scope released a page it never opened",
+                            ));
+                        }
+                    }
+                }
+                for_runs(&closed, *page, Prot::RX)
+            }
+        }
+    }
+
+    /// Pages currently open for writing (Toggle), for tests and stats.
+    pub(crate) fn open_pages(&self) -> usize {
+        match self {
+            Rights::Toggle { open_pages, .. } => open_pages.lock().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
+fn page_range(start: usize, end: usize, page: usize) -> std::ops::Range<usize> {
+    let first = start & !(page - 1);
+    let last = end.saturating_add(page - 1) & !(page - 1);
+    first..last
+}
+
+/// Applies `prot` to each run of consecutive pages in the sorted list `pages`.
+fn for_runs(pages: &[usize], page: usize, prot: Prot) -> Result<()> {
+    let mut i = 0;
+    while let Some(&first) = pages.get(i) {
+        let mut n = 1;
+        while pages.get(i + n) == Some(&(first + n * page)) {
+            n += 1;
+        }
+        let ptr = NonNull::new(first as *mut u8).ok_or(Error::Internal("null page"))?;
+        // SAFETY: the pages belong to a live region of this heap (the caller holds a block in
+        // it), and Toggle's contract is that their code does not run while a scope is open.
+        unsafe { sys::protect(ptr, n * page, prot)? };
+        i += n;
+    }
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+mod pkru {
+    use std::cell::Cell;
+
+    use crate::error::Result;
+    use crate::sys;
+
+    thread_local! {
+        /// Open scopes of this thread, and the key's rights (2 bits) before the outermost one.
+        static DEPTH: Cell<u32> = const { Cell::new(0) };
+        static SAVED: Cell<u32> = const { Cell::new(0) };
+    }
+
+    const WRITE_DISABLE: u32 = 0b10;
+
+    pub(super) fn acquire(key: u32) -> Result<()> {
+        let depth = DEPTH.get();
+        if depth == 0 {
+            let shift = 2 * key;
+            // SAFETY: a key exists (Rights::ProtectionKey is only built from pkey_alloc), so the
+            // CPU and kernel support PKRU.
+            let pkru = unsafe { sys::read_pkru() };
+            SAVED.set((pkru >> shift) & 0b11);
+            // SAFETY: as above; grants this thread read and write access for our key only.
+            unsafe { sys::write_pkru(pkru & !(0b11 << shift)) };
+        }
+        DEPTH.set(depth + 1);
+        Ok(())
+    }
+
+    pub(super) fn release(key: u32) -> Result<()> {
+        let depth = DEPTH.get();
+        if depth == 0 {
+            return Err(crate::Error::Internal(
+                "protection-key rights released more often than acquired",
+            ));
+        }
+        DEPTH.set(depth - 1);
+        if depth == 1 {
+            let shift = 2 * key;
+            // Back to what the thread had, but never with write access.
+            let bits = SAVED.get() | WRITE_DISABLE;
+            // SAFETY: as in acquire.
+            unsafe {
+                let pkru = sys::read_pkru();
+                sys::write_pkru((pkru & !(0b11 << shift)) | (bits << shift));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod pkru {
+    use crate::error::{Error, Result};
+
+    pub(super) fn acquire(_key: u32) -> Result<()> {
+        Err(Error::Internal("protection keys on a non-x86-64 target"))
+    }
+
+    pub(super) fn release(_key: u32) -> Result<()> {
+        Err(Error::Internal("protection keys on a non-x86-64 target"))
+    }
+}

@@ -1,0 +1,119 @@
+//! Helpers shared by the integration tests: running a test alone in a child process (for
+//! faults, mapping counts and fork), and the strategies this machine supports.
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Output};
+
+use jitmem::{Config, Error, JitMemory, Layout, Strategy};
+
+const CHILD_ENV: &str = "JITMEM_TEST_CHILD";
+
+/// True in the child process started by [`run_child`] for `test`.
+pub fn is_child(test: &str) -> bool {
+    std::env::var(CHILD_ENV).is_ok_and(|v| v == test)
+}
+
+/// Runs the test named `test` (this binary's test function of that name) alone in a child
+/// process, with extra environment variables.
+pub fn run_child(test: &str, env: &[(&str, &str)]) -> Output {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, test)
+        .env("RUST_BACKTRACE", "0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// The signal that killed the child, with its output for the failure message.
+pub fn child_signal(out: &Output) -> (Option<i32>, String) {
+    let text = format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.signal(), text)
+}
+
+/// The layouts every test runs (a small arena keeps tests quick).
+pub const LAYOUTS: [Layout; 3] = [
+    Layout::PerAllocation,
+    Layout::Pooled,
+    Layout::Arena { size: 16 << 20 },
+];
+
+/// Memory for `strategy` and `layout`, or None when this machine cannot do `strategy` — in
+/// which case the error must be `Unsupported` and the probe must agree.
+pub fn memory(strategy: Strategy, layout: Layout) -> Option<JitMemory> {
+    let config = Config::new()
+        .strategy(strategy)
+        .layout(layout)
+        .ignore_environment();
+    let config = if strategy == Strategy::Rwx {
+        // SAFETY: tests only run their own trusted code.
+        unsafe { config.allow_rwx_without_wx() }
+    } else {
+        config
+    };
+    match JitMemory::new(config) {
+        Ok(m) => Some(m),
+        Err(Error::Unsupported {
+            strategy: s,
+            reason,
+        }) => {
+            assert_eq!(s, strategy);
+            let probe = jitmem::probe::Probe::run();
+            assert!(
+                !probe.allows(strategy),
+                "{strategy} refused ({reason}) but the probe says it is available:\n{probe}"
+            );
+            eprintln!("note: {strategy} is not available on this machine: {reason}");
+            None
+        }
+        Err(e) => panic!("{strategy}/{layout}: {e}"),
+    }
+}
+
+/// Every concrete strategy with every layout, as available here.
+pub fn all_memories() -> Vec<JitMemory> {
+    let mut out = Vec::new();
+    for strategy in Strategy::CONCRETE {
+        for layout in LAYOUTS {
+            out.extend(memory(strategy, layout));
+        }
+    }
+    out
+}
+
+/// Writes and publishes a function returning `value` into a new block.
+pub fn function(memory: &JitMemory, value: u32) -> jitmem::CodeBlock {
+    let mut block = memory.allocate(16).unwrap();
+    let mut scope = block.write().unwrap();
+    scope[..16].copy_from_slice(&jitmem::isa::return_constant(value));
+    scope.publish().unwrap();
+    block
+}
+
+/// Calls a block written by [`function`].
+pub fn call(block: &jitmem::CodeBlock) -> u32 {
+    // SAFETY: blocks given to this helper hold a return_constant function.
+    let f: extern "C" fn() -> u32 = unsafe { block.entry(0).unwrap() };
+    f()
+}
+
+/// Patches the constant of a block written by [`function`].
+pub fn patch(block: &mut jitmem::CodeBlock, value: u32, live: bool) {
+    let at = jitmem::isa::RETURN_CONSTANT_PATCH_OFFSET;
+    let mut scope = block.write_range(at..at + 4).unwrap();
+    scope.copy_from_slice(&value.to_le_bytes());
+    if live {
+        scope.publish_live().unwrap();
+    } else {
+        scope.publish().unwrap();
+    }
+}

@@ -1,0 +1,310 @@
+//! The life of a function in every strategy x layout, nesting, panics, shrinking and bad input.
+
+mod common;
+
+use common::{all_memories, call, function, memory, patch};
+use jitmem::{Config, Error, JitMemory, Layout, Strategy};
+
+#[test]
+fn real_code_runs_in_every_strategy_and_layout() {
+    let memories = all_memories();
+    assert!(
+        memories.len() >= 9,
+        "Toggle, Mirror and Rwx must work here in all layouts"
+    );
+    for memory in &memories {
+        let mut blocks: Vec<_> = (0..50).map(|i| function(memory, i)).collect();
+        for (i, b) in blocks.iter().enumerate() {
+            assert_eq!(call(b), i as u32, "{memory:?}");
+        }
+        for (i, b) in blocks.iter_mut().enumerate() {
+            patch(b, 1000 + i as u32, i % 2 == 0);
+        }
+        for (i, b) in blocks.iter().enumerate() {
+            assert_eq!(call(b), 1000 + i as u32, "{memory:?}");
+        }
+        assert_eq!(memory.stats().live_blocks, 50);
+        drop(blocks);
+        let stats = memory.stats();
+        assert_eq!(
+            (stats.live_blocks, stats.live_bytes, stats.open_pages),
+            (0, 0, 0),
+            "{memory:?}"
+        );
+    }
+}
+
+#[test]
+fn blocks_are_aligned_and_inside_the_arena() {
+    for strategy in [Strategy::Toggle, Strategy::Mirror] {
+        let memory = memory(strategy, Layout::Arena { size: 1 << 20 }).unwrap();
+        let page = memory.page_size();
+        let mut blocks = Vec::new();
+        let mut align = 1;
+        while align <= page {
+            let b = memory.allocate_aligned(100, align).unwrap();
+            assert_eq!(b.as_ptr() as usize % align.max(16), 0);
+            assert_eq!(b.len(), 112);
+            blocks.push(b);
+            align *= 2;
+        }
+        let lo = blocks.iter().map(|b| b.as_ptr() as usize).min().unwrap();
+        let hi = blocks.iter().map(|b| b.addr_range().end).max().unwrap();
+        assert!(hi - lo <= 1 << 20, "all blocks lie in the one arena");
+    }
+}
+
+#[test]
+fn nested_scopes_on_one_page_flip_once_and_restore_execute() {
+    let Some(memory) = memory(Strategy::Toggle, Layout::Pooled) else {
+        unreachable!()
+    };
+    let mut a = function(&memory, 1);
+    let mut b = function(&memory, 2);
+    let page = memory.page_size();
+    assert_eq!(
+        a.as_ptr() as usize / page,
+        b.as_ptr() as usize / page,
+        "same page"
+    );
+    {
+        let mut outer = a.write().unwrap();
+        assert_eq!(memory.stats().open_pages, 1);
+        {
+            let mut inner = b.write().unwrap();
+            assert_eq!(memory.stats().open_pages, 1, "one page, opened once");
+            inner[4..8].copy_from_slice(&20u32.to_le_bytes());
+            inner.publish().unwrap();
+        }
+        // The outer scope still holds the page writable.
+        assert_eq!(memory.stats().open_pages, 1);
+        outer[4..8].copy_from_slice(&10u32.to_le_bytes());
+        outer.publish().unwrap();
+    }
+    assert_eq!(memory.stats().open_pages, 0);
+    assert_eq!((call(&a), call(&b)), (10, 20));
+}
+
+#[test]
+fn a_panic_inside_a_write_scope_leaves_code_runnable() {
+    for memory in all_memories() {
+        let mut block = function(&memory, 5);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut scope = block.write_range(4..8).unwrap();
+            scope.copy_from_slice(&6u32.to_le_bytes());
+            panic!("codegen failed halfway");
+        }));
+        assert!(result.is_err());
+        assert_eq!(memory.stats().open_pages, 0, "{memory:?}");
+        assert_eq!(
+            call(&block),
+            6,
+            "{memory:?}: the scope's drop published what was written"
+        );
+        // And the memory is still usable.
+        patch(&mut block, 7, false);
+        assert_eq!(call(&block), 7);
+    }
+}
+
+#[test]
+fn an_early_error_return_restores_execute_rights() {
+    fn codegen(block: &mut jitmem::CodeBlock) -> Result<(), String> {
+        let mut scope = block.write().map_err(|e| e.to_string())?;
+        scope[0] = 0x90;
+        Err("the JIT gave up".to_owned())?;
+        scope.publish().map_err(|e| e.to_string())
+    }
+    let memory = memory(Strategy::Toggle, Layout::Pooled).unwrap();
+    let mut block = function(&memory, 3);
+    assert!(codegen(&mut block).is_err());
+    assert_eq!(memory.stats().open_pages, 0);
+    assert_eq!(call(&block), 3, "nop; nop; nop; mov eax, 3; ret still runs");
+}
+
+#[test]
+fn shrink_returns_the_tail() {
+    for memory in all_memories() {
+        let mut block = memory.allocate(4096).unwrap();
+        let before = memory.stats().live_bytes;
+        {
+            let mut scope = block.write().unwrap();
+            scope[..16].copy_from_slice(&jitmem::isa::return_constant(9));
+            scope.publish().unwrap();
+        }
+        block.shrink(20).unwrap();
+        assert_eq!(call(&block), 9);
+        if memory.layout() != Layout::PerAllocation {
+            assert_eq!(block.len(), 32);
+            assert_eq!(memory.stats().live_bytes, before - (4096 - 32));
+        }
+        assert!(matches!(block.shrink(0), Err(Error::BadShrink { .. })));
+        assert!(matches!(
+            block.shrink(1 << 20),
+            Err(Error::BadShrink { .. })
+        ));
+        assert!(matches!(
+            block.write_range(0..block.len() + 1),
+            Err(Error::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            block.write_range(5..5),
+            Err(Error::OutOfRange { .. })
+        ));
+    }
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    for memory in all_memories() {
+        let page = memory.page_size();
+        assert!(matches!(memory.allocate(0), Err(Error::ZeroLength)));
+        for len in [usize::MAX, usize::MAX - 10, usize::MAX / 2 + 1] {
+            let e = memory.allocate(len).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::TooLarge { .. } | Error::Exhausted { .. } | Error::Os { .. }
+                ),
+                "{memory:?} len {len}: {e}"
+            );
+        }
+        for align in [0, 3, 24, page * 2] {
+            assert!(matches!(
+                memory.allocate_aligned(8, align),
+                Err(Error::BadAlignment { .. })
+            ));
+        }
+        // Nothing leaked by the failures.
+        assert_eq!(memory.stats().live_blocks, 0);
+        let block = function(&memory, 1);
+        assert_eq!(call(&block), 1);
+        // SAFETY: not called: the type check must refuse a non-pointer-sized type.
+        assert!(unsafe { block.entry::<u16>(0) }.is_err());
+        // SAFETY: as above: the offset check must refuse.
+        assert!(unsafe { block.entry::<extern "C" fn()>(block.len()) }.is_err());
+    }
+}
+
+#[test]
+fn an_exhausted_arena_is_an_error_and_live_code_keeps_running() {
+    for strategy in [Strategy::Toggle, Strategy::Mirror] {
+        let memory = memory(strategy, Layout::Arena { size: 64 << 10 }).unwrap();
+        let keep = function(&memory, 77);
+        let mut blocks = Vec::new();
+        let err = loop {
+            match memory.allocate(1000) {
+                Ok(b) => blocks.push(b),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(err, Error::Exhausted { arena: 65536, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("arena exhausted"));
+        assert_eq!(call(&keep), 77);
+        blocks.clear();
+        assert!(
+            memory.allocate(1000).is_ok(),
+            "space is reusable after frees"
+        );
+    }
+}
+
+#[test]
+fn rwx_needs_the_unsafe_opt_in() {
+    let config = Config::new().strategy(Strategy::Rwx).ignore_environment();
+    assert!(matches!(JitMemory::new(config), Err(Error::RwxNotOptedIn)));
+}
+
+#[test]
+fn bad_configurations_get_clear_errors() {
+    let e = JitMemory::new(Config::new().default_align(3)).unwrap_err();
+    assert!(matches!(e, Error::BadAlignment { align: 3, .. }));
+    let e = JitMemory::new(
+        Config::new()
+            .strategy(Strategy::Toggle)
+            .layout(Layout::Arena { size: usize::MAX })
+            .ignore_environment(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+}
+
+#[test]
+fn auto_picks_a_strategy_and_says_why() {
+    let memory = JitMemory::new(Config::new().ignore_environment()).unwrap();
+    assert_ne!(memory.strategy(), Strategy::Rwx);
+    assert_ne!(memory.strategy(), Strategy::Auto);
+    assert!(!memory.choice().reason.is_empty());
+    assert!(jitmem::probe::jit_available());
+}
+
+#[test]
+fn environment_forces_the_strategy() {
+    if common::is_child("environment_forces_the_strategy") {
+        let memory = JitMemory::new(Config::new()).unwrap();
+        println!(
+            "strategy={} layout={}",
+            memory.strategy(),
+            memory.layout().name()
+        );
+        let bad = JitMemory::new(Config::new().strategy(Strategy::Auto));
+        assert!(bad.is_ok());
+        return;
+    }
+    let out = common::run_child(
+        "environment_forces_the_strategy",
+        &[("JITMEM_STRATEGY", "toggle"), ("JITMEM_LAYOUT", "arena:1m")],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("strategy=toggle layout=arena"), "{text}");
+    let out = common::run_child(
+        "environment_forces_the_strategy",
+        &[("JITMEM_STRATEGY", "rwx")],
+    );
+    assert!(
+        !out.status.success(),
+        "rwx cannot be forced from the environment"
+    );
+    let err =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("JITMEM_STRATEGY"), "{err}");
+}
+
+#[test]
+fn exec_buffer_is_seed_001s_object() {
+    use jitmem::ExecBuffer;
+    assert!(matches!(ExecBuffer::new(0), Err(Error::ZeroLength)));
+    assert!(matches!(
+        ExecBuffer::new(usize::MAX),
+        Err(Error::TooLarge { .. })
+    ));
+    assert_eq!(jitmem::round_to_page(1).unwrap(), jitmem::page_size());
+    assert_eq!(
+        jitmem::round_to_page(jitmem::page_size() + 1).unwrap(),
+        2 * jitmem::page_size()
+    );
+    let mut buf = ExecBuffer::new(6).unwrap();
+    assert!(!buf.is_executable());
+    // SAFETY: not called: must be refused while writable.
+    let refused = unsafe { buf.entry::<extern "C" fn() -> u32>(0) };
+    assert!(matches!(refused, Err(Error::WrongState(_))));
+    buf.as_mut_slice().unwrap()[..16].copy_from_slice(&jitmem::isa::return_constant(42));
+    buf.make_executable().unwrap();
+    buf.make_executable().unwrap();
+    assert!(buf.is_executable());
+    assert!(matches!(buf.as_mut_slice(), Err(Error::WrongState(_))));
+    // SAFETY: a complete return_constant function.
+    let f: extern "C" fn() -> u32 = unsafe { buf.entry(0).unwrap() };
+    assert_eq!(f(), 42);
+    buf.make_writable().unwrap();
+    jitmem::isa::patch_return_constant(buf.as_mut_slice().unwrap(), 43);
+    buf.make_executable().unwrap();
+    // SAFETY: as above.
+    let f: extern "C" fn() -> u32 = unsafe { buf.entry(0).unwrap() };
+    assert_eq!(f(), 43);
+    let moved = buf;
+    assert_eq!(moved.len(), jitmem::page_size());
+}

@@ -1,0 +1,89 @@
+//! Many functions: 100,000 live in Pooled and Arena; PerAllocation Mirror stops at the mapping
+//! limit with a clear error; the mapping count returns to its baseline after everything drops.
+//! Each runs alone in a child process so that no other test's mappings interfere.
+
+mod common;
+
+use common::{call, child_signal, function, is_child, memory, run_child};
+use jitmem::{Error, Layout, Strategy, introspect};
+
+fn in_child(name: &str, body: impl FnOnce()) {
+    if is_child(name) {
+        body();
+        println!("child ok");
+        return;
+    }
+    let out = run_child(name, &[]);
+    let (_, text) = child_signal(&out);
+    assert!(out.status.success() && text.contains("child ok"), "{text}");
+}
+
+#[test]
+fn a_hundred_thousand_live_functions() {
+    in_child("a_hundred_thousand_live_functions", || {
+        for strategy in [Strategy::Mirror, Strategy::Toggle, Strategy::PerThread] {
+            for layout in [Layout::Pooled, Layout::Arena { size: 64 << 20 }] {
+                let Some(memory) = memory(strategy, layout) else {
+                    continue;
+                };
+                let blocks: Vec<_> = (0..100_000u32).map(|i| function(&memory, i)).collect();
+                for i in (0..100_000).step_by(997) {
+                    assert_eq!(call(&blocks[i]), i as u32);
+                }
+                let stats = memory.stats();
+                assert_eq!(stats.live_blocks, 100_000);
+                assert!(stats.regions <= 8, "{strategy}/{layout}: {stats:?}");
+            }
+        }
+    });
+}
+
+#[test]
+fn per_allocation_mirror_hits_the_mapping_limit_with_a_clear_error() {
+    in_child(
+        "per_allocation_mirror_hits_the_mapping_limit_with_a_clear_error",
+        || {
+            let memory = memory(Strategy::Mirror, Layout::PerAllocation).unwrap();
+            let mut blocks = Vec::new();
+            let err = loop {
+                match memory.allocate(16) {
+                    Ok(b) => blocks.push(b),
+                    Err(e) => break e,
+                }
+                assert!(blocks.len() < 200_000, "no mapping limit was reached");
+            };
+            assert!(matches!(err, Error::MappingLimit { .. }), "{err}");
+            assert!(err.to_string().contains("vm.max_map_count"), "{err}");
+            let n = blocks.len();
+            blocks.truncate(n - 100);
+            // Live code still runs, and freed room can be used again.
+            let b = function(&memory, 5);
+            assert_eq!(call(&b), 5);
+        },
+    );
+}
+
+#[test]
+fn everything_dropped_means_mappings_back_to_baseline_and_zero_stats() {
+    in_child(
+        "everything_dropped_means_mappings_back_to_baseline_and_zero_stats",
+        || {
+            // Warm up what the process maps once (probe, pkey, membarrier registration).
+            drop(common::all_memories());
+            let baseline = introspect::mapping_count().unwrap();
+            for memory in common::all_memories() {
+                let mut blocks: Vec<_> = (0..300u32).map(|i| function(&memory, i)).collect();
+                for b in blocks.iter_mut().step_by(3) {
+                    b.shrink(16).unwrap();
+                }
+                blocks.truncate(100);
+                let probe = memory.clone();
+                drop(memory);
+                drop(blocks);
+                let stats = probe.stats();
+                assert_eq!((stats.live_blocks, stats.live_bytes), (0, 0), "{probe:?}");
+            }
+            assert_eq!(introspect::mapping_count().unwrap(), baseline);
+        },
+    );
+}
