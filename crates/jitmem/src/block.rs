@@ -168,8 +168,24 @@ impl CodeBlock {
         Ok(())
     }
 
-    /// Fills `range` with trap instructions, with write rights for the duration.
+    /// Fills `range` with trap instructions, with write rights for the duration. Where writing
+    /// needs no rights (Mirror, Rwx) this is a plain fill of the writable view.
     fn fill_traps(&mut self, range: Range<usize>) -> Result<()> {
+        if self.shared.rights.always_writable() {
+            self.shared.check_usable()?;
+            let len = range
+                .end
+                .saturating_sub(range.start)
+                .min(self.len - range.start.min(self.len));
+            // SAFETY: [range] lies inside the block (callers pass sub-ranges of 0..len, clamped
+            // above); its writable view is always writable for these strategies; &mut self
+            // makes this the only reference.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(self.rw_ptr(range.start), len) };
+            isa::fill_traps(bytes);
+            // SAFETY: the executable view of the same range is mapped.
+            unsafe { icache::clear_cache(self.rx.as_ptr().wrapping_add(range.start), len) };
+            return Ok(());
+        }
         let mut scope = self.write_range(range)?;
         isa::fill_traps(&mut scope);
         scope.publish()

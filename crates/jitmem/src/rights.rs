@@ -106,6 +106,12 @@ impl Rights {
         }
     }
 
+    /// True when writes need no rights at all (Mirror, Rwx).
+    #[inline]
+    pub(crate) fn always_writable(&self) -> bool {
+        matches!(self, Rights::Always)
+    }
+
     /// Pages currently open for writing (Toggle), for tests and stats.
     pub(crate) fn open_pages(&self) -> usize {
         match self {
