@@ -239,6 +239,15 @@ impl Drop for CodeBlock {
 /// that last step is lost, and it poisons the memory instead.
 ///
 /// `!Send`: with PerThread the rights belong to the thread that opened the scope.
+///
+/// ```compile_fail
+/// # let memory = jitmem::JitMemory::new(jitmem::Config::new()).unwrap();
+/// # let mut block = memory.allocate(16).unwrap();
+/// let scope = block.write().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(scope)); // error: `*const ()` cannot be sent between threads
+/// });
+/// ```
 pub struct WriteScope<'a> {
     block: &'a mut CodeBlock,
     range: Range<usize>,

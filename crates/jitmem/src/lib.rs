@@ -74,6 +74,13 @@ pub use exec_buffer::{ExecBuffer, page_size, round_to_page};
 pub use memory::{Choice, JitMemory, Stats};
 pub use sys::MirrorBacking;
 
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<JitMemory>();
+    send_sync::<CodeBlock>();
+    send_sync::<ExecBuffer>();
+};
+
 /// What happens to code memory across `fork()`: the documentation lives on this module.
 pub mod fork_safety {
     #![doc = include_str!("fork.md")]
