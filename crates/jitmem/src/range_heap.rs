@@ -21,9 +21,12 @@
 //!   fit"), so any block of the list it finds fits without scanning. If that fails, up
 //!   to 32 blocks of the request's own class (and the classes between it and the
 //!   rounded one) are checked one by one, so that an exact fit such as a whole empty
-//!   pool is still found. For an alignment above the granule it searches for
-//!   `len + align - granule` bytes, then splits off the misaligned front and the tail
-//!   remainder as free blocks.
+//!   pool is still found: with at most 32 free blocks in the heap, an allocation fails
+//!   only if no free block can hold it. For an alignment above the granule it searches
+//!   for `len + align - granule` bytes, then splits off the misaligned front and the
+//!   tail remainder as free blocks.
+//! * A free block keeps its place in its list when a split or merge leaves it in the
+//!   same class, so carving a large block and giving the piece back touch no list.
 //! * [`RangeHeap::free`] coalesces with free *physical* neighbours at once (each node
 //!   links to the blocks just below and above it in the same pool), so there are never
 //!   two adjacent free blocks, and an entirely free pool is a single free block.
@@ -45,7 +48,10 @@
 //! We looked for a crate first. `offset-allocator` 0.2 is also a TLSF, but uses `u32`
 //! offsets, a fixed node budget chosen up front, and has neither alignment nor in-place
 //! shrink. `range-alloc` 0.1 scans its free list linearly, so it has no O(1) bound in a
-//! fragmented heap. Neither detects a stale or doubled free. Hence this small TLSF.
+//! fragmented heap. Neither reports a bad free as an error: `offset-allocator` asserts
+//! (panics) on a double free and cannot tell a stale handle once its node is reused,
+//! and `range-alloc` frees whatever range it is given. Hence this small TLSF, which
+//! also grows its node table on demand and takes any `usize` address.
 //!
 //! # Example
 //!
@@ -99,10 +105,42 @@ static HEAP_SALT: AtomicU32 = AtomicU32::new(0);
 /// starts its generations at a different value, so an id that was freed already, or
 /// comes from another heap, is rejected with [`RangeError::StaleId`] (short of 2^32
 /// reuses of one slot).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+///
+/// It packs the node index (low 32 bits) and the generation (high 32 bits) in one
+/// `u64`, so that it is written and read as one word (two `u32` fields get written
+/// separately and then read as one word by callers copying the id, which stalls
+/// store-to-load forwarding on x86).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RangeId {
-    index: u32,
-    generation: u32,
+    bits: u64,
+}
+
+impl RangeId {
+    #[inline(always)]
+    fn new(index: u32, generation: u32) -> Self {
+        Self {
+            bits: u64::from(index) | (u64::from(generation) << 32),
+        }
+    }
+
+    #[inline(always)]
+    fn index(self) -> u32 {
+        self.bits as u32
+    }
+
+    #[inline(always)]
+    fn generation(self) -> u32 {
+        (self.bits >> 32) as u32
+    }
+}
+
+impl fmt::Debug for RangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RangeId")
+            .field("index", &self.index())
+            .field("generation", &self.generation())
+            .finish()
+    }
 }
 
 /// Identifies one pool added with [`RangeHeap::add_pool`].
@@ -226,22 +264,22 @@ struct Node {
     pool: u32,
     generation: u32,
     state: State,
+    /// Free-list class `(fl, sl)` while `state == Free`.
+    fl: u8,
+    sl: u8,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Pool {
     start: usize,
     len: usize,
-    /// Live allocations in this pool.
-    live: usize,
-    /// The node at the pool's start. It is stable: merges always keep the lower node,
-    /// and splits keep the front part in the original node.
+    /// The node at the pool's start (kept up to date by `set_next_phys`).
     first: u32,
     alive: bool,
 }
 
 /// Free-list class of a block of `size` granules (`size >= 1`).
-#[inline]
+#[inline(always)]
 fn mapping_insert(size: usize) -> (usize, usize) {
     if size < SL_COUNT {
         (0, size)
@@ -347,6 +385,9 @@ impl RangeHeap {
     /// `start` and `len` must be multiples of the granule, `len > 0`, `start + len` must
     /// not overflow `usize`, and the range must not overlap an existing pool (adjacent is
     /// fine: pools never coalesce). Otherwise [`RangeError::BadPool`].
+    ///
+    /// Pool ids are never reused, so the pool table keeps one small entry per
+    /// `add_pool` over the heap's life.
     pub fn add_pool(&mut self, start: usize, len: usize) -> Result<PoolId, RangeError> {
         let mask = self.granule - 1;
         if len == 0 {
@@ -389,7 +430,6 @@ impl RangeHeap {
         self.pools.push(Pool {
             start,
             len,
-            live: 0,
             first,
             alive: true,
         });
@@ -412,13 +452,9 @@ impl RangeHeap {
                 });
             }
         };
-        if p.live != 0 {
-            return Err(RangeError::PoolInUse);
-        }
         // An empty pool is one free block at `first` (free neighbours always coalesce).
-        match self.nodes.get(p.first as usize) {
-            Some(n) if n.state == State::Free && n.start == p.start && n.len == p.len => {}
-            _ => return Err(RangeError::PoolInUse),
+        if !self.first_spans_pool(&p) {
+            return Err(RangeError::PoolInUse);
         }
         self.remove_free(p.first);
         self.release_slot(p.first);
@@ -444,7 +480,15 @@ impl RangeHeap {
     /// O(1).
     #[inline]
     pub fn pool_is_empty(&self, pool: PoolId) -> bool {
-        matches!(self.pools.get(pool.0 as usize), Some(p) if p.alive && p.live == 0)
+        matches!(self.pools.get(pool.0 as usize), Some(p) if p.alive && self.first_spans_pool(p))
+    }
+
+    /// Whether the pool's first node is free and covers the whole pool, which is the
+    /// case exactly when nothing in it is live (free neighbours always coalesce).
+    #[inline]
+    fn first_spans_pool(&self, p: &Pool) -> bool {
+        matches!(self.nodes.get(p.first as usize),
+            Some(n) if n.state == State::Free && n.start == p.start && n.len == p.len)
     }
 
     /// Allocates `len` bytes (rounded up to the granule) at an address that is a multiple
@@ -454,9 +498,10 @@ impl RangeHeap {
     /// TLSF good-fit search: the request is rounded up to the next size-class boundary
     /// so that any block in the found list fits, using the two-level bitmaps. If that
     /// finds nothing, at most 32 blocks of the lower classes down to the request's own
-    /// are checked for an exact fit. For `align > granule` the search is for
-    /// `len + align - granule` bytes; the misaligned front of the block found and the
-    /// tail remainder are split off as free blocks.
+    /// are checked for an exact fit (so with at most 32 free blocks in the heap, it
+    /// fails only when no free block can hold the request). For `align > granule` the
+    /// search is for `len + align - granule` bytes; the misaligned front of the block
+    /// found and the tail remainder are split off as free blocks.
     ///
     /// Errors: [`RangeError::ZeroLength`], [`RangeError::BadAlignment`],
     /// [`RangeError::TooLarge`] when the rounded length plus alignment overflows
@@ -487,7 +532,6 @@ impl RangeHeap {
                 .find_fallback(size, eff_align)
                 .ok_or(RangeError::Exhausted { len, align })?,
         };
-        self.remove_free(block);
         Ok(self.carve(block, size, eff_align))
     }
 
@@ -498,34 +542,69 @@ impl RangeHeap {
     /// changed then.
     pub fn free(&mut self, id: RangeId) -> Result<Freed, RangeError> {
         let idx = self.live_index(id)?;
-        let (start, len, pool, prev) = {
+        let (start, len, pool, prev, next) = {
             let n = &mut self.nodes[idx as usize];
             n.generation = n.generation.wrapping_add(1);
             n.state = State::Free;
-            (n.start, n.len, n.pool, n.prev_phys)
+            (n.start, n.len, n.pool, n.prev_phys, n.next_phys)
         };
         self.live_blocks -= 1;
         self.live_bytes -= len;
-        let pool_empty = match self.pools.get_mut(pool as usize) {
-            Some(p) => {
-                p.live -= 1;
-                p.live == 0
-            }
-            None => false,
-        };
 
-        let mut cur = idx;
-        if prev != NONE && self.nodes[prev as usize].state == State::Free {
-            self.remove_free(prev);
-            self.absorb_next(prev, cur);
-            cur = prev;
-        }
-        let next = self.nodes[cur as usize].next_phys;
-        if next != NONE && self.nodes[next as usize].state == State::Free {
-            self.remove_free(next);
-            self.absorb_next(cur, next);
-        }
-        self.insert_free(cur);
+        let prev_free = prev != NONE && self.nodes[prev as usize].state == State::Free;
+        let next_free = next != NONE && self.nodes[next as usize].state == State::Free;
+        // The merged block: the pool is empty when it has no neighbours left.
+        let merged = match (prev_free, next_free) {
+            (true, true) => {
+                // prev absorbs this block and next.
+                let (next_len, after) = {
+                    let n = &self.nodes[next as usize];
+                    (n.len, n.next_phys)
+                };
+                self.remove_free(next);
+                let p = &mut self.nodes[prev as usize];
+                p.len += len + next_len;
+                p.next_phys = after;
+                if after != NONE {
+                    self.nodes[after as usize].prev_phys = prev;
+                }
+                self.release_slot(idx);
+                self.release_slot(next);
+                self.reclass(prev);
+                prev
+            }
+            (true, false) => {
+                // prev grows upwards.
+                let p = &mut self.nodes[prev as usize];
+                p.len += len;
+                p.next_phys = next;
+                if next != NONE {
+                    self.nodes[next as usize].prev_phys = prev;
+                }
+                self.release_slot(idx);
+                self.reclass(prev);
+                prev
+            }
+            (false, true) => {
+                // next grows downwards (and may become the pool's first node).
+                let n = &mut self.nodes[next as usize];
+                n.start = start;
+                n.len += len;
+                n.prev_phys = prev;
+                self.set_next_phys(prev, next, pool);
+                self.release_slot(idx);
+                self.reclass(next);
+                next
+            }
+            (false, false) => {
+                self.insert_free(idx);
+                idx
+            }
+        };
+        let pool_empty = {
+            let m = &self.nodes[merged as usize];
+            m.prev_phys == NONE && m.next_phys == NONE
+        };
         Ok(Freed {
             start,
             len,
@@ -539,7 +618,8 @@ impl RangeHeap {
     /// successor. Returns the new [`Allocation`] (same id and start). O(1).
     ///
     /// Errors: [`RangeError::StaleId`], [`RangeError::ZeroLength`],
-    /// [`RangeError::ShrinkTooLarge`]; nothing is changed then.
+    /// [`RangeError::ShrinkTooLarge`] (and, in theory, [`RangeError::Exhausted`] when the
+    /// node table holds 2^32 - 1 nodes); nothing is changed then.
     pub fn shrink(&mut self, id: RangeId, new_len: usize) -> Result<Allocation, RangeError> {
         let idx = self.live_index(id)?;
         if new_len == 0 {
@@ -562,11 +642,10 @@ impl RangeHeap {
         let next = node.next_phys;
         if next != NONE && self.nodes[next as usize].state == State::Free {
             // Grow the free successor downwards.
-            self.remove_free(next);
             let n = &mut self.nodes[next as usize];
             n.start = tail_start;
             n.len += cut;
-            self.insert_free(next);
+            self.reclass(next);
         } else {
             if !self.can_take(1) {
                 return Err(RangeError::Exhausted {
@@ -678,8 +757,10 @@ impl RangeHeap {
             if addr != p.start.wrapping_add(p.len) {
                 return Err(format!("pool {pi}: chain ends at {addr:#x}"));
             }
-            if live != p.live {
-                return Err(format!("pool {pi}: live {} != counted {live}", p.live));
+            if (live == 0) != self.first_spans_pool(p) {
+                return Err(format!(
+                    "pool {pi}: {live} live but first_spans_pool disagrees"
+                ));
             }
         }
         if pools != self.live_pools || pools != self.pool_starts.len() {
@@ -726,7 +807,9 @@ impl RangeHeap {
                     if n.state != State::Free || n.prev_free != prev {
                         return Err(format!("free node {cur}: bad state or prev_free"));
                     }
-                    if mapping_insert(n.len >> self.shift) != (fl, sl) {
+                    if mapping_insert(n.len >> self.shift) != (fl, sl)
+                        || (n.fl as usize, n.sl as usize) != (fl, sl)
+                    {
                         return Err(format!("free node {cur} in the wrong list"));
                     }
                     prev = cur;
@@ -776,8 +859,8 @@ impl RangeHeap {
 
     #[inline]
     fn live_index(&self, id: RangeId) -> Result<u32, RangeError> {
-        match self.nodes.get(id.index as usize) {
-            Some(n) if n.state == State::Used && n.generation == id.generation => Ok(id.index),
+        match self.nodes.get(id.index() as usize) {
+            Some(n) if n.state == State::Used && n.generation == id.generation() => Ok(id.index()),
             _ => Err(RangeError::StaleId),
         }
     }
@@ -786,10 +869,7 @@ impl RangeHeap {
     fn allocation(&self, idx: u32) -> Allocation {
         let n = &self.nodes[idx as usize];
         Allocation {
-            id: RangeId {
-                index: idx,
-                generation: n.generation,
-            },
+            id: RangeId::new(idx, n.generation),
             start: n.start,
             len: n.len,
             pool: PoolId(n.pool),
@@ -840,6 +920,8 @@ impl RangeHeap {
                 pool,
                 generation: self.salt,
                 state,
+                fl: 0,
+                sl: 0,
             });
             idx
         }
@@ -855,32 +937,61 @@ impl RangeHeap {
         self.vacant_count += 1;
     }
 
-    /// Merges physical successor `b` into `a` (both already out of the free lists) and
-    /// releases `b`'s slot.
+    /// Points `prev`'s `next_phys` at `idx`, or makes `idx` the first node of `pool`
+    /// when there is no `prev`.
     #[inline]
-    fn absorb_next(&mut self, a: u32, b: u32) {
-        let (b_len, b_next) = {
-            let bn = &self.nodes[b as usize];
-            (bn.len, bn.next_phys)
-        };
-        let an = &mut self.nodes[a as usize];
-        an.len += b_len;
-        an.next_phys = b_next;
-        if b_next != NONE {
-            self.nodes[b_next as usize].prev_phys = a;
+    fn set_next_phys(&mut self, prev: u32, idx: u32, pool: u32) {
+        if prev != NONE {
+            self.nodes[prev as usize].next_phys = idx;
+        } else if let Some(p) = self.pools.get_mut(pool as usize) {
+            p.first = idx;
         }
-        self.release_slot(b);
     }
 
-    #[inline]
+    /// Adds free block `idx` to the head of the list for its length.
+    #[inline(always)]
     fn insert_free(&mut self, idx: u32) {
         let (fl, sl) = mapping_insert(self.nodes[idx as usize].len >> self.shift);
+        self.link(idx, fl, sl);
+    }
+
+    /// Unlinks free block `idx` from its list.
+    #[inline(always)]
+    fn remove_free(&mut self, idx: u32) {
+        let (fl, sl) = {
+            let n = &self.nodes[idx as usize];
+            (n.fl as usize, n.sl as usize)
+        };
+        self.unlink(idx, fl, sl);
+    }
+
+    /// Moves free block `idx` to the list for its new length; it stays where it is
+    /// when the class did not change (the common case for a large block that is split
+    /// or grown by a little).
+    #[inline(always)]
+    fn reclass(&mut self, idx: u32) {
+        let (len, old_fl, old_sl) = {
+            let n = &self.nodes[idx as usize];
+            (n.len, n.fl as usize, n.sl as usize)
+        };
+        let (fl, sl) = mapping_insert(len >> self.shift);
+        if (fl, sl) != (old_fl, old_sl) {
+            self.unlink(idx, old_fl, old_sl);
+            self.link(idx, fl, sl);
+        }
+    }
+
+    #[inline(always)]
+    fn link(&mut self, idx: u32, fl: usize, sl: usize) {
         let head = self.heads[fl][sl];
         {
             let n = &mut self.nodes[idx as usize];
             n.state = State::Free;
             n.prev_free = NONE;
             n.next_free = head;
+            // fl < FL_COUNT = 64 and sl < SL_COUNT = 16 both fit in a u8.
+            n.fl = fl as u8;
+            n.sl = sl as u8;
         }
         if head != NONE {
             self.nodes[head as usize].prev_free = idx;
@@ -891,17 +1002,15 @@ impl RangeHeap {
         self.free_blocks += 1;
     }
 
-    /// Unlinks a free block from its list; call before changing its length.
-    #[inline]
-    fn remove_free(&mut self, idx: u32) {
-        let (len, prev, next) = {
+    #[inline(always)]
+    fn unlink(&mut self, idx: u32, fl: usize, sl: usize) {
+        let (prev, next) = {
             let n = &self.nodes[idx as usize];
-            (n.len, n.prev_free, n.next_free)
+            (n.prev_free, n.next_free)
         };
         if prev != NONE {
             self.nodes[prev as usize].next_free = next;
         } else {
-            let (fl, sl) = mapping_insert(len >> self.shift);
             self.heads[fl][sl] = next;
             if next == NONE {
                 self.sl_bitmap[fl] &= !(1u32 << sl);
@@ -974,57 +1083,61 @@ impl RangeHeap {
         }
     }
 
-    /// Turns free block `block` (already out of its list, and holding `size` bytes at
+    /// Turns free block `block` (still in its free list, and holding `size` bytes at
     /// `align`) into a used block, splitting off the misaligned front and the tail as
-    /// free blocks. Needs up to two fresh nodes (checked by the caller).
+    /// free blocks. `block` keeps the largest-address free part (the tail, else the
+    /// front) and stays in its list when its class does not change; the other parts get
+    /// fresh nodes (at most two, reserved by the caller).
     #[inline]
     fn carve(&mut self, block: u32, size: usize, align: usize) -> Allocation {
-        let (b_start, b_len, b_next, pool) = {
+        let (b_start, b_len, b_prev, b_next, pool) = {
             let b = &self.nodes[block as usize];
-            (b.start, b.len, b.next_phys, b.pool)
+            (b.start, b.len, b.prev_phys, b.next_phys, b.pool)
         };
         let pad = align_pad(b_start, align);
         let start = b_start + pad;
-        let len = b_len - pad;
-        let (idx, mut next) = if pad == 0 {
-            (block, b_next)
-        } else {
-            // The front stays in `block` (so a pool's first node never changes). Its
-            // physical predecessor is used: a free block never has a free neighbour.
-            let new = self.new_node(start, len, block, b_next, pool, State::Used);
+        let rest = b_len - pad - size;
+        let used = if rest != 0 {
+            // `block` becomes the tail [start + size, end).
+            let used = self.new_node(start, size, b_prev, block, pool, State::Used);
+            if pad != 0 {
+                // The front is a new free block. Its predecessor is used: a free
+                // block never has a free neighbour.
+                let front = self.new_node(b_start, pad, b_prev, used, pool, State::Free);
+                self.set_next_phys(b_prev, front, pool);
+                self.nodes[used as usize].prev_phys = front;
+                self.insert_free(front);
+            } else {
+                self.set_next_phys(b_prev, used, pool);
+            }
+            let b = &mut self.nodes[block as usize];
+            b.start = start + size;
+            b.len = rest;
+            b.prev_phys = used;
+            self.reclass(block);
+            used
+        } else if pad != 0 {
+            // `block` keeps the front [b_start, start).
+            let used = self.new_node(start, size, block, b_next, pool, State::Used);
             if b_next != NONE {
-                self.nodes[b_next as usize].prev_phys = new;
+                self.nodes[b_next as usize].prev_phys = used;
             }
-            let front = &mut self.nodes[block as usize];
-            front.len = pad;
-            front.next_phys = new;
-            self.insert_free(block);
-            (new, b_next)
+            let b = &mut self.nodes[block as usize];
+            b.len = pad;
+            b.next_phys = used;
+            self.reclass(block);
+            used
+        } else {
+            // Exact fit.
+            self.remove_free(block);
+            self.nodes[block as usize].state = State::Used;
+            block
         };
-        let rest = len - size;
-        if rest != 0 {
-            let tail = self.new_node(start + size, rest, idx, next, pool, State::Free);
-            if next != NONE {
-                self.nodes[next as usize].prev_phys = tail;
-            }
-            self.insert_free(tail);
-            next = tail;
-        }
-        let used = &mut self.nodes[idx as usize];
-        used.len = size;
-        used.next_phys = next;
-        used.state = State::Used;
-        let generation = used.generation;
+        let generation = self.nodes[used as usize].generation;
         self.live_blocks += 1;
         self.live_bytes += size;
-        if let Some(p) = self.pools.get_mut(pool as usize) {
-            p.live += 1;
-        }
         Allocation {
-            id: RangeId {
-                index: idx,
-                generation,
-            },
+            id: RangeId::new(used, generation),
             start,
             len: size,
             pool: PoolId(pool),
@@ -1033,6 +1146,7 @@ impl RangeHeap {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -1160,6 +1274,36 @@ mod tests {
     }
 
     #[test]
+    fn aligned_fit_in_a_hole_between_used_blocks() {
+        // A full pool with a misaligned hole [0x10400, 0x10c00) between a and c.
+        let (mut h, p) = heap_with_pool(0x10000, 0x1000);
+        let a = h.allocate(0x400, 16).unwrap();
+        let b = h.allocate(0x800, 16).unwrap();
+        let c = h.allocate(0x400, 16).unwrap();
+        assert_eq!((a.start, b.start, c.start), (0x10000, 0x10400, 0x10c00));
+        h.free(b.id).unwrap();
+        check(&h);
+        // Too big for the good-fit search (0x400 + 0x800 - 16), found by the fallback
+        // scan: the front [0x10400, 0x10800) stays free, no tail remains.
+        let d = h.allocate(0x400, 0x800).unwrap();
+        assert_eq!(d.start, 0x10800);
+        check(&h);
+        assert_eq!(h.stats().free_blocks, 1);
+        // Same with a tail: hole [0x10400, 0x10c00) again, 0x200 at 0x800.
+        h.free(d.id).unwrap();
+        let e = h.allocate(0x200, 0x800).unwrap();
+        assert_eq!(e.start, 0x10800);
+        assert_eq!(h.stats().free_blocks, 2);
+        check(&h);
+        for id in [c.id, e.id, a.id] {
+            h.free(id).unwrap();
+            check(&h);
+        }
+        assert!(h.pool_is_empty(p));
+        assert_eq!(h.stats().free_blocks, 1);
+    }
+
+    #[test]
     fn shrink_then_free() {
         let (mut h, p) = heap_with_pool(0x8000, 4096);
         let a = h.allocate(1000, 64).unwrap();
@@ -1208,7 +1352,7 @@ mod tests {
         assert_eq!(h.get(a.id).unwrap_err(), RangeError::StaleId);
         // The slot is reused by the next allocation: the old id stays stale.
         let b = h.allocate(64, 16).unwrap();
-        assert_eq!(b.id.index, a.id.index);
+        assert_eq!(b.id.index(), a.id.index());
         assert_ne!(b.id, a.id);
         assert_eq!(h.free(a.id).unwrap_err(), RangeError::StaleId);
         assert_eq!(h.get(b.id).unwrap().start, b.start);
@@ -1225,10 +1369,7 @@ mod tests {
             assert_eq!(h.free(id).unwrap_err(), RangeError::StaleId);
         }
         // An id that was never issued.
-        let bogus = RangeId {
-            index: 1_000_000,
-            generation: 0,
-        };
+        let bogus = RangeId::new(1_000_000, 0);
         assert_eq!(h.free(bogus).unwrap_err(), RangeError::StaleId);
         check(&h);
     }
@@ -1239,7 +1380,7 @@ mod tests {
         let (mut h2, _) = heap_with_pool(0x8000, 4096);
         let a = h1.allocate(64, 16).unwrap();
         let b = h2.allocate(64, 16).unwrap();
-        assert_eq!(a.id.index, b.id.index);
+        assert_eq!(a.id.index(), b.id.index());
         assert_eq!(h2.free(a.id).unwrap_err(), RangeError::StaleId);
         assert_eq!(h1.get(b.id).unwrap_err(), RangeError::StaleId);
     }

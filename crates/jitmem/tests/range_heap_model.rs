@@ -1,6 +1,9 @@
 //! Model-based tests of `jitmem::range_heap`: random operation sequences checked
 //! against a plain list of live ranges, plus a fragmentation test.
 
+// Test code: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use jitmem::range_heap::*;
 use proptest::prelude::*;
 

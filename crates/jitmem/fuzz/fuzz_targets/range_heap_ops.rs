@@ -46,7 +46,11 @@ impl Input<'_> {
     }
 
     fn pick(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { usize::from(self.u16()) % n }
+        if n == 0 {
+            0
+        } else {
+            usize::from(self.u16()) % n
+        }
     }
 }
 
@@ -202,8 +206,7 @@ impl Model {
         if let Err(e) = heap.debug_validate() {
             panic!("invariant broken: {e}");
         }
-        let mut ranges: Vec<(usize, usize)> =
-            self.live.iter().map(|l| (l.start, l.len)).collect();
+        let mut ranges: Vec<(usize, usize)> = self.live.iter().map(|l| (l.start, l.len)).collect();
         ranges.sort_unstable();
         for w in ranges.windows(2) {
             assert!(w[0].0 + w[0].1 <= w[1].0, "overlap: {w:x?}");
@@ -333,7 +336,10 @@ fn run(data: &[u8]) {
                         }
                         _ => assert_eq!(
                             res,
-                            Err(RangeError::ShrinkTooLarge { len: l.len, new_len })
+                            Err(RangeError::ShrinkTooLarge {
+                                len: l.len,
+                                new_len
+                            })
                         ),
                     }
                 }
@@ -349,7 +355,10 @@ fn run(data: &[u8]) {
                     1 => {
                         let len = (usize::from(input.u16()) + 1) * g;
                         let below = usize::from(input.u16()) * g;
-                        (usize::MAX.wrapping_sub(len).wrapping_sub(below) & !(g - 1), len)
+                        (
+                            usize::MAX.wrapping_sub(len).wrapping_sub(below) & !(g - 1),
+                            len,
+                        )
                     }
                     // Adjacent to (or overlapping) an existing pool.
                     _ => {
@@ -367,7 +376,10 @@ fn run(data: &[u8]) {
             7 => {
                 if input.u8() % 4 == 0 && !model.removed.is_empty() {
                     let id = model.removed[input.pick(model.removed.len())];
-                    assert!(matches!(heap.remove_pool(id), Err(RangeError::BadPool { .. })));
+                    assert!(matches!(
+                        heap.remove_pool(id),
+                        Err(RangeError::BadPool { .. })
+                    ));
                     continue;
                 }
                 if model.pools.is_empty() {
