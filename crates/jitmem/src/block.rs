@@ -95,6 +95,17 @@ impl CodeBlock {
     /// those pages cannot run until the scope ends); PerThread, one `WRPKRU` for the outermost
     /// scope of the thread; Mirror and Rwx, nothing.
     pub fn write_range(&mut self, range: Range<usize>) -> Result<WriteScope<'_>> {
+        self.check_range(&range)?;
+        self.acquire(&range)?;
+        Ok(WriteScope {
+            block: self,
+            range,
+            finished: false,
+            _not_send: PhantomData,
+        })
+    }
+
+    fn check_range(&self, range: &Range<usize>) -> Result<()> {
         if range.start >= range.end || range.end > self.len {
             return Err(Error::OutOfRange {
                 start: range.start,
@@ -102,16 +113,63 @@ impl CodeBlock {
                 len: self.len,
             });
         }
+        Ok(())
+    }
+
+    /// Acquires write rights over `range` (checked by the caller).
+    fn acquire(&self, range: &Range<usize>) -> Result<()> {
         self.shared.check_usable()?;
         let start = self.rx.as_ptr() as usize + range.start;
-        let end = start + (range.end - range.start);
-        self.shared.rights.acquire(start, end)?;
-        Ok(WriteScope {
-            block: self,
-            range,
-            finished: false,
-            _not_send: PhantomData,
-        })
+        self.shared
+            .rights
+            .acquire(start, start + (range.end - range.start))
+    }
+
+    /// Withdraws the rights [`acquire`](Self::acquire) granted and makes the range coherent for
+    /// instruction fetch.
+    fn release(&self, range: &Range<usize>) -> Result<()> {
+        let start = self.rx.as_ptr() as usize + range.start;
+        let len = range.end - range.start;
+        let released = self.shared.rights.release(start, start + len);
+        // SAFETY: the range lies inside the block, which is mapped and readable.
+        unsafe { icache::clear_cache(start as *const u8, len) };
+        released
+    }
+
+    /// `writable address - executable address` for this block: 0 unless the strategy is
+    /// Mirror. Writing through `as_ptr() + writable_offset()` needs write rights (a scope).
+    pub fn writable_offset(&self) -> isize {
+        self.diff
+    }
+
+    /// For foreign-function layers (the C API) that cannot hold a [`WriteScope`] borrow: grants
+    /// write rights over `range` and returns the writable address of its first byte.
+    ///
+    /// # Safety
+    /// Each successful call is matched by exactly one [`end_write_raw`](Self::end_write_raw)
+    /// for the same range, on the same thread (PerThread rights belong to a thread), before the
+    /// block is shrunk or dropped; writes through the pointer stay inside `range` and happen
+    /// before that call.
+    #[doc(hidden)]
+    pub unsafe fn begin_write_raw(&mut self, range: Range<usize>) -> Result<*mut u8> {
+        self.check_range(&range)?;
+        self.acquire(&range)?;
+        Ok(self.rw_ptr(range.start))
+    }
+
+    /// Ends what [`begin_write_raw`](Self::begin_write_raw) began, as
+    /// [`WriteScope::publish`] (or `publish_live` when `live`).
+    ///
+    /// # Safety
+    /// As for `begin_write_raw`: called once per successful `begin_write_raw` with its range.
+    #[doc(hidden)]
+    pub unsafe fn end_write_raw(&mut self, range: Range<usize>, live: bool) -> Result<()> {
+        self.check_range(&range)?;
+        self.release(&range)?;
+        if live {
+            icache::pipeline_flush_mt()?;
+        }
+        Ok(())
     }
 
     /// Turns the code at `offset` into a function pointer of type `F`.
@@ -281,12 +339,7 @@ impl WriteScope<'_> {
             return Ok(());
         }
         self.finished = true;
-        let start = self.block.rx.as_ptr() as usize + self.range.start;
-        let len = self.range.end - self.range.start;
-        let released = self.block.shared.rights.release(start, start + len);
-        // SAFETY: the range lies inside the block, which is mapped and readable.
-        unsafe { icache::clear_cache(start as *const u8, len) };
-        released
+        self.block.release(&self.range)
     }
 }
 

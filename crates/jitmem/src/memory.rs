@@ -234,6 +234,10 @@ impl JitMemory {
         if len == 0 {
             return Err(Error::ZeroLength);
         }
+        // No mapping can be larger than isize::MAX bytes.
+        if len > isize::MAX as usize {
+            return Err(Error::TooLarge { len });
+        }
         if !align.is_power_of_two() || align > shared.page {
             return Err(Error::BadAlignment {
                 align,
