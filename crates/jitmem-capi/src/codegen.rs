@@ -1,0 +1,235 @@
+//! Seed 000's `CodeGen` API (Play!-CodeGen's `MemoryUtil.h`), on every platform jitmem supports.
+//!
+//! The three modes map onto strategies and layouts: **Legacy** = Toggle + PerAllocation,
+//! **LuckNoTXM** = Mirror + PerAllocation, **LuckTXM** = Mirror + Arena (512 MiB reserved,
+//! pages used as touched). The seed's defects are fixed:
+//! - allocation before `SetJitType` / `AllocateExecutableMemoryRegion` works (the seed's default
+//!   mode, LuckTXM, is set up on first use) instead of silently returning NULL;
+//! - the LuckTXM free checks its size, and no pointer is stored inside the code pages (the
+//!   allocator's bookkeeping is out of band);
+//! - finding the region of a pointer is O(log n), not a linear scan;
+//! - a free unregisters before it unmaps, so no thread can find a dead region;
+//! - `AllocateWritableRegionAndGetDiff` signals failure with `JITMEM_DIFF_ERROR` (`PTRDIFF_MIN`)
+//!   and a message, since 0 is a valid answer (Legacy);
+//! - changing the JIT type while allocations are live is refused;
+//! - foreign pointers, double frees, size mismatches and unbalanced write toggles are errors,
+//!   never undefined behaviour.
+
+use std::ffi::c_void;
+use std::sync::{Mutex, MutexGuard};
+
+use jitmem::{Layout, Strategy};
+
+use crate::registry::Registry;
+use crate::status::{CError, JitmemStatus, guard};
+
+/// Seed 000's `CodeGen::JitType`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JitmemJitType {
+    /// iOS < 26 in the seed: W^X toggled with mprotect (Toggle + PerAllocation).
+    Legacy = 0,
+    /// iOS 26 without TXM in the seed: an RW mirror per RX allocation (Mirror + PerAllocation).
+    LuckNoTxm = 1,
+    /// iOS 26 with TXM in the seed: one 512 MiB region with a permanent RW mirror
+    /// (Mirror + Arena).
+    LuckTxm = 2,
+}
+
+/// What `jitmem_codegen_writable_diff` returns on failure (`PTRDIFF_MIN`, defined in the
+/// header as `JITMEM_DIFF_ERROR`): 0 cannot be the error value, since it is the right answer in
+/// Legacy mode.
+pub(crate) const JITMEM_DIFF_ERROR: isize = isize::MIN;
+
+struct Global {
+    jit_type: JitmemJitType,
+    registry: Option<Registry>,
+}
+
+static GLOBAL: Mutex<Global> = Mutex::new(Global {
+    jit_type: JitmemJitType::LuckTxm,
+    registry: None,
+});
+
+fn global() -> Result<MutexGuard<'static, Global>, CError> {
+    GLOBAL
+        .lock()
+        .map_err(|_| CError::new(JitmemStatus::Internal, "CodeGen state lock poisoned"))
+}
+
+impl Global {
+    /// The registry of the current mode, created on first use.
+    fn registry(&mut self) -> Result<&Registry, CError> {
+        if self.registry.is_none() {
+            let (strategy, layout) = match self.jit_type {
+                JitmemJitType::Legacy => (Strategy::Toggle, Layout::PerAllocation),
+                JitmemJitType::LuckNoTxm => (Strategy::Mirror, Layout::PerAllocation),
+                JitmemJitType::LuckTxm => (
+                    Strategy::Mirror,
+                    Layout::Arena {
+                        size: Layout::DEFAULT_ARENA_SIZE,
+                    },
+                ),
+            };
+            let memory = crate::make_memory(strategy, layout, 16, false)?;
+            self.registry = Some(Registry::new(memory));
+        }
+        self.registry
+            .as_ref()
+            .ok_or_else(|| CError::new(JitmemStatus::Internal, "registry vanished"))
+    }
+
+    fn existing(&self, ptr: *mut c_void) -> Result<&Registry, CError> {
+        if ptr.is_null() {
+            return Err(CError::new(
+                JitmemStatus::InvalidArgument,
+                "the pointer is NULL",
+            ));
+        }
+        self.registry.as_ref().ok_or_else(|| {
+            CError::new(
+                JitmemStatus::UnknownPointer,
+                format!(
+                    "{ptr:p} is not a live allocation: nothing has been allocated in this mode"
+                ),
+            )
+        })
+    }
+}
+
+/// `CodeGen::SetJitType`: chooses the mode. Refused (`JITMEM_STATUS_WRONG_STATE`) while
+/// allocations of another mode are live.
+#[unsafe(no_mangle)]
+pub extern "C" fn jitmem_codegen_set_jit_type(jit_type: u32) -> JitmemStatus {
+    guard(|| {
+        let jit_type = match jit_type {
+            0 => JitmemJitType::Legacy,
+            1 => JitmemJitType::LuckNoTxm,
+            2 => JitmemJitType::LuckTxm,
+            v => {
+                return Err(CError::new(
+                    JitmemStatus::InvalidArgument,
+                    format!("unknown JitType {v}"),
+                ));
+            }
+        };
+        let mut g = global()?;
+        if g.jit_type == jit_type {
+            return Ok(());
+        }
+        let live = g.registry.as_ref().map_or(0, Registry::live);
+        if live > 0 {
+            return Err(CError::new(
+                JitmemStatus::WrongState,
+                format!(
+                    "cannot change the JIT type from {:?} to {jit_type:?} while {live} allocation(s) are live: free them first",
+                    g.jit_type
+                ),
+            ));
+        }
+        g.jit_type = jit_type;
+        g.registry = None;
+        Ok(())
+    })
+}
+
+/// `CodeGen::AllocateExecutableMemoryRegion`: sets up the current mode now (for LuckTXM,
+/// reserves the arena). Optional: the first allocation does it too.
+#[unsafe(no_mangle)]
+pub extern "C" fn jitmem_codegen_allocate_region() -> JitmemStatus {
+    guard(|| global()?.registry().map(|_| ()))
+}
+
+/// `CodeGen::AllocateExecutableMemory`: `size` bytes, page-aligned, executable address
+/// returned; NULL on failure, with the reason in `jitmem_last_error()`.
+#[unsafe(no_mangle)]
+pub extern "C" fn jitmem_codegen_allocate(size: usize) -> *mut c_void {
+    let mut result = std::ptr::null_mut();
+    guard(|| {
+        let mut g = global()?;
+        let page = jitmem::page_size();
+        result = g.registry()?.allocate(size, page)? as *mut c_void;
+        Ok(())
+    });
+    result
+}
+
+/// `CodeGen::FreeExecutableMemory`: frees `ptr`, which must be a live allocation of exactly
+/// `size` bytes; anything else is refused and nothing is freed.
+#[unsafe(no_mangle)]
+pub extern "C" fn jitmem_codegen_free(ptr: *mut c_void, size: usize) -> JitmemStatus {
+    guard(|| global()?.existing(ptr)?.free(ptr as usize, Some(size)))
+}
+
+/// `CodeGen::AllocateWritableRegionAndGetDiff`: `writable address - ptr` for the allocation
+/// containing `[ptr, ptr + size)` (0 in Legacy mode, where code is written in place inside a
+/// `JITPageWriteEnableExecuteDisable` pair); `JITMEM_DIFF_ERROR` on failure.
+#[unsafe(no_mangle)]
+pub extern "C" fn jitmem_codegen_writable_diff(ptr: *mut c_void, size: usize) -> isize {
+    let mut diff = JITMEM_DIFF_ERROR;
+    guard(|| {
+        diff = global()?
+            .existing(ptr)?
+            .writable_offset(ptr as usize, size)?;
+        Ok(())
+    });
+    diff
+}
+
+/// `CodeGen::FreeWritableRegion`: checks that `diff` is what `jitmem_codegen_writable_diff`
+/// returned for this allocation. The writable view lives as long as the allocation, so there
+/// is nothing else to free.
+#[unsafe(no_mangle)]
+pub extern "C" fn jitmem_codegen_free_writable_region(
+    ptr: *mut c_void,
+    size: usize,
+    diff: isize,
+) -> JitmemStatus {
+    guard(|| {
+        let g = global()?;
+        let actual = g.existing(ptr)?.writable_offset(ptr as usize, size)?;
+        if actual != diff {
+            return Err(CError::new(
+                JitmemStatus::InvalidArgument,
+                format!("diff {diff} is not this allocation's writable offset ({actual})"),
+            ));
+        }
+        Ok(())
+    })
+}
+
+/// Legacy: runs `toggle` on the registry; mirror modes only check that `ptr` is inside a live
+/// allocation (their code is written through the writable view, never in place).
+fn legacy_toggle(
+    ptr: *mut c_void,
+    toggle: impl FnOnce(&Registry, usize) -> Result<(), CError>,
+) -> JitmemStatus {
+    guard(|| {
+        let g = global()?;
+        let legacy = g.jit_type == JitmemJitType::Legacy;
+        let registry = g.existing(ptr)?;
+        if legacy {
+            toggle(registry, ptr as usize)
+        } else {
+            registry.writable_offset(ptr as usize, 1).map(|_| ())
+        }
+    })
+}
+
+/// `CodeGen::JITPageWriteEnableExecuteDisable`: in Legacy mode, makes the allocation containing
+/// `ptr` writable (and not executable) for this thread's scope; nests. In the mirror modes it
+/// only checks `ptr` (code is written through the writable view).
+#[unsafe(no_mangle)]
+pub extern "C" fn jitmem_codegen_write_enable(ptr: *mut c_void) -> JitmemStatus {
+    legacy_toggle(ptr, |registry, at| {
+        registry.begin_write_block(at).map(|_| ())
+    })
+}
+
+/// `CodeGen::JITPageWriteDisableExecuteEnable`: ends the innermost
+/// `jitmem_codegen_write_enable` of the allocation containing `ptr` (Legacy: executable again,
+/// instruction cache made coherent). Without a matching enable: `JITMEM_STATUS_UNBALANCED`.
+#[unsafe(no_mangle)]
+pub extern "C" fn jitmem_codegen_write_disable(ptr: *mut c_void) -> JitmemStatus {
+    legacy_toggle(ptr, |registry, at| registry.end_write(at, false))
+}

@@ -1,0 +1,213 @@
+//! Blocks addressed by their code pointer, for callers that hold raw pointers (C, C++).
+//!
+//! A `BTreeMap` from a block's executable start to the block finds the block containing any
+//! pointer in O(log n) (the seed's `FindRegion` scanned linearly), and answers foreign
+//! pointers and double frees with an error instead of undefined behaviour. Write scopes opened
+//! through raw pointers are recorded per block (range and thread) so that unbalanced ends,
+//! ends on another thread, and frees with a scope open are refused.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::{Mutex, MutexGuard};
+use std::thread::ThreadId;
+
+use jitmem::{CodeBlock, JitMemory};
+
+use crate::status::{CError, JitmemStatus};
+
+struct Entry {
+    block: CodeBlock,
+    /// The size the caller asked for (what a sized free must repeat).
+    requested: usize,
+    /// Open raw write scopes, innermost last.
+    scopes: Vec<(Range<usize>, ThreadId)>,
+}
+
+/// The blocks of one [`JitMemory`], by executable start address.
+pub(crate) struct Registry {
+    pub(crate) memory: JitMemory,
+    blocks: Mutex<BTreeMap<usize, Entry>>,
+}
+
+fn unknown(ptr: usize) -> CError {
+    CError::new(
+        JitmemStatus::UnknownPointer,
+        format!(
+            "{ptr:#x} is not a live allocation of this jitmem memory (a foreign pointer, or already freed)"
+        ),
+    )
+}
+
+impl Registry {
+    pub(crate) fn new(memory: JitMemory) -> Self {
+        Registry {
+            memory,
+            blocks: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, BTreeMap<usize, Entry>>, CError> {
+        self.blocks
+            .lock()
+            .map_err(|_| CError::new(JitmemStatus::Internal, "block registry lock poisoned"))
+    }
+
+    /// Live allocations.
+    pub(crate) fn live(&self) -> usize {
+        self.blocks.lock().map(|b| b.len()).unwrap_or(0)
+    }
+
+    pub(crate) fn allocate(&self, len: usize, align: usize) -> Result<usize, CError> {
+        let block = self.memory.allocate_aligned(len, align)?;
+        let start = block.as_ptr() as usize;
+        self.lock()?.insert(
+            start,
+            Entry {
+                block,
+                requested: len,
+                scopes: Vec::new(),
+            },
+        );
+        Ok(start)
+    }
+
+    /// Frees the block that starts at `ptr`; with `size`, only if it is the size allocated.
+    pub(crate) fn free(&self, ptr: usize, size: Option<usize>) -> Result<(), CError> {
+        let mut blocks = self.lock()?;
+        let entry = blocks.get(&ptr).ok_or_else(|| unknown(ptr))?;
+        if let Some(size) = size {
+            if size != entry.requested {
+                return Err(CError::new(
+                    JitmemStatus::SizeMismatch,
+                    format!(
+                        "free of {ptr:#x} with size {size}, but it was allocated with size {}; nothing was freed",
+                        entry.requested
+                    ),
+                ));
+            }
+        }
+        if !entry.scopes.is_empty() {
+            return Err(CError::new(
+                JitmemStatus::Unbalanced,
+                format!(
+                    "free of {ptr:#x} while {} write scope(s) are open on it; nothing was freed",
+                    entry.scopes.len()
+                ),
+            ));
+        }
+        // Unregister first, then free: no other thread can find a block being torn down
+        // (the seed unmapped first and unregistered after).
+        let entry = blocks.remove(&ptr).ok_or_else(|| unknown(ptr))?;
+        drop(blocks);
+        drop(entry);
+        Ok(())
+    }
+
+    /// Runs `f` on the block containing `ptr`, with the offset of `ptr` in it.
+    fn with_block<T>(
+        &self,
+        ptr: usize,
+        f: impl FnOnce(&mut Entry, usize) -> Result<T, CError>,
+    ) -> Result<T, CError> {
+        let mut blocks = self.lock()?;
+        let (start, entry) = blocks
+            .range_mut(..=ptr)
+            .next_back()
+            .ok_or_else(|| unknown(ptr))?;
+        let offset = ptr - *start;
+        if offset >= entry.block.len() {
+            return Err(unknown(ptr));
+        }
+        f(entry, offset)
+    }
+
+    /// Opens a write scope over `[ptr, ptr + len)` (`len` None: to the end of the block) and
+    /// returns the writable address of `ptr`.
+    pub(crate) fn begin_write(&self, ptr: usize, len: Option<usize>) -> Result<usize, CError> {
+        self.with_block(ptr, |entry, offset| {
+            let end = match len {
+                Some(len) => offset.checked_add(len).ok_or_else(|| {
+                    CError::new(JitmemStatus::InvalidArgument, "write range overflows")
+                })?,
+                None => entry.block.len(),
+            };
+            let range = offset..end;
+            // SAFETY: the range is recorded and released exactly once by end_write (or never,
+            // and then free refuses), on this thread (end_write checks the thread).
+            let rw = unsafe { entry.block.begin_write_raw(range.clone()) }?;
+            entry.scopes.push((range, std::thread::current().id()));
+            Ok(rw as usize)
+        })
+    }
+
+    /// Opens a write scope over the whole block containing `ptr` (seed 000's Legacy toggle).
+    pub(crate) fn begin_write_block(&self, ptr: usize) -> Result<usize, CError> {
+        self.with_block(ptr, |entry, offset| {
+            let range = 0..entry.block.len();
+            // SAFETY: as in begin_write.
+            let rw = unsafe { entry.block.begin_write_raw(range.clone()) }?;
+            entry.scopes.push((range, std::thread::current().id()));
+            Ok(rw as usize + offset)
+        })
+    }
+
+    /// Ends the innermost write scope of the block containing `ptr`, publishing it.
+    pub(crate) fn end_write(&self, ptr: usize, live: bool) -> Result<(), CError> {
+        self.with_block(ptr, |entry, _| {
+            let Some((range, thread)) = entry.scopes.last().cloned() else {
+                return Err(CError::new(
+                    JitmemStatus::Unbalanced,
+                    format!("write scope end on {ptr:#x} without a matching begin"),
+                ));
+            };
+            if thread != std::thread::current().id() {
+                return Err(CError::new(
+                    JitmemStatus::Unbalanced,
+                    "write scope ended on another thread than the one that began it",
+                ));
+            }
+            entry.scopes.pop();
+            // SAFETY: this range was opened by begin_write on this thread and is closed once.
+            unsafe { entry.block.end_write_raw(range, live) }?;
+            Ok(())
+        })
+    }
+
+    /// `writable - executable` for the block containing `ptr`, checking that
+    /// `[ptr, ptr + size)` lies inside it.
+    pub(crate) fn writable_offset(&self, ptr: usize, size: usize) -> Result<isize, CError> {
+        self.with_block(ptr, |entry, offset| {
+            if offset
+                .checked_add(size)
+                .is_none_or(|end| end > entry.block.len())
+            {
+                return Err(CError::new(
+                    JitmemStatus::SizeMismatch,
+                    format!(
+                        "{size} bytes from {ptr:#x} go past the end of its allocation ({} bytes)",
+                        entry.block.len() - offset
+                    ),
+                ));
+            }
+            Ok(entry.block.writable_offset())
+        })
+    }
+
+    /// Shrinks the block that starts at `ptr`.
+    pub(crate) fn shrink(&self, ptr: usize, new_len: usize) -> Result<(), CError> {
+        self.with_block(ptr, |entry, offset| {
+            if offset != 0 {
+                return Err(unknown(ptr));
+            }
+            if !entry.scopes.is_empty() {
+                return Err(CError::new(
+                    JitmemStatus::Unbalanced,
+                    "shrink with a write scope open",
+                ));
+            }
+            entry.block.shrink(new_len)?;
+            entry.requested = entry.requested.min(new_len);
+            Ok(())
+        })
+    }
+}
