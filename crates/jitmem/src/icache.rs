@@ -36,15 +36,29 @@ use crate::error::Result;
 #[inline]
 pub unsafe fn clear_cache(ptr: *const u8, len: usize) {
     // SAFETY: forwarded from the caller.
+    unsafe { crate::sys::clear_cache(ptr, len) }
+}
+
+/// The ISA's own cache-maintenance sequence, for platforms without a system call for it.
+///
+/// # Safety
+/// The range is mapped (readable) memory.
+#[cfg_attr(
+    not(target_os = "linux"),
+    allow(dead_code, reason = "other OSes have a system call")
+)]
+#[inline]
+pub(crate) unsafe fn isa_clear_cache(ptr: *const u8, len: usize) {
+    // SAFETY: forwarded from the caller.
     unsafe { arch::clear_cache(ptr, len) }
 }
 
 /// Makes every thread of the process discard instructions it may have fetched before the last
 /// [`clear_cache`]: on Linux `membarrier(PRIVATE_EXPEDITED_SYNC_CORE)` (registered on first
 /// use). Cost: a system call and an inter-processor interrupt to each CPU running one of our
-/// threads (a few microseconds).
+/// threads (a few microseconds). Windows: `FlushProcessWriteBuffers`.
 pub fn pipeline_flush_mt() -> Result<()> {
-    crate::sys::membarrier_sync_core()
+    crate::sys::pipeline_flush_mt()
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -26,20 +26,15 @@ pub struct Check {
 /// The probe's report.
 #[derive(Clone, Debug)]
 pub struct Probe {
-    /// Operating system and kernel release.
-    pub kernel: String,
+    /// Operating system and version.
+    pub system: String,
     /// Instruction set.
     pub arch: &'static str,
     /// Page size in bytes.
     pub page_size: usize,
-    /// `vm.max_map_count`.
-    pub max_map_count: Option<usize>,
-    /// Mappings this process has now.
-    pub mappings: Option<usize>,
-    /// `vm.memfd_noexec` (kernels >= 6.3).
-    pub memfd_noexec: Option<u32>,
-    /// Security policies that can forbid JIT, and their state.
-    pub policies: Vec<(&'static str, String)>,
+    /// Settings and policies that decide what may run (mapping limits, SELinux, PaX,
+    /// `vm.memfd_noexec`, hardened runtime, ...), in words.
+    pub facts: Vec<(&'static str, String)>,
     /// The primitives tried.
     pub checks: Vec<Check>,
     /// Each concrete strategy: available, or why not.
@@ -51,55 +46,28 @@ pub struct Probe {
 impl Probe {
     /// Runs every check (a dozen system calls, a few page mappings).
     pub fn run() -> Probe {
-        let rwx = sys::try_rwx();
-        let mprotect_exec = sys::try_mprotect_exec();
-        let [memfd, shared_anon] = sys::try_mirrors();
-        let pkey = sys::code_pkey().map(|_| ());
-        let membarrier = sys::membarrier_sync_core().map_err(|e| sys::error_chain(&e));
-
-        let mirror = match (&memfd, &shared_anon) {
-            (Ok(()), _) => Ok(()),
-            (Err(_), Ok(())) => Ok(()),
-            (Err(a), Err(b)) => Err(format!("memfd: {a}; shared anonymous: {b}")),
-        };
-        let per_thread = match (&pkey, &rwx) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(e), _) => Err(e.clone()),
-            (_, Err(e)) => Err(format!(
-                "pages must be mapped RWX under a key, and RWX is refused: {e}"
-            )),
-        };
+        let f = sys::probe_facts();
         let strategies = vec![
-            (Strategy::Mirror, mirror),
-            (Strategy::PerThread, per_thread),
-            (Strategy::Toggle, mprotect_exec.clone()),
-            (Strategy::Rwx, rwx.clone()),
+            (Strategy::Mirror, f.mirror),
+            (Strategy::PerThread, f.per_thread),
+            (Strategy::Toggle, f.toggle),
+            (Strategy::Rwx, f.rwx),
         ];
-        let check = |name, r: &Result<(), String>, ok_detail: &str| Check {
-            name,
-            ok: r.is_ok(),
-            detail: match r {
-                Ok(()) => ok_detail.to_owned(),
-                Err(e) => e.clone(),
-            },
-        };
-        let checks = vec![
-            check("RWX anonymous mapping", &rwx, "allowed"),
-            check("mprotect RW -> RX", &mprotect_exec, "allowed"),
-            check("memfd mirror (exec)", &memfd, "allowed"),
-            check("shared-anonymous mirror", &shared_anon, "allowed"),
-            check("protection keys", &pkey, "pkey_alloc works; PKRU writable"),
-            check("membarrier SYNC_CORE", &membarrier, "registered"),
-        ];
+        let checks = f
+            .checks
+            .into_iter()
+            .map(|(name, r)| Check {
+                name,
+                ok: r.is_ok(),
+                detail: r.err().unwrap_or_else(|| "works".to_owned()),
+            })
+            .collect();
         let auto = choose(&strategies, sys::mirror_backing());
         Probe {
-            kernel: sys::kernel_version(),
+            system: f.system,
             arch: crate::isa::ARCH,
             page_size: sys::page_size(),
-            max_map_count: sys::max_map_count(),
-            mappings: sys::mapping_count().ok(),
-            memfd_noexec: sys::memfd_noexec(),
-            policies: sys::security_policies(),
+            facts: f.facts,
             checks,
             strategies,
             auto,
@@ -129,8 +97,13 @@ fn choose(
             (Strategy::Mirror, Ok(())) => format!(
                 "mirror ({}): code is never writable through its executable address, permissions never change after set-up, and live code can be patched while other threads run it",
                 match backing {
-                    Some(sys::MirrorBacking::SharedAnonymous) => "shared anonymous memory; executable memfds are refused here",
-                    _ => "memfd",
+                    Some(sys::MirrorBacking::SharedAnonymous) => {
+                        "shared anonymous memory; executable memfds are refused here"
+                    }
+                    Some(sys::MirrorBacking::Memfd) => "memfd",
+                    Some(sys::MirrorBacking::MachRemap) => "mach_vm_remap",
+                    Some(sys::MirrorBacking::FileMapping) => "file mapping",
+                    None => "two views",
                 }
             ),
             (Strategy::PerThread, Ok(())) => {
@@ -173,29 +146,10 @@ impl fmt::Display for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let row = |f: &mut fmt::Formatter<'_>, k: &str, v: &str| writeln!(f, "  {k:<26} {v}");
         writeln!(f, "system")?;
-        row(f, "kernel", &self.kernel)?;
+        row(f, "os", &self.system)?;
         row(f, "arch", self.arch)?;
         row(f, "page size", &format!("{} bytes", self.page_size))?;
-        let opt = |v: Option<usize>| v.map_or("unknown".to_owned(), |v| v.to_string());
-        row(f, "vm.max_map_count", &opt(self.max_map_count))?;
-        row(f, "mappings now", &opt(self.mappings))?;
-        row(
-            f,
-            "vm.memfd_noexec",
-            &self
-                .memfd_noexec
-                .map_or("absent (kernel < 6.3)".to_owned(), |v| {
-                    format!(
-                        "{v} ({})",
-                        match v {
-                            0 => "executable memfds allowed",
-                            1 => "memfds are noexec unless MFD_EXEC",
-                            _ => "executable memfds refused",
-                        }
-                    )
-                }),
-        )?;
-        for (name, state) in &self.policies {
+        for (name, state) in &self.facts {
             row(f, name, state)?;
         }
         writeln!(f, "checks")?;

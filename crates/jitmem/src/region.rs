@@ -40,9 +40,9 @@ impl Region {
                 (p, p, None)
             }
             Strategy::PerThread => {
-                let key =
-                    sys::code_pkey().map_err(|reason| Error::Unsupported { strategy, reason })?;
-                let p = sys::map_pkey(len, key)?;
+                let key = sys::per_thread_key()
+                    .map_err(|reason| Error::Unsupported { strategy, reason })?;
+                let p = sys::map_per_thread(len, key)?;
                 (p, p, None)
             }
             Strategy::Mirror => {
@@ -104,10 +104,13 @@ impl Drop for Region {
             // may now hold something else, so leave it alone.
             if self.generation == fork::generation() {
                 // SAFETY: the RW view is ours and nothing refers to it any more.
-                let _ = unsafe { sys::unmap(self.rw, self.len) };
+                let _ = unsafe { sys::unmap_view(self.rw, self.len) };
             }
+            // SAFETY: the RX view is ours and its blocks are gone (they hold the heap alive).
+            let _ = unsafe { sys::unmap_view(self.rx, self.len) };
+        } else {
+            // SAFETY: the region is ours and its blocks are gone (they hold the heap alive).
+            let _ = unsafe { sys::unmap(self.rx, self.len) };
         }
-        // SAFETY: the region is ours and its blocks are gone (they hold the heap alive).
-        let _ = unsafe { sys::unmap(self.rx, self.len) };
     }
 }

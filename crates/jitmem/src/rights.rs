@@ -16,7 +16,8 @@ pub(crate) enum Rights {
         open_pages: Mutex<BTreeMap<usize, u32>>,
         page: usize,
     },
-    /// PerThread (protection keys): the calling thread's PKRU grants write access to `key`.
+    /// PerThread: the calling thread's rights for `key` (Linux: its PKRU; Apple: its MAP_JIT
+    /// write mode) grant write access.
     ProtectionKey { key: u32 },
     /// Mirror and Rwx: the writable address is always writable.
     Always,
@@ -30,7 +31,8 @@ impl Rights {
                 page: sys::page_size(),
             },
             Strategy::PerThread => Rights::ProtectionKey {
-                key: sys::code_pkey().map_err(|reason| Error::Unsupported { strategy, reason })?,
+                key: sys::per_thread_key()
+                    .map_err(|reason| Error::Unsupported { strategy, reason })?,
             },
             Strategy::Mirror | Strategy::Rwx => Rights::Always,
             Strategy::Auto => return Err(Error::Internal("rights for Auto")),
@@ -144,7 +146,8 @@ fn for_runs(pages: &[usize], page: usize, prot: Prot) -> Result<()> {
     Ok(())
 }
 
-#[cfg(target_arch = "x86_64")]
+/// Per-thread rights: the outermost scope of a thread grants them, the matching end withdraws
+/// them; inner scopes only count.
 mod pkru {
     use std::cell::Cell;
 
@@ -152,23 +155,17 @@ mod pkru {
     use crate::sys;
 
     thread_local! {
-        /// Open scopes of this thread, and the key's rights (2 bits) before the outermost one.
+        /// Open scopes of this thread, and the platform's saved rights from the outermost one.
         static DEPTH: Cell<u32> = const { Cell::new(0) };
         static SAVED: Cell<u32> = const { Cell::new(0) };
     }
 
-    const WRITE_DISABLE: u32 = 0b10;
-
     pub(super) fn acquire(key: u32) -> Result<()> {
         let depth = DEPTH.get();
         if depth == 0 {
-            let shift = 2 * key;
-            // SAFETY: a key exists (Rights::ProtectionKey is only built from pkey_alloc), so the
-            // CPU and kernel support PKRU.
-            let pkru = unsafe { sys::read_pkru() };
-            SAVED.set((pkru >> shift) & 0b11);
-            // SAFETY: as above; grants this thread read and write access for our key only.
-            unsafe { sys::write_pkru(pkru & !(0b11 << shift)) };
+            // SAFETY: the key came from sys::per_thread_key (Rights::ProtectionKey is only built
+            // from it); release pairs with this on the same thread (the scope is !Send).
+            SAVED.set(unsafe { sys::per_thread_begin(key) });
         }
         DEPTH.set(depth + 1);
         Ok(())
@@ -178,33 +175,14 @@ mod pkru {
         let depth = DEPTH.get();
         if depth == 0 {
             return Err(crate::Error::Internal(
-                "protection-key rights released more often than acquired",
+                "per-thread write rights released more often than acquired",
             ));
         }
         DEPTH.set(depth - 1);
         if depth == 1 {
-            let shift = 2 * key;
-            // Back to what the thread had, but never with write access.
-            let bits = SAVED.get() | WRITE_DISABLE;
-            // SAFETY: as in acquire.
-            unsafe {
-                let pkru = sys::read_pkru();
-                sys::write_pkru((pkru & !(0b11 << shift)) | (bits << shift));
-            }
+            // SAFETY: pairs with the per_thread_begin of the outermost scope on this thread.
+            unsafe { sys::per_thread_end(key, SAVED.get()) };
         }
         Ok(())
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-mod pkru {
-    use crate::error::{Error, Result};
-
-    pub(super) fn acquire(_key: u32) -> Result<()> {
-        Err(Error::Internal("protection keys on a non-x86-64 target"))
-    }
-
-    pub(super) fn release(_key: u32) -> Result<()> {
-        Err(Error::Internal("protection keys on a non-x86-64 target"))
     }
 }

@@ -1,4 +1,4 @@
-//! Linux: `mmap`/`mprotect`, `memfd_create` mirrors, protection keys, `membarrier`, `/proc`.
+//! Linux: `memfd_create` mirrors, protection keys, `membarrier`, `/proc`, and the probe.
 //!
 //! # Safety
 //! Every function here that maps, unmaps or re-protects memory is either safe because it only
@@ -10,138 +10,15 @@ use std::ffi::CStr;
 use std::io;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
+pub(crate) use super::posix::{
+    discard_snapshot, install_snapshot_after_fork, map_private, page_size, protect,
+    register_atfork, snapshot_for_fork, unmap,
+};
+use super::posix::{map_error, non_null_map};
+use super::{Mapping, MirrorBacking, MirrorViews, ProbeFacts, Prot, error_chain};
 use crate::error::{Error, Result};
-
-/// A set of page protections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Prot(u8);
-
-impl Prot {
-    pub(crate) const NONE: Prot = Prot(0);
-    pub(crate) const RW: Prot = Prot(0b011);
-    pub(crate) const RX: Prot = Prot(0b101);
-    pub(crate) const RWX: Prot = Prot(0b111);
-
-    fn native(self) -> libc::c_int {
-        let mut p = libc::PROT_NONE;
-        if self.0 & 0b001 != 0 {
-            p |= libc::PROT_READ;
-        }
-        if self.0 & 0b010 != 0 {
-            p |= libc::PROT_WRITE;
-        }
-        if self.0 & 0b100 != 0 {
-            p |= libc::PROT_EXEC;
-        }
-        p
-    }
-}
-
-static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
-
-/// The page size of this process (`sysconf(_SC_PAGESIZE)`), read once.
-#[doc(alias = "sysconf")]
-pub(crate) fn page_size() -> usize {
-    let cached = PAGE_SIZE.load(Ordering::Relaxed);
-    if cached != 0 {
-        return cached;
-    }
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let raw = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let size = usize::try_from(raw)
-        .ok()
-        .filter(|s| s.is_power_of_two())
-        .unwrap_or(4096);
-    PAGE_SIZE.store(size, Ordering::Relaxed);
-    size
-}
-
-/// Turns a failed mapping call into an error, recognising the mapping-count limit.
-fn map_error(op: &'static str) -> Error {
-    let source = io::Error::last_os_error();
-    if source.raw_os_error() == Some(libc::ENOMEM) {
-        if let (Ok(count), Some(max)) = (mapping_count(), max_map_count()) {
-            // The kernel refuses at max_map_count; a split may need two more.
-            if count + 3 >= max {
-                return Error::MappingLimit { count, max, source };
-            }
-        }
-    }
-    Error::Os { op, source }
-}
-
-fn non_null_map(ptr: *mut libc::c_void, op: &'static str) -> Result<NonNull<u8>> {
-    if ptr == libc::MAP_FAILED {
-        return Err(map_error(op));
-    }
-    NonNull::new(ptr.cast::<u8>()).ok_or(Error::Internal("mmap returned a null address"))
-}
-
-/// Maps `len` bytes of fresh private anonymous memory with `prot` (`mmap(MAP_PRIVATE |
-/// MAP_ANONYMOUS | MAP_NORESERVE)`): physical pages are used only when touched.
-#[doc(alias = "mmap")]
-pub(crate) fn map_private(len: usize, prot: Prot) -> Result<NonNull<u8>> {
-    // SAFETY: a new anonymous mapping at an address the kernel picks touches no existing memory.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            prot.native(),
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    non_null_map(ptr, "mmap(MAP_PRIVATE | MAP_ANONYMOUS)")
-}
-
-/// Changes the protection of `[ptr, ptr + len)` (`mprotect`).
-///
-/// # Safety
-/// The caller owns the range (it was mapped by this crate and is still mapped) and nothing
-/// relies on the old protection (no other thread runs code there when execute is removed).
-#[doc(alias = "mprotect")]
-pub(crate) unsafe fn protect(ptr: NonNull<u8>, len: usize, prot: Prot) -> Result<()> {
-    // SAFETY: the caller owns the page-aligned range; mprotect does not move memory.
-    let rc = unsafe { libc::mprotect(ptr.as_ptr().cast(), len, prot.native()) };
-    if rc != 0 {
-        return Err(map_error("mprotect"));
-    }
-    Ok(())
-}
-
-/// Unmaps `[ptr, ptr + len)` (`munmap`).
-///
-/// # Safety
-/// The caller owns the range and nothing refers to it any more.
-#[doc(alias = "munmap")]
-pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> Result<()> {
-    // SAFETY: the caller owns the mapping and gives it up.
-    let rc = unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
-    if rc != 0 {
-        return Err(Error::last_os("munmap"));
-    }
-    Ok(())
-}
-
-/// What holds the pages behind a mirror.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MirrorBacking {
-    /// A `memfd_create` file, its executable view mapped from a read-only descriptor so that
-    /// the executable view can never be made writable.
-    Memfd,
-    /// Shared anonymous memory duplicated with `mremap(old_size = 0)`: the fallback when
-    /// `vm.memfd_noexec` or a policy forbids executable memfds.
-    SharedAnonymous,
-}
-
-/// The two views of a mirror.
-pub(crate) struct MirrorViews {
-    pub(crate) rx: NonNull<u8>,
-    pub(crate) rw: NonNull<u8>,
-}
 
 const BACKING_UNKNOWN: u8 = 0;
 const BACKING_MEMFD: u8 = 1;
@@ -297,114 +174,6 @@ pub(crate) fn mirror_backing() -> Option<MirrorBacking> {
     }
 }
 
-/// Before a `fork()` (atfork `prepare`, in the parent): copies the first `used` bytes of the
-/// executable view at `rx` into a fresh private mapping, the child's future code. Taking the copy
-/// before the fork means no write the parent makes after `fork()` returns can reach it.
-///
-/// # Safety
-/// `[rx, rx + used)` is mapped and readable (a mirror view made by this crate).
-pub(crate) unsafe fn snapshot_for_fork(rx: NonNull<u8>, used: usize) -> Option<NonNull<u8>> {
-    if used == 0 {
-        return None;
-    }
-    // SAFETY: a new private anonymous mapping.
-    let copy = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            used,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if copy == libc::MAP_FAILED {
-        return None;
-    }
-    // SAFETY: both ranges are mapped for `used` bytes and do not overlap (copy is fresh).
-    unsafe { std::ptr::copy_nonoverlapping(rx.as_ptr(), copy.cast::<u8>(), used) };
-    NonNull::new(copy.cast::<u8>())
-}
-
-/// In the parent after a `fork()`: drops a snapshot made by [`snapshot_for_fork`].
-///
-/// # Safety
-/// `snapshot` came from `snapshot_for_fork(_, used)` and is not used again.
-pub(crate) unsafe fn discard_snapshot(snapshot: NonNull<u8>, used: usize) {
-    // SAFETY: forwarded from the caller.
-    let _ = unsafe { unmap(snapshot, used) };
-}
-
-/// In a `fork()` child: replaces the shared executable view `[rx, rx + len)` by the private
-/// `snapshot` of its first `used` bytes (the rest stays reserved and inaccessible), so that the
-/// parent's later writes and frees never change the child's code. Runs in the atfork child
-/// handler, where only this thread exists: system calls only. Without a snapshot (it could not
-/// be made) the whole view becomes inaccessible: a fault, never code the parent may rewrite.
-///
-/// # Safety
-/// `[rx, rx + len)` is a mapping this crate made; `used <= len`, both page multiples;
-/// `snapshot` came from `snapshot_for_fork(rx, used)`.
-pub(crate) unsafe fn install_snapshot_after_fork(
-    snapshot: Option<NonNull<u8>>,
-    rx: NonNull<u8>,
-    len: usize,
-    used: usize,
-) -> bool {
-    let mut ok = used == 0 || snapshot.is_some();
-    if let Some(copy) = snapshot {
-        let copy = copy.as_ptr().cast::<libc::c_void>();
-        // SAFETY: copy is the child's inherited snapshot mapping.
-        ok = unsafe { libc::mprotect(copy, used, libc::PROT_READ | libc::PROT_EXEC) } == 0;
-        // SAFETY: moves our private copy over the shared view, replacing it atomically.
-        ok = ok
-            && unsafe {
-                libc::mremap(
-                    copy,
-                    used,
-                    used,
-                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                    rx.as_ptr().cast::<libc::c_void>(),
-                )
-            } != libc::MAP_FAILED;
-    }
-    if ok && used < len {
-        // SAFETY: replaces the unused tail of our own reservation with inaccessible memory.
-        let tail = unsafe {
-            libc::mmap(
-                rx.as_ptr().add(used).cast(),
-                len - used,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        ok = tail != libc::MAP_FAILED;
-    }
-    if !ok {
-        // SAFETY: our own mapping.
-        unsafe { libc::mprotect(rx.as_ptr().cast(), len, libc::PROT_NONE) };
-    }
-    ok
-}
-
-/// Registers `prepare`, `parent` and `child` to run around every `fork()` (`pthread_atfork`).
-pub(crate) fn register_atfork(
-    prepare: unsafe extern "C" fn(),
-    parent: unsafe extern "C" fn(),
-    child: unsafe extern "C" fn(),
-) -> Result<()> {
-    // SAFETY: the handlers are plain extern "C" functions that live for the whole program.
-    let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
-    if rc != 0 {
-        return Err(Error::Os {
-            op: "pthread_atfork",
-            source: io::Error::from_raw_os_error(rc),
-        });
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Protection keys (x86-64).
 
@@ -412,10 +181,10 @@ const PKEY_DISABLE_WRITE: libc::c_long = 2;
 
 static PKEY: OnceLock<std::result::Result<u32, String>> = OnceLock::new();
 
-/// The process's protection key for code pages, allocated on first use (`pkey_alloc`) and kept
+/// PerThread on Linux: the process's protection key for code pages, allocated on first use (`pkey_alloc`) and kept
 /// for the life of the process (keys are scarce: 15 per process).
 #[doc(alias = "pkey_alloc")]
-pub(crate) fn code_pkey() -> std::result::Result<u32, String> {
+pub(crate) fn per_thread_key() -> std::result::Result<u32, String> {
     PKEY.get_or_init(|| {
         if !cfg!(target_arch = "x86_64") {
             return Err("protection keys are supported on x86-64 only".to_owned());
@@ -442,7 +211,7 @@ pub(crate) fn code_pkey() -> std::result::Result<u32, String> {
 
 /// Maps fresh private memory readable, writable and executable in the page tables and tags it
 /// with `key`, so that writes need the thread's rights for that key.
-pub(crate) fn map_pkey(len: usize, key: u32) -> Result<NonNull<u8>> {
+pub(crate) fn map_per_thread(len: usize, key: u32) -> Result<NonNull<u8>> {
     let ptr = map_private(len, Prot::NONE)?;
     // SAFETY: ptr..ptr+len is the fresh mapping above; pkey_mprotect only changes its rights.
     let rc = unsafe {
@@ -450,7 +219,7 @@ pub(crate) fn map_pkey(len: usize, key: u32) -> Result<NonNull<u8>> {
             libc::SYS_pkey_mprotect,
             ptr.as_ptr(),
             len,
-            Prot::RWX.native() as libc::c_long,
+            super::posix::native(Prot::RWX) as libc::c_long,
             key as libc::c_long,
         )
     };
@@ -470,7 +239,7 @@ pub(crate) fn map_pkey(len: usize, key: u32) -> Result<NonNull<u8>> {
 /// instruction raises #UD.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-pub(crate) unsafe fn read_pkru() -> u32 {
+unsafe fn read_pkru() -> u32 {
     let value: u32;
     // SAFETY: RDPKRU with ECX = 0 reads PKRU into EAX and clears EDX; the caller guarantees
     // OSPKE is enabled.
@@ -487,13 +256,85 @@ pub(crate) unsafe fn read_pkru() -> u32 {
 /// As [`read_pkru`]; and the caller takes responsibility for the rights it grants.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-pub(crate) unsafe fn write_pkru(value: u32) {
+unsafe fn write_pkru(value: u32) {
     // SAFETY: WRPKRU with ECX = EDX = 0 writes EAX to PKRU; the caller guarantees OSPKE. Not
     // `nomem`: memory accesses must not move across the change of rights.
     unsafe {
         std::arch::asm!("wrpkru", in("eax") value, in("ecx") 0u32, in("edx") 0u32,
             options(nostack, preserves_flags));
     }
+}
+
+const WRITE_DISABLE: u32 = 0b10;
+
+/// Grants this thread write access to pages under `key` (one `WRPKRU`); returns the key's
+/// previous rights for [`per_thread_end`].
+///
+/// # Safety
+/// `key` came from [`per_thread_key`]; the caller pairs this with `per_thread_end` on the same
+/// thread.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) unsafe fn per_thread_begin(key: u32) -> u32 {
+    let shift = 2 * key;
+    // SAFETY: a key exists, so the CPU and kernel support PKRU.
+    let pkru = unsafe { read_pkru() };
+    // SAFETY: as above; grants read and write access for our key only.
+    unsafe { write_pkru(pkru & !(0b11 << shift)) };
+    (pkru >> shift) & 0b11
+}
+
+/// Withdraws what [`per_thread_begin`] granted: back to the thread's previous rights for `key`,
+/// but never with write access.
+///
+/// # Safety
+/// As for `per_thread_begin`, whose return value `saved` is.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) unsafe fn per_thread_end(key: u32, saved: u32) {
+    let shift = 2 * key;
+    let bits = (saved | WRITE_DISABLE) & 0b11;
+    // SAFETY: as in per_thread_begin.
+    unsafe {
+        let pkru = read_pkru();
+        write_pkru((pkru & !(0b11 << shift)) | (bits << shift));
+    }
+}
+
+/// No protection keys off x86-64: [`per_thread_key`] refuses, so this is never reached.
+///
+/// # Safety
+/// Never called: there is no key.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn per_thread_begin(_key: u32) -> u32 {
+    0
+}
+
+/// See [`per_thread_begin`].
+///
+/// # Safety
+/// Never called: there is no key.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn per_thread_end(_key: u32, _saved: u32) {}
+
+/// Removes one view of a mirror (`munmap`).
+///
+/// # Safety
+/// As [`unmap`].
+pub(crate) unsafe fn unmap_view(ptr: NonNull<u8>, len: usize) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { unmap(ptr, len) }
+}
+
+/// Makes `[ptr, ptr + len)` coherent for instruction fetch: the ISA's sequence (Linux has no
+/// system call for it on x86-64 or AArch64).
+///
+/// # Safety
+/// The range is mapped and readable.
+#[inline]
+pub(crate) unsafe fn clear_cache(ptr: *const u8, len: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { crate::icache::isa_clear_cache(ptr, len) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -508,7 +349,7 @@ static MEMBARRIER: OnceLock<std::result::Result<(), i32>> = OnceLock::new();
 /// further user code (`membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)`), registering the
 /// process once first. Costs an IPI to each CPU running one of our threads.
 #[doc(alias = "membarrier")]
-pub(crate) fn membarrier_sync_core() -> Result<()> {
+pub(crate) fn pipeline_flush_mt() -> Result<()> {
     let registered = MEMBARRIER.get_or_init(|| {
         // SAFETY: membarrier registration has no memory-safety preconditions.
         let rc = unsafe {
@@ -549,27 +390,6 @@ pub(crate) fn membarrier_sync_core() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // /proc introspection.
 
-/// One line of `/proc/self/maps`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    /// First address.
-    pub start: usize,
-    /// One past the last address.
-    pub end: usize,
-    /// The permission string, e.g. `r-xs`.
-    pub perms: String,
-    /// The path or pseudo-name, possibly empty.
-    pub name: String,
-}
-
-impl Mapping {
-    /// Writable and executable at once.
-    pub fn is_writable_and_executable(&self) -> bool {
-        let p = self.perms.as_bytes();
-        p.get(1) == Some(&b'w') && p.get(2) == Some(&b'x')
-    }
-}
-
 /// Reads `/proc/self/maps`.
 pub(crate) fn mappings() -> io::Result<Vec<Mapping>> {
     let text = std::fs::read_to_string("/proc/self/maps")?;
@@ -602,18 +422,23 @@ fn read_sysctl(path: &str) -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
+/// `(mappings now, vm.max_map_count)`, to recognise the mapping limit behind an `ENOMEM`.
+pub(crate) fn mapping_limit() -> Option<(usize, usize)> {
+    Some((mapping_count().ok()?, max_map_count()?))
+}
+
 /// `vm.max_map_count`.
-pub(crate) fn max_map_count() -> Option<usize> {
+fn max_map_count() -> Option<usize> {
     read_sysctl("/proc/sys/vm/max_map_count")?.parse().ok()
 }
 
 /// `vm.memfd_noexec` (0: allowed, 1: noexec by default, 2: exec refused), on kernels >= 6.3.
-pub(crate) fn memfd_noexec() -> Option<u32> {
+fn memfd_noexec() -> Option<u32> {
     read_sysctl("/proc/sys/vm/memfd_noexec")?.parse().ok()
 }
 
 /// The kernel's name and release (`uname`).
-pub(crate) fn kernel_version() -> String {
+fn kernel_version() -> String {
     // SAFETY: utsname is plain data; uname fills it.
     let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: uts is a valid, writable utsname.
@@ -637,7 +462,7 @@ pub(crate) fn kernel_version() -> String {
 }
 
 /// Facts about the security policies that can forbid JIT, in words.
-pub(crate) fn security_policies() -> Vec<(&'static str, String)> {
+fn security_policies() -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     match read_sysctl("/sys/fs/selinux/enforce") {
         Some(v) if v == "1" => {
@@ -681,7 +506,7 @@ pub(crate) fn security_policies() -> Vec<(&'static str, String)> {
 }
 
 /// Tries to map a small anonymous region read-write-execute.
-pub(crate) fn try_rwx() -> std::result::Result<(), String> {
+fn try_rwx() -> std::result::Result<(), String> {
     let page = page_size();
     let ptr = map_private(page, Prot::RWX).map_err(|e| error_chain(&e))?;
     // SAFETY: the fresh mapping above.
@@ -690,7 +515,7 @@ pub(crate) fn try_rwx() -> std::result::Result<(), String> {
 }
 
 /// Tries to map a page read-write, then make it read-execute.
-pub(crate) fn try_mprotect_exec() -> std::result::Result<(), String> {
+fn try_mprotect_exec() -> std::result::Result<(), String> {
     let page = page_size();
     let ptr = map_private(page, Prot::RW).map_err(|e| error_chain(&e))?;
     // SAFETY: the fresh mapping above.
@@ -701,7 +526,7 @@ pub(crate) fn try_mprotect_exec() -> std::result::Result<(), String> {
 }
 
 /// Tries each mirror backing on one page: `(memfd, shared anonymous)`.
-pub(crate) fn try_mirrors() -> [std::result::Result<(), String>; 2] {
+fn try_mirrors() -> [std::result::Result<(), String>; 2] {
     let page = page_size();
     let attempt = |f: fn(usize) -> Result<MirrorViews>| {
         let views = f(page).map_err(|e| error_chain(&e))?;
@@ -714,16 +539,60 @@ pub(crate) fn try_mirrors() -> [std::result::Result<(), String>; 2] {
     [attempt(memfd_mirror), attempt(shared_anon_mirror)]
 }
 
-/// An error with its sources, on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+/// What the probe needs from Linux: every primitive tried for real on one page, and the
+/// settings that explain a refusal.
+pub(crate) fn probe_facts() -> ProbeFacts {
+    let rwx = try_rwx();
+    let mprotect_exec = try_mprotect_exec();
+    let [memfd, shared_anon] = try_mirrors();
+    let pkey = per_thread_key().map(|_| ());
+    let membarrier = pipeline_flush_mt().map_err(|e| error_chain(&e));
+    let mirror = match (&memfd, &shared_anon) {
+        (Ok(()), _) | (_, Ok(())) => Ok(()),
+        (Err(a), Err(b)) => Err(format!("memfd: {a}; shared anonymous: {b}")),
+    };
+    let per_thread = match (&pkey, &rwx) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), _) => Err(e.clone()),
+        (_, Err(e)) => Err(format!(
+            "pages must be mapped RWX under a key, and RWX is refused: {e}"
+        )),
+    };
+    let opt = |v: Option<usize>| v.map_or("unknown".to_owned(), |v| v.to_string());
+    let mut facts = vec![
+        ("vm.max_map_count", opt(max_map_count())),
+        ("mappings now", opt(mapping_count().ok())),
+        (
+            "vm.memfd_noexec",
+            memfd_noexec().map_or("absent (kernel < 6.3)".to_owned(), |v| {
+                format!(
+                    "{v} ({})",
+                    match v {
+                        0 => "executable memfds allowed",
+                        1 => "memfds are noexec unless MFD_EXEC",
+                        _ => "executable memfds refused",
+                    }
+                )
+            }),
+        ),
+    ];
+    facts.extend(security_policies());
+    ProbeFacts {
+        system: kernel_version(),
+        facts,
+        checks: vec![
+            ("RWX anonymous mapping", rwx.clone()),
+            ("mprotect RW -> RX", mprotect_exec.clone()),
+            ("memfd mirror (exec)", memfd),
+            ("shared-anonymous mirror", shared_anon),
+            ("protection keys", pkey),
+            ("membarrier SYNC_CORE", membarrier),
+        ],
+        toggle: mprotect_exec,
+        mirror,
+        per_thread,
+        rwx,
     }
-    text
 }
 
 #[cfg(test)]

@@ -1,12 +1,30 @@
-//! The platform layer: the one place that names operating systems. Every platform module offers
-//! the same functions; everything above speaks in strategies, layouts and ranges.
+//! The platform layer: the one place that names operating systems.
+//!
+//! Every platform module offers the same functions, and everything above speaks in strategies,
+//! layouts and ranges:
+//!
+//! | function | what it does |
+//! |---|---|
+//! | `page_size` | the page size |
+//! | `map_private`, `protect`, `unmap` | private memory for Toggle and Rwx, and `ExecBuffer` |
+//! | `map_mirror`, `unmap_view`, `mirror_backing` | two views of the same pages (Mirror) |
+//! | `per_thread_key`, `map_per_thread`, `per_thread_begin`, `per_thread_end` | per-thread write rights (PerThread) |
+//! | `clear_cache`, `pipeline_flush_mt` | instruction-cache coherence |
+//! | `register_atfork`, `snapshot_for_fork`, `install_snapshot_after_fork`, `discard_snapshot` | fork safety of mirrors |
+//! | `mappings`, `mapping_count`, `mapping_limit` | introspection |
+//! | `probe_facts` | what the probe reports |
+
+mod common;
+pub(crate) use common::*;
+pub use common::{Mapping, MirrorBacking};
+
+#[cfg(unix)]
+mod posix;
 
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
-#[cfg(target_os = "linux")]
-pub use linux::{Mapping, MirrorBacking};
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("jitmem supports Linux in this version; macOS, iOS and Windows come next");

@@ -1,0 +1,101 @@
+//! Platform-neutral types of the platform layer.
+
+use std::ptr::NonNull;
+
+/// A set of page protections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Prot(u8);
+
+impl Prot {
+    pub(crate) const NONE: Prot = Prot(0);
+    pub(crate) const RW: Prot = Prot(0b011);
+    pub(crate) const RX: Prot = Prot(0b101);
+    pub(crate) const RWX: Prot = Prot(0b111);
+
+    #[cfg_attr(windows, allow(dead_code, reason = "Windows maps protections by name"))]
+    pub(crate) fn read(self) -> bool {
+        self.0 & 0b001 != 0
+    }
+
+    pub(crate) fn write(self) -> bool {
+        self.0 & 0b010 != 0
+    }
+
+    pub(crate) fn exec(self) -> bool {
+        self.0 & 0b100 != 0
+    }
+}
+
+/// What holds the pages behind a mirror.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MirrorBacking {
+    /// Linux: a `memfd_create` file, its executable view mapped from a read-only descriptor so
+    /// that the executable view can never be made writable.
+    Memfd,
+    /// Linux: shared anonymous memory duplicated with `mremap(old_size = 0)`, the fallback when
+    /// `vm.memfd_noexec` or a policy forbids executable memfds.
+    SharedAnonymous,
+    /// Apple: `mach_vm_remap` of the executable region, with the RX view's maximum protection
+    /// lowered so that it can never become writable.
+    MachRemap,
+    /// Windows: a pagefile-backed section (`CreateFileMappingW`) mapped twice with
+    /// `MapViewOfFile`, the executable view without write access.
+    FileMapping,
+}
+
+/// The two views of a mirror.
+pub(crate) struct MirrorViews {
+    pub(crate) rx: NonNull<u8>,
+    pub(crate) rw: NonNull<u8>,
+}
+
+/// One mapping of this process (a line of `/proc/self/maps` on Linux, a region from
+/// `VirtualQuery` on Windows).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// First address.
+    pub start: usize,
+    /// One past the last address.
+    pub end: usize,
+    /// The permission string, e.g. `r-xs`.
+    pub perms: String,
+    /// The path or pseudo-name, possibly empty.
+    pub name: String,
+}
+
+impl Mapping {
+    /// Writable and executable at once.
+    pub fn is_writable_and_executable(&self) -> bool {
+        let p = self.perms.as_bytes();
+        p.get(1) == Some(&b'w') && p.get(2) == Some(&b'x')
+    }
+}
+
+/// What a platform tells the probe: facts in words, primitives tried, and which strategies
+/// can work.
+pub(crate) struct ProbeFacts {
+    /// The operating system and its version.
+    pub(crate) system: String,
+    /// Settings and policies, in words (mapping limits, security policies...).
+    pub(crate) facts: Vec<(&'static str, String)>,
+    /// Primitives tried for real: name and outcome.
+    pub(crate) checks: Vec<(&'static str, Result<(), String>)>,
+    /// Whether each strategy can work: Toggle, Mirror, PerThread, Rwx.
+    pub(crate) toggle: Result<(), String>,
+    pub(crate) mirror: Result<(), String>,
+    pub(crate) per_thread: Result<(), String>,
+    pub(crate) rwx: Result<(), String>,
+}
+
+/// An error with its sources, on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
