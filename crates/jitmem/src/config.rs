@@ -150,6 +150,7 @@ pub struct Config {
     pub(crate) default_align: usize,
     pub(crate) rwx_opt_in: bool,
     pub(crate) use_environment: bool,
+    pub(crate) txm_handshake: bool,
 }
 
 impl Default for Config {
@@ -173,6 +174,7 @@ impl Config {
             default_align: 16,
             rwx_opt_in: false,
             use_environment: true,
+            txm_handshake: false,
         }
     }
 
@@ -211,6 +213,16 @@ impl Config {
     /// the code's inputs are trusted.
     pub unsafe fn allow_rwx_without_wx(mut self) -> Self {
         self.rwx_opt_in = true;
+        self
+    }
+
+    /// iOS 26 with TXM (seed 000's LuckTXM): announce each Mirror region to the attached
+    /// debugger with `brk #0x69` (x0 = address, x1 = size) before its writable mirror is made.
+    /// Use it with `Strategy::Mirror` and an `Arena`, so that the handshake happens once, when
+    /// the arena is reserved. TXM detection belongs to the host app: set this when it says TXM
+    /// is active. Ignored on other platforms.
+    pub fn txm_handshake(mut self, on: bool) -> Self {
+        self.txm_handshake = on;
         self
     }
 

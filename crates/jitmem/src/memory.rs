@@ -81,6 +81,7 @@ pub(crate) struct Shared {
     pub(crate) layout: Layout,
     pub(crate) rights: Rights,
     pub(crate) page: usize,
+    options: sys::MapOptions,
     default_align: usize,
     /// The fork generation this memory was made in.
     generation: u64,
@@ -116,8 +117,13 @@ impl Heap {
             .ok_or(Error::Internal("allocation from an unknown chunk"))
     }
 
-    fn add_chunk(&mut self, strategy: Strategy, len: usize) -> Result<()> {
-        let region = Region::map(strategy, len, 0)?;
+    fn add_chunk(
+        &mut self,
+        strategy: Strategy,
+        len: usize,
+        options: sys::MapOptions,
+    ) -> Result<()> {
+        let region = Region::map(strategy, len, 0, options)?;
         let pool = self
             .ranges
             .add_pool(region.rx().as_ptr() as usize, len)
@@ -168,7 +174,10 @@ impl JitMemory {
         };
         let heap = match choice.layout {
             Layout::PerAllocation => {
-                drop(Region::map(strategy, page, page).map_err(unsupported)?);
+                drop(
+                    Region::map(strategy, page, page, shared_options(&config))
+                        .map_err(unsupported)?,
+                );
                 None
             }
             Layout::Pooled | Layout::Arena { .. } => {
@@ -185,7 +194,8 @@ impl JitMemory {
                     chunks: Vec::new(),
                     next_chunk,
                 };
-                heap.add_chunk(strategy, first).map_err(unsupported)?;
+                heap.add_chunk(strategy, first, shared_options(&config))
+                    .map_err(unsupported)?;
                 Some(Mutex::new(heap))
             }
         };
@@ -195,6 +205,7 @@ impl JitMemory {
                 layout: choice.layout,
                 rights,
                 page,
+                options: shared_options(&config),
                 default_align: config.default_align,
                 generation: fork::generation(),
                 choice,
@@ -250,7 +261,7 @@ impl JitMemory {
             if rounded > isize::MAX as usize {
                 return Err(Error::TooLarge { len });
             }
-            let region = Region::map(shared.strategy, rounded, rounded)?;
+            let region = Region::map(shared.strategy, rounded, rounded, shared.options)?;
             shared.per_allocation.blocks.fetch_add(1, Ordering::Relaxed);
             shared
                 .per_allocation
@@ -284,7 +295,7 @@ impl JitMemory {
                         .filter(|n| *n <= isize::MAX as usize)
                         .ok_or(Error::TooLarge { len })?;
                     let size = heap.next_chunk.max(need);
-                    heap.add_chunk(shared.strategy, size)?;
+                    heap.add_chunk(shared.strategy, size, shared.options)?;
                     heap.next_chunk = (heap.next_chunk * 2).min(MAX_CHUNK);
                     heap.ranges.allocate(len, align).map_err(range_error)?
                 }
@@ -326,6 +337,13 @@ impl std::fmt::Debug for JitMemory {
             .field("layout", &self.shared.layout)
             .field("stats", &self.stats())
             .finish()
+    }
+}
+
+/// The platform options a configuration asks for.
+fn shared_options(config: &Config) -> sys::MapOptions {
+    sys::MapOptions {
+        txm_handshake: config.txm_handshake,
     }
 }
 

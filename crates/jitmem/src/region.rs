@@ -28,7 +28,12 @@ unsafe impl Sync for Region {}
 impl Region {
     /// Maps `len` bytes (a page multiple) for `strategy`. `used` is how much of it counts as
     /// handed out from the start (the whole of it for a PerAllocation block).
-    pub(crate) fn map(strategy: Strategy, len: usize, used: usize) -> Result<Region> {
+    pub(crate) fn map(
+        strategy: Strategy,
+        len: usize,
+        used: usize,
+        options: sys::MapOptions,
+    ) -> Result<Region> {
         let generation = fork::generation();
         let (rx, rw, mirror) = match strategy {
             Strategy::Toggle => {
@@ -46,7 +51,7 @@ impl Region {
                 (p, p, None)
             }
             Strategy::Mirror => {
-                let views = sys::map_mirror(len)?;
+                let views = sys::map_mirror(len, options)?;
                 let record = Arc::new(MirrorRecord::new(views.rx, len, used));
                 // Built before registering so that a failure to register unmaps both views.
                 let region = Region {

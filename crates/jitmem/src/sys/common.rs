@@ -44,6 +44,15 @@ pub enum MirrorBacking {
     FileMapping,
 }
 
+/// How a region is mapped, beyond its strategy and length.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MapOptions {
+    /// iOS with TXM (seed 000's LuckTXM): announce the executable region to the attached
+    /// debugger (`brk #0x69`, x0 = address, x1 = size) before making its writable mirror.
+    /// Ignored elsewhere.
+    pub(crate) txm_handshake: bool,
+}
+
 /// The two views of a mirror.
 pub(crate) struct MirrorViews {
     pub(crate) rx: NonNull<u8>,

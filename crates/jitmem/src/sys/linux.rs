@@ -17,7 +17,7 @@ pub(crate) use super::posix::{
     register_atfork, snapshot_for_fork, unmap,
 };
 use super::posix::{map_error, non_null_map};
-use super::{Mapping, MirrorBacking, MirrorViews, ProbeFacts, Prot, error_chain};
+use super::{MapOptions, Mapping, MirrorBacking, MirrorViews, ProbeFacts, Prot, error_chain};
 use crate::error::{Error, Result};
 
 const BACKING_UNKNOWN: u8 = 0;
@@ -37,7 +37,7 @@ impl Drop for Fd {
 /// Maps `len` bytes twice: an RW view and an RX view of the same pages. Tries `memfd_create`
 /// first and falls back to duplicated shared anonymous memory; remembers what worked. The RW
 /// view is marked `MADV_DONTFORK` so that a `fork()` child never gets write access.
-pub(crate) fn map_mirror(len: usize) -> Result<MirrorViews> {
+pub(crate) fn map_mirror(len: usize, _options: MapOptions) -> Result<MirrorViews> {
     match MIRROR_BACKING.load(Ordering::Relaxed) {
         BACKING_MEMFD => return memfd_mirror(len),
         BACKING_SHARED_ANON => return shared_anon_mirror(len),
@@ -265,6 +265,7 @@ unsafe fn write_pkru(value: u32) {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 const WRITE_DISABLE: u32 = 0b10;
 
 /// Grants this thread write access to pages under `key` (one `WRPKRU`); returns the key's
