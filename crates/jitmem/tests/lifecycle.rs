@@ -110,16 +110,22 @@ fn a_panic_inside_a_write_scope_leaves_code_runnable() {
 #[test]
 fn an_early_error_return_restores_execute_rights() {
     fn codegen(block: &mut jitmem::CodeBlock) -> Result<(), String> {
-        let mut scope = block.write().map_err(|e| e.to_string())?;
-        scope[0] = 0x90;
-        Err("the JIT gave up".to_owned())?;
+        let at = jitmem::isa::RETURN_CONSTANT_PATCH_OFFSET;
+        let mut scope = block.write_range(at..at + 4).map_err(|e| e.to_string())?;
+        scope.copy_from_slice(&4u32.to_le_bytes());
+        Err("the JIT gave up")?;
         scope.publish().map_err(|e| e.to_string())
     }
-    let memory = memory(Strategy::Toggle, Layout::Pooled).unwrap();
-    let mut block = function(&memory, 3);
-    assert!(codegen(&mut block).is_err());
-    assert_eq!(memory.stats().open_pages, 0);
-    assert_eq!(call(&block), 3, "nop; nop; nop; mov eax, 3; ret still runs");
+    for memory in all_memories() {
+        let mut block = function(&memory, 3);
+        assert!(codegen(&mut block).is_err());
+        assert_eq!(memory.stats().open_pages, 0);
+        assert_eq!(
+            call(&block),
+            4,
+            "{memory:?}: the dropped scope restored execute rights"
+        );
+    }
 }
 
 #[test]

@@ -40,6 +40,12 @@ fn a_hundred_thousand_live_functions() {
 
 #[test]
 fn per_allocation_mirror_hits_the_mapping_limit_with_a_clear_error() {
+    if std::env::var_os("JITMEM_UNDER_QEMU").is_some() {
+        // qemu-user's guest mappings do not map one to one onto host VMAs, so the kernel's
+        // vm.max_map_count is not reached the same way: this checks a kernel property.
+        eprintln!("note: mapping-limit test skipped under qemu-user");
+        return;
+    }
     in_child(
         "per_allocation_mirror_hits_the_mapping_limit_with_a_clear_error",
         || {

@@ -632,10 +632,16 @@ mod tests {
     #[test]
     fn mirror_views_share_pages() {
         let page = page_size();
-        for views in [
-            memfd_mirror(page).unwrap(),
-            shared_anon_mirror(page).unwrap(),
-        ] {
+        let mut all = vec![memfd_mirror(page).unwrap()];
+        match shared_anon_mirror(page) {
+            Ok(views) => all.push(views),
+            // qemu-user cannot emulate mremap(old_size = 0); CI says when it runs under qemu.
+            Err(e) if std::env::var_os("JITMEM_UNDER_QEMU").is_some() => {
+                eprintln!("note: shared-anonymous mirror not tested under qemu-user: {e}");
+            }
+            Err(e) => panic!("shared-anonymous mirror: {e}"),
+        }
+        for views in all {
             // SAFETY: test-owned views of one page each.
             unsafe {
                 views.rw.as_ptr().write_volatile(0xAB);

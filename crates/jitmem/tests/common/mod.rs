@@ -16,10 +16,20 @@ pub fn is_child(test: &str) -> bool {
 }
 
 /// Runs the test named `test` (this binary's test function of that name) alone in a child
-/// process, with extra environment variables.
+/// process, with extra environment variables. `JITMEM_TEST_RUNNER` (e.g. `qemu-aarch64 -L /`)
+/// is put in front of the command when the tests run under an emulator.
 pub fn run_child(test: &str, env: &[(&str, &str)]) -> Output {
     let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new(exe);
+    let runner = std::env::var("JITMEM_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(program) => {
+            let mut cmd = Command::new(program);
+            cmd.args(words).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    };
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, test)
         .env("RUST_BACKTRACE", "0");
