@@ -9,7 +9,7 @@ use crate::config::Strategy;
 use crate::error::{Error, Result};
 use crate::icache;
 use crate::isa;
-use crate::memory::Shared;
+use crate::memory::Shard;
 use crate::range_heap::RangeId;
 use crate::region::Region;
 
@@ -28,7 +28,7 @@ pub(crate) enum Owner {
 /// Written through a [`WriteScope`] ([`write`](Self::write), [`write_range`](Self::write_range)),
 /// run through its executable address ([`as_ptr`](Self::as_ptr), [`entry`](Self::entry)).
 pub struct CodeBlock {
-    shared: Arc<Shared>,
+    shard: Arc<Shard>,
     rx: NonNull<u8>,
     len: usize,
     /// `rw - rx`.
@@ -43,14 +43,14 @@ unsafe impl Sync for CodeBlock {}
 
 impl CodeBlock {
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        shard: Arc<Shard>,
         rx: NonNull<u8>,
         len: usize,
         diff: isize,
         owner: Owner,
     ) -> Self {
         CodeBlock {
-            shared,
+            shard,
             rx,
             len,
             diff,
@@ -82,7 +82,7 @@ impl CodeBlock {
 
     /// The strategy of the memory this block came from.
     pub fn strategy(&self) -> Strategy {
-        self.shared.strategy
+        self.shard.shared.strategy
     }
 
     /// Opens a write scope over the whole block. See [`write_range`](Self::write_range).
@@ -118,9 +118,10 @@ impl CodeBlock {
 
     /// Acquires write rights over `range` (checked by the caller).
     fn acquire(&self, range: &Range<usize>) -> Result<()> {
-        self.shared.check_usable()?;
+        self.shard.shared.check_usable()?;
         let start = self.rx.as_ptr() as usize + range.start;
-        self.shared
+        self.shard
+            .shared
             .rights
             .acquire(start, start + (range.end - range.start))
     }
@@ -130,7 +131,7 @@ impl CodeBlock {
     fn release(&self, range: &Range<usize>) -> Result<()> {
         let start = self.rx.as_ptr() as usize + range.start;
         let len = range.end - range.start;
-        let released = self.shared.rights.release(start, start + len);
+        let released = self.shard.shared.rights.release(start, start + len);
         // SAFETY: the range lies inside the block, which is mapped and readable.
         unsafe { icache::clear_cache(start as *const u8, len) };
         released
@@ -215,11 +216,11 @@ impl CodeBlock {
         if rounded == self.len {
             return Ok(());
         }
-        self.shared.check_usable()?;
+        self.shard.shared.check_usable()?;
         self.fill_traps(rounded..self.len)?;
         match &self.owner {
             Owner::Range(id) => {
-                self.len = self.shared.shrink_range(*id, rounded)?;
+                self.len = self.shard.shrink_range(*id, rounded)?;
             }
             Owner::Region(_) => self.len = rounded,
         }
@@ -229,8 +230,8 @@ impl CodeBlock {
     /// Fills `range` with trap instructions, with write rights for the duration. Where writing
     /// needs no rights (Mirror, Rwx) this is a plain fill of the writable view.
     fn fill_traps(&mut self, range: Range<usize>) -> Result<()> {
-        if self.shared.rights.always_writable() {
-            self.shared.check_usable()?;
+        if self.shard.shared.rights.always_writable() {
+            self.shard.shared.check_usable()?;
             let len = range
                 .end
                 .saturating_sub(range.start)
@@ -262,7 +263,7 @@ impl std::fmt::Debug for CodeBlock {
         f.debug_struct("CodeBlock")
             .field("rx", &self.rx)
             .field("len", &self.len)
-            .field("strategy", &self.shared.strategy)
+            .field("strategy", &self.shard.shared.strategy)
             .finish()
     }
 }
@@ -273,16 +274,18 @@ impl Drop for CodeBlock {
             Owner::Range(id) => {
                 let id = *id;
                 // A fork child of a Mirror has no writable view: it only does the bookkeeping.
-                if self.shared.writable_views_present() && self.fill_traps(0..self.len).is_err() {
+                if self.shard.shared.writable_views_present()
+                    && self.fill_traps(0..self.len).is_err()
+                {
                     // Could not trap the range (rights could not be acquired): leak it rather
                     // than hand out memory whose state we do not know.
                     return;
                 }
-                let _ = self.shared.free_range(id);
+                let _ = self.shard.free_range(id);
             }
             Owner::Region(region) => {
                 // The mapping goes away with the Owner; stale calls fault on unmapped memory.
-                self.shared.per_allocation_freed(region.len());
+                self.shard.shared.per_allocation_freed(region.len());
             }
         }
     }
@@ -366,7 +369,7 @@ impl DerefMut for WriteScope<'_> {
 impl Drop for WriteScope<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.finish() {
-            self.block.shared.poison(crate::sys::error_chain(&e));
+            self.block.shard.shared.poison(crate::sys::error_chain(&e));
         }
     }
 }

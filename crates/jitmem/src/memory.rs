@@ -44,6 +44,26 @@ const MAX_CHUNK: usize = 16 << 20;
 #[derive(Clone)]
 pub struct JitMemory {
     shared: Arc<Shared>,
+    /// One heap per shard. Pooled memory has one shard per core (up to 8): each thread
+    /// allocates from the shard of its slot, so threads do not share a lock, a reference count
+    /// or code pages. Arena and PerAllocation have one.
+    shards: Arc<[Arc<Shard>]>,
+}
+
+/// Up to this many Pooled shards.
+const MAX_SHARDS: usize = 8;
+
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's slot: threads are spread over the shards round-robin.
+    static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A heap and the common state its blocks need; blocks hold their shard alive.
+pub(crate) struct Shard {
+    pub(crate) shared: Arc<Shared>,
+    heap: Option<Mutex<Heap>>,
 }
 
 /// Why this memory uses the strategy and layout it uses.
@@ -86,7 +106,6 @@ pub(crate) struct Shared {
     /// The fork generation this memory was made in.
     generation: u64,
     choice: Choice,
-    heap: Option<Mutex<Heap>>,
     per_allocation: PerAllocationStats,
     poison: OnceLock<String>,
 }
@@ -172,47 +191,63 @@ impl JitMemory {
                 reason: sys::error_chain(&e),
             },
         };
-        let heap = match choice.layout {
-            Layout::PerAllocation => {
-                drop(
-                    Region::map(strategy, page, page, shared_options(&config))
-                        .map_err(unsupported)?,
-                );
-                None
-            }
-            Layout::Pooled | Layout::Arena { .. } => {
-                let (first, next_chunk) = match choice.layout {
-                    Layout::Arena { size } => {
-                        let size =
-                            round_up(size.max(1), page).ok_or(Error::TooLarge { len: size })?;
-                        (size, 0)
-                    }
-                    _ => (FIRST_CHUNK.max(page), (FIRST_CHUNK * 2).max(page)),
-                };
-                let mut heap = Heap {
-                    ranges: RangeHeap::new(GRANULE).map_err(range_error)?,
-                    chunks: Vec::new(),
-                    next_chunk,
-                };
-                heap.add_chunk(strategy, first, shared_options(&config))
+        let options = shared_options(&config);
+        let shared = Arc::new(Shared {
+            strategy,
+            layout: choice.layout,
+            rights,
+            page,
+            options,
+            default_align: config.default_align,
+            generation: fork::generation(),
+            choice,
+            per_allocation: PerAllocationStats::default(),
+            poison: OnceLock::new(),
+        });
+        let new_heap = |first: Option<usize>, next_chunk: usize| -> Result<Heap> {
+            let mut heap = Heap {
+                ranges: RangeHeap::new(GRANULE).map_err(range_error)?,
+                chunks: Vec::new(),
+                next_chunk,
+            };
+            if let Some(first) = first {
+                heap.add_chunk(strategy, first, options)
                     .map_err(unsupported)?;
-                Some(Mutex::new(heap))
+            }
+            Ok(heap)
+        };
+        let shard = |heap: Option<Heap>| {
+            Arc::new(Shard {
+                shared: Arc::clone(&shared),
+                heap: heap.map(Mutex::new),
+            })
+        };
+        let shards: Vec<Arc<Shard>> = match shared.layout {
+            Layout::PerAllocation => {
+                drop(Region::map(strategy, page, page, options).map_err(unsupported)?);
+                vec![shard(None)]
+            }
+            Layout::Arena { size } => {
+                let size = round_up(size.max(1), page).ok_or(Error::TooLarge { len: size })?;
+                vec![shard(Some(new_heap(Some(size), 0)?))]
+            }
+            Layout::Pooled => {
+                let first = FIRST_CHUNK.max(page);
+                let count = std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .clamp(1, MAX_SHARDS);
+                // The first shard maps its first chunk now, which also proves the strategy
+                // works; the others map theirs when a thread first allocates from them.
+                let mut shards = vec![shard(Some(new_heap(Some(first), first * 2)?))];
+                for _ in 1..count {
+                    shards.push(shard(Some(new_heap(None, first)?)));
+                }
+                shards
             }
         };
         Ok(JitMemory {
-            shared: Arc::new(Shared {
-                strategy,
-                layout: choice.layout,
-                rights,
-                page,
-                options: shared_options(&config),
-                default_align: config.default_align,
-                generation: fork::generation(),
-                choice,
-                heap,
-                per_allocation: PerAllocationStats::default(),
-                poison: OnceLock::new(),
-            }),
+            shared,
+            shards: shards.into(),
         })
     }
 
@@ -256,7 +291,8 @@ impl JitMemory {
             });
         }
         shared.check_usable()?;
-        let Some(heap) = &shared.heap else {
+        let shard = self.shard();
+        let Some(heap) = &shard.heap else {
             let rounded = round_up(len, shared.page).ok_or(Error::TooLarge { len })?;
             if rounded > isize::MAX as usize {
                 return Err(Error::TooLarge { len });
@@ -269,14 +305,14 @@ impl JitMemory {
                 .fetch_add(rounded, Ordering::Relaxed);
             let (rx, diff) = (region.rx(), region.diff());
             return Ok(CodeBlock::new(
-                Arc::clone(shared),
+                Arc::clone(shard),
                 rx,
                 rounded,
                 diff,
                 Owner::Region(region),
             ));
         };
-        let mut heap = shared.lock(heap)?;
+        let mut heap = lock(heap)?;
         let allocation = match heap.ranges.allocate(len, align) {
             Ok(a) => a,
             Err(RangeError::Exhausted { .. }) => match shared.layout {
@@ -311,7 +347,7 @@ impl JitMemory {
         drop(heap);
         let rx = NonNull::new(allocation.start as *mut u8).ok_or(Error::Internal("null block"))?;
         Ok(CodeBlock::new(
-            Arc::clone(shared),
+            Arc::clone(shard),
             rx,
             allocation.len,
             diff,
@@ -319,9 +355,27 @@ impl JitMemory {
         ))
     }
 
-    /// Counters: live blocks and bytes, reserved bytes, regions.
+    /// The shard of the calling thread.
+    fn shard(&self) -> &Arc<Shard> {
+        let i = if self.shards.len() == 1 {
+            0
+        } else {
+            SLOT.with(|slot| *slot) % self.shards.len()
+        };
+        // In range: shards is never empty (new makes at least one).
+        &self.shards[i]
+    }
+
+    /// Counters: live blocks and bytes, reserved bytes, regions (over all shards).
     pub fn stats(&self) -> Stats {
-        self.shared.stats()
+        let mut stats = Stats {
+            open_pages: self.shared.rights.open_pages(),
+            ..Stats::default()
+        };
+        for shard in self.shards.iter() {
+            shard.add_stats(&mut stats);
+        }
+        stats
     }
 
     /// The page size this memory works with.
@@ -373,12 +427,12 @@ pub(crate) fn round_up(n: usize, to: usize) -> Option<usize> {
     n.checked_add(to - 1).map(|n| n & !(to - 1))
 }
 
-impl Shared {
-    fn lock<'a>(&self, heap: &'a Mutex<Heap>) -> Result<MutexGuard<'a, Heap>> {
-        heap.lock()
-            .map_err(|_| Error::Internal("heap lock poisoned"))
-    }
+fn lock(heap: &Mutex<Heap>) -> Result<MutexGuard<'_, Heap>> {
+    heap.lock()
+        .map_err(|_| Error::Internal("heap lock poisoned"))
+}
 
+impl Shared {
     /// Refuses work on memory that lost its writable views in a fork or was poisoned.
     pub(crate) fn check_usable(&self) -> Result<()> {
         if self.strategy == Strategy::Mirror && fork::generation() != self.generation {
@@ -402,18 +456,29 @@ impl Shared {
         let _ = self.poison.set(why);
     }
 
+    pub(crate) fn per_allocation_freed(&self, len: usize) {
+        self.per_allocation.blocks.fetch_sub(1, Ordering::Relaxed);
+        self.per_allocation.bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+}
+
+impl Shard {
+    fn heap(&self) -> Result<MutexGuard<'_, Heap>> {
+        lock(
+            self.heap
+                .as_ref()
+                .ok_or(Error::Internal("range block without a heap"))?,
+        )
+    }
+
     /// Returns a block's range to the heap (the caller has already filled it with traps).
     pub(crate) fn free_range(&self, id: crate::range_heap::RangeId) -> Result<()> {
-        let heap = self
-            .heap
-            .as_ref()
-            .ok_or(Error::Internal("range block without a heap"))?;
-        let mut guard = self.lock(heap)?;
+        let mut guard = self.heap()?;
         let freed = guard
             .ranges
             .free(id)
             .map_err(|_| Error::Internal("double free of a block"))?;
-        if freed.pool_empty && self.layout == Layout::Pooled {
+        if freed.pool_empty && self.shared.layout == Layout::Pooled {
             // Policy: keep one empty chunk to absorb alloc/free churn; release any other.
             let other_empty = guard
                 .chunks
@@ -440,52 +505,36 @@ impl Shared {
         id: crate::range_heap::RangeId,
         new_len: usize,
     ) -> Result<usize> {
-        let heap = self
-            .heap
-            .as_ref()
-            .ok_or(Error::Internal("range block without a heap"))?;
-        let mut guard = self.lock(heap)?;
-        let a = guard
+        let a = self
+            .heap()?
             .ranges
             .shrink(id, new_len)
             .map_err(|_| Error::Internal("shrink of an unknown block"))?;
         Ok(a.len)
     }
 
-    pub(crate) fn per_allocation_freed(&self, len: usize) {
-        self.per_allocation.blocks.fetch_sub(1, Ordering::Relaxed);
-        self.per_allocation.bytes.fetch_sub(len, Ordering::Relaxed);
-    }
-
-    fn stats(&self) -> Stats {
-        let open_pages = self.rights.open_pages();
+    /// Adds this shard's counters to `stats`.
+    fn add_stats(&self, stats: &mut Stats) {
         match &self.heap {
             None => {
-                let blocks = self.per_allocation.blocks.load(Ordering::Relaxed);
-                let bytes = self.per_allocation.bytes.load(Ordering::Relaxed);
-                Stats {
-                    live_blocks: blocks,
-                    live_bytes: bytes,
-                    free_bytes: 0,
-                    reserved_bytes: bytes,
-                    regions: blocks,
-                    open_pages,
+                let pa = &self.shared.per_allocation;
+                let blocks = pa.blocks.load(Ordering::Relaxed);
+                let bytes = pa.bytes.load(Ordering::Relaxed);
+                stats.live_blocks += blocks;
+                stats.live_bytes += bytes;
+                stats.reserved_bytes += bytes;
+                stats.regions += blocks;
+            }
+            Some(heap) => {
+                if let Ok(h) = heap.lock() {
+                    let s = h.ranges.stats();
+                    stats.live_blocks += s.live_blocks;
+                    stats.live_bytes += s.live_bytes;
+                    stats.free_bytes += s.free_bytes;
+                    stats.reserved_bytes += s.pool_bytes;
+                    stats.regions += h.chunks.len();
                 }
             }
-            Some(heap) => match heap.lock() {
-                Ok(h) => {
-                    let s = h.ranges.stats();
-                    Stats {
-                        live_blocks: s.live_blocks,
-                        live_bytes: s.live_bytes,
-                        free_bytes: s.free_bytes,
-                        reserved_bytes: s.pool_bytes,
-                        regions: h.chunks.len(),
-                        open_pages,
-                    }
-                }
-                Err(_) => Stats::default(),
-            },
         }
     }
 }
