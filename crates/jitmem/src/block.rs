@@ -18,7 +18,7 @@ pub(crate) enum Owner {
     /// A range of a pooled chunk or of the arena.
     Range(RangeId),
     /// Its own mapping (PerAllocation); dropping it unmaps the block.
-    Region(Region),
+    Region(Box<Region>),
 }
 
 /// An owned block of code memory. Freed when dropped: its bytes are filled with trap

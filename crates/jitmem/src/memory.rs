@@ -309,7 +309,7 @@ impl JitMemory {
                 rx,
                 rounded,
                 diff,
-                Owner::Region(region),
+                Owner::Region(Box::new(region)),
             ));
         };
         let mut heap = lock(heap)?;
