@@ -71,7 +71,10 @@ impl Global {
                     },
                 ),
             };
-            let memory = crate::make_memory(strategy, layout, 16, false)?;
+            // LuckTXM announces its arena to the debugger on iOS (seed 000's brk #0x69);
+            // the flag is ignored on other platforms.
+            let base = jitmem::Config::new().txm_handshake(self.jit_type == JitmemJitType::LuckTxm);
+            let memory = crate::make_memory_with(base, strategy, layout, 16, false)?;
             self.registry = Some(Registry::new(memory));
         }
         self.registry

@@ -115,10 +115,18 @@ pub(crate) fn make_memory(
     align: usize,
     rwx: bool,
 ) -> Result<JitMemory, CError> {
-    let config = Config::new()
-        .strategy(strategy)
-        .layout(layout)
-        .default_align(align);
+    make_memory_with(Config::new(), strategy, layout, align, rwx)
+}
+
+/// As [`make_memory`], starting from `base` (e.g. with the iOS TXM handshake on).
+pub(crate) fn make_memory_with(
+    base: Config,
+    strategy: Strategy,
+    layout: Layout,
+    align: usize,
+    rwx: bool,
+) -> Result<JitMemory, CError> {
+    let config = base.strategy(strategy).layout(layout).default_align(align);
     let config = if rwx {
         // SAFETY: the C caller opted in explicitly with allow_rwx.
         unsafe { config.allow_rwx_without_wx() }

@@ -29,7 +29,9 @@ use crate::error::Result;
 
 /// Makes `[ptr, ptr + len)` coherent between data writes and instruction fetch on this thread
 /// (and, on AArch64, for every core: the maintenance is broadcast to the inner shareable domain).
-/// Cost: nothing on x86-64; on AArch64 a few instructions per cache line.
+/// Cost: nothing on Linux x86-64; a few instructions per cache line on Linux AArch64; a system
+/// call on Windows (`FlushInstructionCache`); Apple's `sys_icache_invalidate` (a libSystem
+/// routine, user space).
 ///
 /// # Safety
 /// The range is mapped (readable) memory.
@@ -56,7 +58,8 @@ pub(crate) unsafe fn isa_clear_cache(ptr: *const u8, len: usize) {
 /// Makes every thread of the process discard instructions it may have fetched before the last
 /// [`clear_cache`]: on Linux `membarrier(PRIVATE_EXPEDITED_SYNC_CORE)` (registered on first
 /// use). Cost: a system call and an inter-processor interrupt to each CPU running one of our
-/// threads (a few microseconds). Windows: `FlushProcessWriteBuffers`.
+/// threads (a few microseconds). Windows: `FlushProcessWriteBuffers`. Apple (no membarrier):
+/// reading every thread's registers (`thread_get_state`), which forces each through the kernel.
 pub fn pipeline_flush_mt() -> Result<()> {
     crate::sys::pipeline_flush_mt()
 }

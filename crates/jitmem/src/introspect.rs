@@ -1,5 +1,5 @@
 //! Reading this process's memory map, to check the W^X invariant and count mappings (Linux:
-//! `/proc/self/maps`).
+//! `/proc/self/maps`; Windows: a `VirtualQuery` walk; Apple: a `mach_vm_region` walk).
 
 use std::io;
 

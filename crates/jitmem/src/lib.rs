@@ -51,6 +51,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+#[cfg(target_vendor = "apple")]
+pub mod apple;
 mod block;
 mod config;
 mod error;

@@ -1,5 +1,9 @@
 //! fork(): the child can never write the parent's code, and the parent's later writes and frees
 //! never change the code the child runs.
+//!
+//! Unix only: Windows has no `fork()`.
+
+#![cfg(unix)]
 
 mod common;
 

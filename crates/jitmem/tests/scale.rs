@@ -1,11 +1,12 @@
 //! Many functions: 100,000 live in Pooled and Arena; PerAllocation Mirror stops at the mapping
-//! limit with a clear error; the mapping count returns to its baseline after everything drops.
+//! limit with a clear error (Linux; on Windows, PerAllocation blocks are single pages on the
+//! allocation granularity); the mapping count returns to its baseline after everything drops.
 //! Each runs alone in a child process so that no other test's mappings interfere.
 
 mod common;
 
 use common::{call, child_signal, function, is_child, memory, run_child};
-use jitmem::{Error, Layout, Strategy, introspect};
+use jitmem::{Layout, Strategy, introspect};
 
 fn in_child(name: &str, body: impl FnOnce()) {
     if is_child(name) {
@@ -38,6 +39,8 @@ fn a_hundred_thousand_live_functions() {
     });
 }
 
+/// Linux only: the limit is `vm.max_map_count`. Windows has no limit on the number of mappings.
+#[cfg(target_os = "linux")]
 #[test]
 fn per_allocation_mirror_hits_the_mapping_limit_with_a_clear_error() {
     if std::env::var_os("JITMEM_UNDER_QEMU").is_some() {
@@ -58,7 +61,7 @@ fn per_allocation_mirror_hits_the_mapping_limit_with_a_clear_error() {
                 }
                 assert!(blocks.len() < 200_000, "no mapping limit was reached");
             };
-            assert!(matches!(err, Error::MappingLimit { .. }), "{err}");
+            assert!(matches!(err, jitmem::Error::MappingLimit { .. }), "{err}");
             assert!(err.to_string().contains("vm.max_map_count"), "{err}");
             let n = blocks.len();
             blocks.truncate(n - 100);
@@ -90,6 +93,48 @@ fn everything_dropped_means_mappings_back_to_baseline_and_zero_stats() {
                 assert_eq!((stats.live_blocks, stats.live_bytes), (0, 0), "{probe:?}");
             }
             assert_eq!(introspect::mapping_count().unwrap(), baseline);
+        },
+    );
+}
+
+/// Windows (run under Wine in CI, not on Windows): the counterpart of the mapping-limit test,
+/// where the limit is address space instead. A PerAllocation block is one page of memory, while
+/// its reservation (or view) starts on the 64 KiB allocation granularity; freeing a block gives
+/// its whole allocation back.
+#[cfg(windows)]
+#[test]
+fn per_allocation_blocks_are_one_page_on_the_allocation_granularity() {
+    in_child(
+        "per_allocation_blocks_are_one_page_on_the_allocation_granularity",
+        || {
+            const GRANULARITY: usize = 64 << 10;
+            for strategy in [Strategy::Toggle, Strategy::Mirror] {
+                let memory = memory(strategy, Layout::PerAllocation).unwrap();
+                let page = memory.page_size();
+                // Warm up the heap for the block list, then count.
+                let warm_up: Vec<_> = (0..1000u32).map(|i| function(&memory, i)).collect();
+                drop(warm_up);
+                let baseline = introspect::mapping_count().unwrap();
+                let blocks: Vec<_> = (0..1000u32).map(|i| function(&memory, i)).collect();
+                let maps = introspect::mappings().unwrap();
+                for (i, block) in blocks.iter().enumerate() {
+                    let rx = block.as_ptr() as usize;
+                    assert_eq!(block.len(), page, "{strategy}");
+                    assert_eq!(rx % GRANULARITY, 0, "{strategy}: {rx:#x}");
+                    let m = maps.iter().find(|m| m.start == rx).unwrap();
+                    assert_eq!(m.end - m.start, page, "{strategy}: {m:?}");
+                    assert!(m.perms.starts_with("r-x"), "{strategy}: {m:?}");
+                    assert_eq!(call(block), i as u32);
+                }
+                let views = if strategy == Strategy::Mirror { 2 } else { 1 };
+                assert_eq!(
+                    introspect::mapping_count().unwrap(),
+                    baseline + views * blocks.len(),
+                    "{strategy}: one region per view of each block"
+                );
+                drop(blocks);
+                assert_eq!(introspect::mapping_count().unwrap(), baseline, "{strategy}");
+            }
         },
     );
 }

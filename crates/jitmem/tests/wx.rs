@@ -1,8 +1,11 @@
-//! The W^X invariant, checked from /proc/self/maps and by faulting in child processes.
+//! The W^X invariant, checked from the process's memory map (`/proc/self/maps`, `VirtualQuery`
+//! on Windows) and by faulting in child processes.
 
 mod common;
 
-use common::{LAYOUTS, call, child_signal, function, is_child, memory, run_child};
+use common::{
+    ACCESS_FAULT, LAYOUTS, TRAP_FAULT, call, child_signal, function, is_child, memory, run_child,
+};
 use jitmem::{Layout, Strategy, introspect};
 
 fn assert_not_wx(addr: usize, when: &str) {
@@ -88,7 +91,7 @@ fn writing_through_the_executable_address_faults() {
         }
         let out = run_child(NAME, &[("JITMEM_TEST_STRATEGY", strategy.name())]);
         let (signal, text) = child_signal(&out);
-        assert_eq!(signal, Some(libc::SIGSEGV), "{strategy}: {text}");
+        assert_eq!(signal, Some(ACCESS_FAULT), "{strategy}: {text}");
     }
 }
 
@@ -118,8 +121,9 @@ fn calling_freed_code_traps() {
         }
         let out = run_child(NAME, &[("JITMEM_TEST_STRATEGY", strategy.name())]);
         let (signal, text) = child_signal(&out);
-        // int3 (x86-64) and brk #0 (AArch64) both raise SIGTRAP.
-        assert_eq!(signal, Some(libc::SIGTRAP), "{strategy}: {text}");
+        // int3 (x86-64) and brk #0 (AArch64) both raise SIGTRAP; int3 is STATUS_BREAKPOINT on
+        // Windows.
+        assert_eq!(signal, Some(TRAP_FAULT), "{strategy}: {text}");
     }
 }
 
@@ -149,5 +153,5 @@ fn perthread_rights_belong_to_the_thread() {
     }
     let out = run_child(NAME, &[]);
     let (signal, text) = child_signal(&out);
-    assert_eq!(signal, Some(libc::SIGSEGV), "{text}");
+    assert_eq!(signal, Some(ACCESS_FAULT), "{text}");
 }

@@ -7,6 +7,10 @@ use std::ptr::NonNull;
 pub(crate) struct Prot(u8);
 
 impl Prot {
+    #[cfg_attr(
+        target_vendor = "apple",
+        expect(dead_code, reason = "Apple never maps inaccessible memory")
+    )]
     pub(crate) const NONE: Prot = Prot(0);
     pub(crate) const RW: Prot = Prot(0b011);
     pub(crate) const RX: Prot = Prot(0b101);
@@ -67,7 +71,8 @@ pub struct Mapping {
     pub start: usize,
     /// One past the last address.
     pub end: usize,
-    /// The permission string, e.g. `r-xs`.
+    /// The permission string, e.g. `r-xs`: read, write, execute, then `p` private, `s` shared
+    /// (a section view on Windows) or `i` (a Windows image).
     pub perms: String,
     /// The path or pseudo-name, possibly empty.
     pub name: String,
@@ -95,6 +100,21 @@ pub(crate) struct ProbeFacts {
     pub(crate) mirror: Result<(), String>,
     pub(crate) per_thread: Result<(), String>,
     pub(crate) rwx: Result<(), String>,
+}
+
+/// Probe trial: maps one page with `first`, then (if given) changes it to `then`, and unmaps
+/// it. `Err` says why the platform refused.
+pub(crate) fn try_map(first: Prot, then: Option<Prot>) -> Result<(), String> {
+    let page = super::page_size();
+    let ptr = super::map_private(page, first).map_err(|e| error_chain(&e))?;
+    let result = match then {
+        // SAFETY: the fresh mapping above, known to no one else.
+        Some(prot) => unsafe { super::protect(ptr, page, prot) }.map_err(|e| error_chain(&e)),
+        None => Ok(()),
+    };
+    // SAFETY: the fresh mapping above, no longer used.
+    let _ = unsafe { super::unmap(ptr, page) };
+    result
 }
 
 /// An error with its sources, on one line.

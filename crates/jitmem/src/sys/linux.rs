@@ -506,26 +506,6 @@ fn security_policies() -> Vec<(&'static str, String)> {
     out
 }
 
-/// Tries to map a small anonymous region read-write-execute.
-fn try_rwx() -> std::result::Result<(), String> {
-    let page = page_size();
-    let ptr = map_private(page, Prot::RWX).map_err(|e| error_chain(&e))?;
-    // SAFETY: the fresh mapping above.
-    let _ = unsafe { unmap(ptr, page) };
-    Ok(())
-}
-
-/// Tries to map a page read-write, then make it read-execute.
-fn try_mprotect_exec() -> std::result::Result<(), String> {
-    let page = page_size();
-    let ptr = map_private(page, Prot::RW).map_err(|e| error_chain(&e))?;
-    // SAFETY: the fresh mapping above.
-    let result = unsafe { protect(ptr, page, Prot::RX) }.map_err(|e| error_chain(&e));
-    // SAFETY: the fresh mapping above.
-    let _ = unsafe { unmap(ptr, page) };
-    result
-}
-
 /// Tries each mirror backing on one page: `(memfd, shared anonymous)`.
 fn try_mirrors() -> [std::result::Result<(), String>; 2] {
     let page = page_size();
@@ -543,8 +523,8 @@ fn try_mirrors() -> [std::result::Result<(), String>; 2] {
 /// What the probe needs from Linux: every primitive tried for real on one page, and the
 /// settings that explain a refusal.
 pub(crate) fn probe_facts() -> ProbeFacts {
-    let rwx = try_rwx();
-    let mprotect_exec = try_mprotect_exec();
+    let rwx = super::try_map(Prot::RWX, None);
+    let mprotect_exec = super::try_map(Prot::RW, Some(Prot::RX));
     let [memfd, shared_anon] = try_mirrors();
     let pkey = per_thread_key().map(|_| ());
     let membarrier = pipeline_flush_mt().map_err(|e| error_chain(&e));

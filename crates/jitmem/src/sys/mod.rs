@@ -26,5 +26,15 @@ mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
 
-#[cfg(not(target_os = "linux"))]
-compile_error!("jitmem supports Linux in this version; macOS, iOS and Windows come next");
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub(crate) use windows::*;
+
+#[cfg(target_vendor = "apple")]
+mod apple;
+#[cfg(target_vendor = "apple")]
+pub(crate) use apple::*;
+
+#[cfg(not(any(target_os = "linux", windows, target_vendor = "apple")))]
+compile_error!("jitmem supports Linux, Windows, macOS and iOS");

@@ -3,16 +3,39 @@
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+#[cfg(unix)]
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output};
 
 use jitmem::{Config, Error, JitMemory, Layout, Strategy};
 
 const CHILD_ENV: &str = "JITMEM_TEST_CHILD";
 
-/// True in the child process started by [`run_child`] for `test`.
+/// True in the child process started by [`run_child`] for `test`. On Windows the child also
+/// stops any unhandled exception from starting a debugger (see [`die_on_unhandled_exceptions`]).
 pub fn is_child(test: &str) -> bool {
-    std::env::var(CHILD_ENV).is_ok_and(|v| v == test)
+    let child = std::env::var(CHILD_ENV).is_ok_and(|v| v == test);
+    #[cfg(windows)]
+    if child {
+        die_on_unhandled_exceptions();
+    }
+    child
+}
+
+/// Makes an unhandled exception (the access violation or breakpoint a test provokes) end the
+/// process at once with the exception code as its exit code, which is what [`child_signal`]
+/// reads. Without it, Wine starts `winedbg` on the crash (which may itself crash and change the
+/// exit code) and Windows may start Windows Error Reporting.
+#[cfg(windows)]
+fn die_on_unhandled_exceptions() {
+    use windows_sys::Win32::System::Diagnostics::Debug::{
+        EXCEPTION_EXECUTE_HANDLER, EXCEPTION_POINTERS, SetUnhandledExceptionFilter,
+    };
+    unsafe extern "system" fn filter(_: *const EXCEPTION_POINTERS) -> i32 {
+        EXCEPTION_EXECUTE_HANDLER
+    }
+    // SAFETY: installs a filter function that lives for the whole program.
+    unsafe { SetUnhandledExceptionFilter(Some(filter)) };
 }
 
 /// Runs the test named `test` (this binary's test function of that name) alone in a child
@@ -39,7 +62,8 @@ pub fn run_child(test: &str, env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-/// The signal that killed the child, with its output for the failure message.
+/// The fault that killed the child ([`ACCESS_FAULT`], [`TRAP_FAULT`]...), with its output for
+/// the failure message.
 pub fn child_signal(out: &Output) -> (Option<i32>, String) {
     let text = format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -47,8 +71,39 @@ pub fn child_signal(out: &Output) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.signal(), text)
+    (fault(&out.status), text)
 }
+
+/// Unix: the signal that killed the process.
+#[cfg(unix)]
+fn fault(status: &ExitStatus) -> Option<i32> {
+    status.signal()
+}
+
+/// Windows (run under Wine in CI, not on Windows): an unhandled exception ends the process with
+/// the exception code as its exit code. Exception codes have the top bit set (an error or a
+/// warning NTSTATUS); the exit codes of a process that returns or panics do not.
+#[cfg(windows)]
+fn fault(status: &ExitStatus) -> Option<i32> {
+    status.code().filter(|code| *code < 0)
+}
+
+/// What a write without write access dies of: `SIGSEGV` (`SIGBUS` on Darwin, whose
+/// `ux_exception.c` turns protection faults into `SIGBUS`).
+#[cfg(all(unix, not(target_vendor = "apple")))]
+pub const ACCESS_FAULT: i32 = libc::SIGSEGV;
+/// What a write without write access dies of on Darwin: `SIGBUS`.
+#[cfg(target_vendor = "apple")]
+pub const ACCESS_FAULT: i32 = libc::SIGBUS;
+/// What a write without write access dies of: `STATUS_ACCESS_VIOLATION`.
+#[cfg(windows)]
+pub const ACCESS_FAULT: i32 = 0xC000_0005_u32 as i32;
+/// What running a trap instruction (`int3`, `brk #0`) dies of: `SIGTRAP`.
+#[cfg(unix)]
+pub const TRAP_FAULT: i32 = libc::SIGTRAP;
+/// What running a trap instruction (`int3`) dies of: `STATUS_BREAKPOINT`.
+#[cfg(windows)]
+pub const TRAP_FAULT: i32 = 0x8000_0003_u32 as i32;
 
 /// The layouts every test runs (a small arena keeps tests quick).
 pub const LAYOUTS: [Layout; 3] = [

@@ -1,0 +1,250 @@
+//! Apple-only helpers (macOS and iOS): the configurations of seed 000's three iOS JIT modes,
+//! whether a debugger has granted JIT, entitlement checks, and allow-listed writes to `MAP_JIT`
+//! memory (`pthread_jit_write_with_callback_np`). Signing, entitlements and the run-time
+//! fallback to an interpreter are described in `docs/apple.md`.
+//!
+//! ```no_run
+//! # fn main() -> jitmem::Result<()> {
+//! use jitmem::apple::{IosMode, ios_mode_config, jit_granted_by_debugger};
+//!
+//! if !jit_granted_by_debugger() {
+//!     // No JIT on this iOS device right now: run the interpreter.
+//!     return Ok(());
+//! }
+//! let txm = false; // the host app decides (seed 000: "Détection TXM (géré par Play!)")
+//! let mode = if txm { IosMode::LuckTxm } else { IosMode::LuckNoTxm };
+//! let memory = jitmem::JitMemory::new(ios_mode_config(mode))?;
+//! # drop(memory); Ok(()) }
+//! ```
+
+use std::ffi::{c_int, c_void};
+
+use crate::config::{Config, Layout, Strategy};
+use crate::error::Result;
+
+/// Seed 000's iOS JIT modes. The host app detects which one applies (iOS version, TXM) and
+/// acquires JIT (a debugger attaches); jitmem maps the memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IosMode {
+    /// iOS before 26: W^X by `mprotect` toggles (Toggle + PerAllocation). Needs JIT granted by
+    /// a debugger (`CS_DEBUGGED`, see [`jit_granted_by_debugger`]).
+    Legacy,
+    /// iOS 26 and later without TXM: an RW mirror of each RX allocation (Mirror +
+    /// PerAllocation).
+    LuckNoTxm,
+    /// iOS 26 and later with TXM: one 512 MiB RX region announced to the debugger once
+    /// (`brk #0x69`) and mirrored RW (Mirror + Arena of [`Layout::DEFAULT_ARENA_SIZE`] + the TXM
+    /// handshake). Needs the debugger attached while the arena is made.
+    LuckTxm,
+}
+
+impl IosMode {
+    /// The [`Config`] of this mode (see [`ios_mode_config`]).
+    pub fn config(self) -> Config {
+        ios_mode_config(self)
+    }
+}
+
+/// The [`Config`] for one of seed 000's iOS modes: Legacy = Toggle + PerAllocation, LuckNoTXM =
+/// Mirror + PerAllocation, LuckTXM = Mirror + 512 MiB Arena + [`Config::txm_handshake`]. The
+/// strategy and layout are explicit, so `JITMEM_STRATEGY` and `JITMEM_LAYOUT` do not apply.
+pub fn ios_mode_config(mode: IosMode) -> Config {
+    match mode {
+        IosMode::Legacy => Config::new()
+            .strategy(Strategy::Toggle)
+            .layout(Layout::PerAllocation),
+        IosMode::LuckNoTxm => Config::new()
+            .strategy(Strategy::Mirror)
+            .layout(Layout::PerAllocation),
+        IosMode::LuckTxm => Config::new()
+            .strategy(Strategy::Mirror)
+            .layout(Layout::Arena {
+                size: Layout::DEFAULT_ARENA_SIZE,
+            })
+            .txm_handshake(true),
+    }
+}
+
+/// Whether a debugger has granted this process JIT: the `CS_DEBUGGED` code-signing flag
+/// (`csops(getpid(), CS_OPS_STATUS)`; the flag is `0x10000000` in XNU's `cs_blobs.h`, "process
+/// is currently or has previously been debugged and allowed to run with invalid pages"). On
+/// iOS this is what lets an app map executable memory (Legacy and LuckNoTXM). It stays set
+/// after the debugger detaches; LuckTXM's handshake needs a debugger attached *now*, see
+/// [`debugger_attached`]. False when the flags cannot be read.
+#[doc(alias = "csops")]
+pub fn jit_granted_by_debugger() -> bool {
+    crate::sys::jit_granted_by_debugger()
+}
+
+/// Whether a debugger is attached right now (`P_TRACED`, read with `sysctl(KERN_PROC_PID)` as
+/// in Apple's Technical Q&A QA1361). False when it cannot be read.
+pub fn debugger_attached() -> bool {
+    crate::sys::debugger_attached().unwrap_or(false)
+}
+
+/// This process's code-signing flags (`csops(getpid(), CS_OPS_STATUS)`): `0x10000` is the
+/// hardened runtime (`CS_RUNTIME`), `0x10000000` is `CS_DEBUGGED`.
+pub fn code_signing_flags() -> std::io::Result<u32> {
+    crate::sys::code_signing_flags()
+}
+
+/// Whether this process's signature grants the boolean entitlement `key`, for example
+/// `"com.apple.security.cs.allow-jit"` (read with `csops(CS_OPS_ENTITLEMENTS_BLOB)`; an
+/// unsigned or ad-hoc signed process without entitlements has none).
+pub fn has_entitlement(key: &str) -> std::io::Result<bool> {
+    crate::sys::has_entitlement(key)
+}
+
+/// A callback for [`jit_write_with_callback`]: `int (*)(void *ctx)`, libpthread's
+/// `pthread_jit_write_callback_t`. It runs with the calling thread's `MAP_JIT` pages writable
+/// (and not executable) and returns a result code that is passed through unchanged.
+///
+/// Apple's contract for it (`pthread.h`): assume an attacker controls `ctx`, validate it with
+/// as little attackable state as possible, and on bad input trap or return a failure code;
+/// never unwind or `longjmp` out of it (a panic inside an `extern "C" fn` aborts, which is
+/// fine).
+pub type JitWriteCallback = extern "C" fn(ctx: *mut c_void) -> c_int;
+
+/// Runs `callback(ctx)` with write access to `MAP_JIT` memory through
+/// `pthread_jit_write_with_callback_np`, and returns its result.
+///
+/// **When to use it.** On macOS (11.4+; and iOS 17.4+ in BrowserEngineKit processes), for an
+/// app signed with the `com.apple.security.cs.jit-write-allowlist` entitlement (plus
+/// `com.apple.security.cs.allow-jit`). That entitlement makes the kernel-backed write window
+/// open only for the callbacks listed at build time with [`jit_write_allow_callbacks!`](crate::jit_write_allow_callbacks)
+/// (`PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP`), so an attacker who can call functions cannot make
+/// `MAP_JIT` memory writable through any other path. It also forbids
+/// `pthread_jit_write_protect_np`, so jitmem's PerThread strategy is refused in such a process:
+/// map the memory yourself (`mmap` with `MAP_JIT`) and write it only from allow-listed
+/// callbacks, or use Mirror if the process may (it then needs
+/// `allow-unsigned-executable-memory`, which the allow-list is meant to avoid). Without the
+/// entitlement the call simply toggles around the callback, unchecked (libpthread's
+/// documented adoption path), and where `pthread_jit_write_protect_supported_np` is false
+/// (Intel) it just calls the callback.
+///
+/// Errors: [`Error::Os`](crate::Error::Os) with `ErrorKind::Unsupported` when the system has
+/// no `pthread_jit_write_with_callback_np` (it is looked up at run time).
+///
+/// # Safety
+/// - `ctx` is what `callback` expects (the callback is the one that dereferences it);
+/// - this is not called from inside a write callback (Apple: "invalid to call it recursively");
+/// - the calling thread is in execute mode: not inside a jitmem PerThread write scope, since the
+///   call ends by switching the thread to execute mode whatever it was before;
+/// - with the allow-list entitlement, `callback` is in this image's allow-list, or libpthread
+///   terminates the process.
+///
+/// ```no_run
+/// use std::ffi::{c_int, c_void};
+///
+/// #[repr(C)]
+/// struct CopyJob { dst: *mut u8, src: *const u8, len: usize }
+///
+/// extern "C" fn copy_code(ctx: *mut c_void) -> c_int {
+///     // A real callback validates `dst..dst + len` against its own code region first.
+///     let Some(c) = (unsafe { (ctx as *const CopyJob).as_ref() }) else { return -1 };
+///     unsafe { std::ptr::copy_nonoverlapping(c.src, c.dst, c.len) };
+///     0
+/// }
+/// jitmem::jit_write_allow_callbacks!(copy_code);
+///
+/// # fn write(dst: *mut u8, code: &[u8]) -> jitmem::Result<()> {
+/// let mut job = CopyJob { dst, src: code.as_ptr(), len: code.len() };
+/// // SAFETY: `job` is the CopyJob that copy_code expects; not nested; not inside a write scope.
+/// let rc = unsafe {
+///     jitmem::apple::jit_write_with_callback(copy_code, (&raw mut job).cast())?
+/// };
+/// assert_eq!(rc, 0);
+/// // SAFETY: the range was just written.
+/// unsafe { jitmem::icache::clear_cache(dst, code.len()) };
+/// # Ok(()) }
+/// ```
+#[doc(alias = "pthread_jit_write_with_callback_np")]
+pub unsafe fn jit_write_with_callback(
+    callback: JitWriteCallback,
+    ctx: *mut c_void,
+) -> Result<c_int> {
+    // SAFETY: forwarded from the caller.
+    unsafe { crate::sys::jit_write_with_callback(callback, ctx) }
+}
+
+/// `pthread_jit_write_freeze_callbacks_np` (macOS 12.1+): with the
+/// `com.apple.security.cs.jit-write-allowlist-freeze-late` entitlement, callbacks of libraries
+/// loaded with `dlopen` join the allow-list until this is called, exactly once, after the last
+/// such library is loaded and before the first [`jit_write_with_callback`]. Without that
+/// entitlement the call is an error that libpthread punishes by terminating the process, so
+/// this checks the entitlement first and returns [`Error::WrongState`](crate::Error::WrongState)
+/// instead.
+#[doc(alias = "pthread_jit_write_freeze_callbacks_np")]
+pub fn freeze_jit_write_callbacks() -> Result<()> {
+    crate::sys::freeze_jit_write_callbacks()
+}
+
+/// Declares this image's allow-list of [`JitWriteCallback`]s for
+/// [`jit_write_with_callback`]: the Rust form of libpthread's
+/// `PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP(...)`, a NULL-terminated array of function pointers in
+/// the `__DATA_CONST,__pth_jit_func` section, which libpthread reads at start-up.
+///
+/// Use it once per executable or library (Apple: "It may be invoked only once per
+/// executable/library"), at module scope, listing every callback; jitmem itself declares none.
+/// Apple platforms only.
+///
+/// ```no_run
+/// extern "C" fn emit(_ctx: *mut std::ffi::c_void) -> std::ffi::c_int { 0 }
+/// extern "C" fn patch(_ctx: *mut std::ffi::c_void) -> std::ffi::c_int { 0 }
+/// jitmem::jit_write_allow_callbacks!(emit, patch);
+/// ```
+#[macro_export]
+#[doc(alias = "PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP")]
+macro_rules! jit_write_allow_callbacks {
+    ($($callback:path),+ $(,)?) => {
+        #[used]
+        #[unsafe(link_section = "__DATA_CONST,__pth_jit_func")]
+        static __JITMEM_PTHREAD_JIT_WRITE_CALLBACK_ALLOWLIST: [::core::option::Option<
+            $crate::apple::JitWriteCallback,
+        >; [$(::core::stringify!($callback)),+].len() + 1] = [
+            $(::core::option::Option::Some($callback as $crate::apple::JitWriteCallback),)+
+            ::core::option::Option::None,
+        ];
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern "C" fn first(_ctx: *mut c_void) -> c_int {
+        1
+    }
+
+    extern "C" fn second(_ctx: *mut c_void) -> c_int {
+        2
+    }
+
+    crate::jit_write_allow_callbacks!(first, second);
+
+    #[test]
+    fn allow_list_is_null_terminated() {
+        assert_eq!(__JITMEM_PTHREAD_JIT_WRITE_CALLBACK_ALLOWLIST.len(), 3);
+        assert!(__JITMEM_PTHREAD_JIT_WRITE_CALLBACK_ALLOWLIST[2].is_none());
+    }
+
+    #[test]
+    fn modes_map_to_seed_000() {
+        let legacy = ios_mode_config(IosMode::Legacy);
+        assert_eq!(legacy.requested_strategy(), Strategy::Toggle);
+        assert_eq!(legacy.layout, Some(Layout::PerAllocation));
+        assert!(!legacy.txm_handshake);
+        let txm = IosMode::LuckTxm.config();
+        assert_eq!(txm.requested_strategy(), Strategy::Mirror);
+        assert_eq!(
+            txm.layout,
+            Some(Layout::Arena {
+                size: Layout::DEFAULT_ARENA_SIZE
+            })
+        );
+        assert!(txm.txm_handshake);
+        let no_txm = IosMode::LuckNoTxm.config();
+        assert_eq!(no_txm.layout, Some(Layout::PerAllocation));
+        assert!(!no_txm.txm_handshake);
+    }
+}

@@ -1,0 +1,270 @@
+//! `MAP_JIT` memory and per-thread write protection: PerThread on Apple silicon Macs
+//! (`pthread_jit_write_protect_np`), and the allow-listed writes of
+//! `pthread_jit_write_with_callback_np`.
+//!
+//! References: Apple, "Porting just-in-time compilers to Apple silicon" (map with `MAP_JIT`,
+//! toggle with `pthread_jit_write_protect_np`, then `sys_icache_invalidate`); the
+//! `pthread_jit_write_protect_np(3)` man page (libpthread-454); libpthread's `pthread.h`
+//! (`pthread_jit_write_protect_np` and `pthread_jit_write_protect_supported_np`: macOS 11.0,
+//! unavailable on iOS; `pthread_jit_write_with_callback_np`: macOS 11.4;
+//! `pthread_jit_write_freeze_callbacks_np`: macOS 12.1).
+
+use std::ffi::{CStr, c_int, c_void};
+use std::io;
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+
+use super::codesign::{self, JIT_WRITE_ALLOWLIST_FREEZE_LATE};
+use crate::apple::JitWriteCallback;
+use crate::error::{Error, Result};
+use crate::sys::posix::non_null_map;
+#[cfg(target_os = "macos")]
+use crate::sys::{page_size, unmap};
+
+static KEY: OnceLock<std::result::Result<u32, String>> = OnceLock::new();
+
+/// PerThread on Apple: whether `MAP_JIT` memory with per-thread write protection works here,
+/// decided once per process. The "key" is meaningless on Apple (0): the rights belong to the
+/// thread, for every `MAP_JIT` page at once.
+///
+/// Refused on Intel Macs (`pthread_jit_write_protect_np` is a no-op there: `MAP_JIT` pages are
+/// writable and executable for every thread at once, which is not W^X), on iOS (the call is
+/// SPI, not available to apps), when the process has the `jit-write-allowlist` entitlement
+/// (which forbids the call), and when a `MAP_JIT` mapping is refused (a hardened-runtime
+/// process without `com.apple.security.cs.allow-jit`).
+pub(crate) fn per_thread_key() -> std::result::Result<u32, String> {
+    KEY.get_or_init(per_thread_support).clone()
+}
+
+#[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+fn per_thread_support() -> std::result::Result<u32, String> {
+    // SAFETY: a query without arguments or preconditions.
+    if unsafe { libc::pthread_jit_write_protect_supported_np() } == 0 {
+        return Err(
+            "pthread_jit_write_protect_supported_np says this system has no per-thread JIT write protection"
+                .to_owned(),
+        );
+    }
+    if let Ok(true) = codesign::has_entitlement(codesign::JIT_WRITE_ALLOWLIST) {
+        return Err(format!(
+            "this process has the {} entitlement, which forbids pthread_jit_write_protect_np; write MAP_JIT memory with jitmem::apple::jit_write_with_callback, or use Mirror",
+            codesign::JIT_WRITE_ALLOWLIST
+        ));
+    }
+    try_map_jit()?;
+    Ok(0)
+}
+
+#[cfg(all(target_os = "macos", not(target_arch = "aarch64")))]
+fn per_thread_support() -> std::result::Result<u32, String> {
+    let map_jit = match try_map_jit() {
+        Ok(()) => "MAP_JIT mappings work here, but ".to_owned(),
+        Err(e) => format!("{e}; and "),
+    };
+    Err(format!(
+        "{map_jit}pthread_jit_write_protect_np exists on Apple silicon (arm64) only: on an Intel Mac MAP_JIT pages are writable and executable for every thread at once, which is not W^X (Mirror or Toggle are used instead)"
+    ))
+}
+
+#[cfg(not(target_os = "macos"))]
+fn per_thread_support() -> std::result::Result<u32, String> {
+    Err("pthread_jit_write_protect_np is not available to iOS apps (it is SPI there): use Mirror (seed 000's LuckNoTXM and LuckTXM) or Toggle (Legacy), see jitmem::apple::ios_mode_config".to_owned())
+}
+
+/// Maps and unmaps one `MAP_JIT` page, explaining a refusal.
+#[cfg(target_os = "macos")]
+fn try_map_jit() -> std::result::Result<(), String> {
+    let page = page_size();
+    match map_jit(page) {
+        Ok(ptr) => {
+            // SAFETY: the fresh mapping above, unused.
+            let _ = unsafe { unmap(ptr, page) };
+            Ok(())
+        }
+        Err(e) => {
+            let mut text = crate::sys::error_chain(&e);
+            if codesign::code_signing_flags().is_ok_and(|f| f & codesign::CS_RUNTIME != 0) {
+                text.push_str(" (hardened runtime: MAP_JIT needs the com.apple.security.cs.allow-jit entitlement, see docs/apple.md)");
+            }
+            Err(text)
+        }
+    }
+}
+
+/// `mmap(NULL, len, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANON | MAP_JIT)`, as
+/// in Apple's porting guide. The kernel grants read-write-execute because of `MAP_JIT`; each
+/// thread then sees the pages either writable or executable.
+fn map_jit(len: usize) -> Result<NonNull<u8>> {
+    // SAFETY: a new anonymous mapping at an address the kernel picks touches no existing memory.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANON | libc::MAP_JIT,
+            -1,
+            0,
+        )
+    };
+    non_null_map(
+        ptr,
+        "mmap(PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANON | MAP_JIT)",
+    )
+}
+
+/// Maps fresh `MAP_JIT` memory for PerThread. Never `mprotect` it (see the module docs of
+/// `sys::apple`): its state is per thread, changed by [`per_thread_begin`] and
+/// [`per_thread_end`] only.
+#[doc(alias = "MAP_JIT")]
+pub(crate) fn map_per_thread(len: usize, _key: u32) -> Result<NonNull<u8>> {
+    map_jit(len)
+}
+
+/// What [`per_thread_begin`] reports as the thread's previous mode: execute (write-protected),
+/// the mode every thread starts in. The real previous mode cannot be read (there is no getter);
+/// `rights.rs` calls `per_thread_begin` only for a thread's outermost scope.
+#[cfg_attr(
+    not(all(target_os = "macos", target_arch = "aarch64")),
+    expect(dead_code, reason = "PerThread is refused off Apple silicon Macs")
+)]
+const EXECUTE_MODE: u32 = 1;
+
+/// Switches the calling thread to write mode for every `MAP_JIT` page of the process
+/// (`pthread_jit_write_protect_np(0)`): writable, not executable, for this thread only. Returns
+/// the mode the thread is assumed to have been in ([`EXECUTE_MODE`]).
+///
+/// # Safety
+/// `key` came from [`per_thread_key`]; the caller pairs this with [`per_thread_end`] on the same
+/// thread and runs no `MAP_JIT` code on this thread in between.
+#[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+#[doc(alias = "pthread_jit_write_protect_np")]
+#[inline]
+pub(crate) unsafe fn per_thread_begin(_key: u32) -> u32 {
+    // SAFETY: per_thread_key succeeded, so the call is supported and allowed in this process;
+    // it changes this thread's view of MAP_JIT pages only.
+    unsafe { libc::pthread_jit_write_protect_np(0) };
+    EXECUTE_MODE
+}
+
+/// Switches the calling thread back to execute mode (`pthread_jit_write_protect_np(1)`), always:
+/// write access is never left behind.
+///
+/// # Safety
+/// As for [`per_thread_begin`], whose return value `_saved` is.
+#[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+#[inline]
+pub(crate) unsafe fn per_thread_end(_key: u32, _saved: u32) {
+    // SAFETY: as in per_thread_begin.
+    unsafe { libc::pthread_jit_write_protect_np(1) };
+}
+
+/// Never reached off Apple silicon Macs: [`per_thread_key`] refuses, so no
+/// `Rights::ProtectionKey` exists to call it.
+///
+/// # Safety
+/// Never called: there is no key.
+#[cfg(not(all(target_os = "macos", target_arch = "aarch64")))]
+pub(crate) unsafe fn per_thread_begin(_key: u32) -> u32 {
+    0
+}
+
+/// See [`per_thread_begin`].
+///
+/// # Safety
+/// Never called: there is no key.
+#[cfg(not(all(target_os = "macos", target_arch = "aarch64")))]
+pub(crate) unsafe fn per_thread_end(_key: u32, _saved: u32) {}
+
+// ---------------------------------------------------------------------------------------------
+// pthread_jit_write_with_callback_np: resolved at run time, because it is missing before macOS
+// 11.4 (aarch64-apple-darwin builds run from 11.0) and on iOS before 17.4, and `libc` declares it
+// for macOS only.
+
+type WithCallback = unsafe extern "C" fn(callback: JitWriteCallback, ctx: *mut c_void) -> c_int;
+type FreezeCallbacks = unsafe extern "C" fn();
+
+/// Looks `name` up in the process's images (`dlsym(RTLD_DEFAULT)`).
+fn lookup(name: &CStr) -> Option<NonNull<c_void>> {
+    // SAFETY: RTLD_DEFAULT with a NUL-terminated name; dlsym only reads them.
+    NonNull::new(unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) })
+}
+
+fn with_callback_fn() -> Option<WithCallback> {
+    static FN: OnceLock<Option<WithCallback>> = OnceLock::new();
+    *FN.get_or_init(|| {
+        let symbol = lookup(c"pthread_jit_write_with_callback_np")?;
+        // SAFETY: the symbol is libpthread's `int pthread_jit_write_with_callback_np(
+        // pthread_jit_write_callback_t, void *)`, whose ABI `WithCallback` spells out.
+        Some(unsafe { std::mem::transmute::<*mut c_void, WithCallback>(symbol.as_ptr()) })
+    })
+}
+
+fn freeze_fn() -> Option<FreezeCallbacks> {
+    static FN: OnceLock<Option<FreezeCallbacks>> = OnceLock::new();
+    *FN.get_or_init(|| {
+        let symbol = lookup(c"pthread_jit_write_freeze_callbacks_np")?;
+        // SAFETY: the symbol is libpthread's `void pthread_jit_write_freeze_callbacks_np(void)`.
+        Some(unsafe { std::mem::transmute::<*mut c_void, FreezeCallbacks>(symbol.as_ptr()) })
+    })
+}
+
+fn unavailable(op: &'static str, what: &str) -> Error {
+    Error::Os {
+        op,
+        source: io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{what} is not available on this system"),
+        ),
+    }
+}
+
+/// `pthread_jit_write_with_callback_np(callback, ctx)`: the thread's `MAP_JIT` pages become
+/// writable, `callback(ctx)` runs, they become executable again; returns what the callback
+/// returned.
+///
+/// # Safety
+/// As [`crate::apple::jit_write_with_callback`].
+#[doc(alias = "pthread_jit_write_with_callback_np")]
+pub(crate) unsafe fn jit_write_with_callback(
+    callback: JitWriteCallback,
+    ctx: *mut c_void,
+) -> Result<c_int> {
+    let f = with_callback_fn().ok_or_else(|| {
+        unavailable(
+            "pthread_jit_write_with_callback_np",
+            "pthread_jit_write_with_callback_np (macOS 11.4+, iOS 17.4+)",
+        )
+    })?;
+    // SAFETY: forwarded from the caller: `ctx` is what `callback` expects, the call is not
+    // nested in another callback, and the thread is in execute mode.
+    Ok(unsafe { f(callback, ctx) })
+}
+
+/// `pthread_jit_write_freeze_callbacks_np()`, after checking the entitlement that makes it
+/// legal.
+#[doc(alias = "pthread_jit_write_freeze_callbacks_np")]
+pub(crate) fn freeze_jit_write_callbacks() -> Result<()> {
+    match codesign::has_entitlement(JIT_WRITE_ALLOWLIST_FREEZE_LATE) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(Error::WrongState(
+                "pthread_jit_write_freeze_callbacks_np is only legal with the com.apple.security.cs.jit-write-allowlist-freeze-late entitlement (libpthread terminates the process otherwise)",
+            ));
+        }
+        Err(source) => {
+            return Err(Error::Os {
+                op: "csops(CS_OPS_ENTITLEMENTS_BLOB)",
+                source,
+            });
+        }
+    }
+    let f = freeze_fn().ok_or_else(|| {
+        unavailable(
+            "pthread_jit_write_freeze_callbacks_np",
+            "pthread_jit_write_freeze_callbacks_np (macOS 12.1+)",
+        )
+    })?;
+    // SAFETY: no arguments; the entitlement that makes the call legal is present.
+    unsafe { f() };
+    Ok(())
+}
