@@ -67,9 +67,7 @@ impl From<jitmem::Error> for CError {
             E::TooLarge { .. } => JitmemStatus::TooLarge,
             E::BadAlignment { .. } => JitmemStatus::BadAlignment,
             E::Exhausted { .. } => JitmemStatus::Exhausted,
-            E::Unsupported { .. } | E::Incompatible { .. } | E::RwxNotOptedIn => {
-                JitmemStatus::Unsupported
-            }
+            E::Unsupported { .. } | E::RwxNotOptedIn => JitmemStatus::Unsupported,
             E::BadEnvironment { .. } | E::OutOfRange { .. } | E::BadShrink { .. } => {
                 JitmemStatus::InvalidArgument
             }

@@ -231,14 +231,11 @@ impl CodeBlock {
     /// needs no rights (Mirror, Rwx) this is a plain fill of the writable view.
     fn fill_traps(&mut self, range: Range<usize>) -> Result<()> {
         if self.shard.shared.rights.always_writable() {
+            self.check_range(&range)?;
             self.shard.shared.check_usable()?;
-            let len = range
-                .end
-                .saturating_sub(range.start)
-                .min(self.len - range.start.min(self.len));
-            // SAFETY: [range] lies inside the block (callers pass sub-ranges of 0..len, clamped
-            // above); its writable view is always writable for these strategies; &mut self
-            // makes this the only reference.
+            let len = range.end - range.start;
+            // SAFETY: [range] lies inside the block (checked above); its writable view is
+            // always writable for these strategies; &mut self makes this the only reference.
             let bytes = unsafe { std::slice::from_raw_parts_mut(self.rw_ptr(range.start), len) };
             isa::fill_traps(bytes);
             // SAFETY: the executable view of the same range is mapped.

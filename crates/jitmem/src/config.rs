@@ -73,8 +73,9 @@ pub enum Layout {
     /// mappings per function (Linux caps a process near 65,530 mappings).
     PerAllocation,
     /// Chunks reserved on demand (256 KiB, doubling up to 16 MiB) and sub-allocated; small
-    /// functions share pages. An empty chunk is returned to the OS unless it is the only empty
-    /// one (one is kept to avoid map/unmap churn).
+    /// functions share pages. One heap per core (up to 8): each thread allocates from the heap
+    /// of its slot, so threads share no lock and no code page. Each heap returns an empty chunk
+    /// to the OS unless it is that heap's only empty one (kept to avoid map/unmap churn).
     Pooled,
     /// One reservation of `size` bytes up front, sub-allocated; physical pages are used only
     /// when touched. All code lies in one range, so x86-64 rel32 calls (+-2 GiB) between any two

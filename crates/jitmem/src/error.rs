@@ -1,6 +1,6 @@
 //! The one error type of the crate.
 
-use crate::config::{Layout, Strategy};
+use crate::config::Strategy;
 
 /// Everything that can go wrong in jitmem. The operating system's error, when there is one, is
 /// kept as the [`source`](std::error::Error::source).
@@ -49,16 +49,6 @@ pub enum Error {
         strategy: Strategy,
         /// Why, in words a user can act on.
         reason: String,
-    },
-    /// A strategy and a layout that cannot be combined on this platform.
-    #[error("strategy {strategy} cannot be used with layout {layout}: {reason}")]
-    Incompatible {
-        /// The strategy.
-        strategy: Strategy,
-        /// The layout.
-        layout: Layout,
-        /// Why.
-        reason: &'static str,
     },
     /// [`Strategy::Rwx`] was asked for without the unsafe opt-in
     /// [`Config::allow_rwx_without_wx`](crate::Config::allow_rwx_without_wx).
