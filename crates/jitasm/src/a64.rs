@@ -1,1 +1,0 @@
-//! AArch64 encoder (being written).

@@ -1,1 +1,0 @@
-//! x86-64 encoder (being written).
