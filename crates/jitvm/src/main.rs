@@ -1,1 +1,300 @@
-fn main() {}
+//! `jitvm`: run, check, list and assemble `.jvm` programs (text or binary bytecode).
+//!
+//! Exit status: 0 on success (or `halt`), 1 on a load or verification error, 2 on a trap; with
+//! `run --exit-code`, main's return value (low 8 bits).
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use jitvm::jit::Isa;
+use jitvm::tier::JitMode;
+use jitvm::vm::{self, Ended};
+use jitvm::{Limits, Module, Program, interp};
+
+/// A bytecode VM with a verifier, a fast interpreter and a baseline JIT.
+#[derive(Parser)]
+#[command(name = "jitvm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a program: prints what it prints; exit 0, or 2 on a trap (message on stderr).
+    Run(RunOptions),
+    /// Parse and verify a program; prints errors only (exit 1 on error).
+    Check {
+        /// The program (.jvm text or binary bytecode).
+        file: PathBuf,
+    },
+    /// List the bytecode per function with byte offsets and stack depths.
+    Disasm {
+        /// The program (.jvm text or binary bytecode).
+        file: PathBuf,
+        /// Also list the machine code the JIT makes for each function.
+        #[arg(long)]
+        native: bool,
+        /// Instruction set of the machine code: x64 or a64 (default: this machine's).
+        #[arg(long, value_parser = parse_isa)]
+        isa: Option<Isa>,
+    },
+    /// Benchmark the interpreter and the JIT (and Lua 5.4 / LuaJIT when installed).
+    Bench {
+        /// Sizes 100 times smaller, for a quick look.
+        #[arg(long)]
+        quick: bool,
+        /// Do not run lua5.4 and luajit beside.
+        #[arg(long)]
+        no_lua: bool,
+    },
+    /// Assemble a program to binary bytecode.
+    Asm {
+        /// The program (.jvm text or binary bytecode).
+        file: PathBuf,
+        /// Where to write the binary.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+/// Options of `jitvm run`.
+#[derive(Args, Debug, Clone)]
+struct RunOptions {
+    /// The program (.jvm text or binary bytecode).
+    file: PathBuf,
+    /// Interpret only (no JIT).
+    #[arg(long, conflicts_with_all = ["jit_eager", "jit_threshold"])]
+    no_jit: bool,
+    /// Compile every function before running.
+    #[arg(long, conflicts_with = "jit_threshold")]
+    jit_eager: bool,
+    /// Calls or loop iterations before a function is compiled.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    jit_threshold: u32,
+    /// Executable-memory strategy: auto, toggle, mirror, per-thread (default: jitmem's).
+    #[arg(long)]
+    strategy: Option<String>,
+    /// Executable-memory layout: per-allocation, pooled (default: jitmem's).
+    #[arg(long)]
+    layout: Option<String>,
+    /// Most call frames active at once (main is 1); a deeper call traps.
+    #[arg(long, default_value_t = Limits::default().max_depth)]
+    max_depth: u32,
+    /// Steps (executed calls plus taken backward jumps) before a trap; no limit by default.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Print execution statistics on stderr.
+    #[arg(long)]
+    stats: bool,
+    /// Exit with main's return value (low 8 bits) as the status.
+    #[arg(long)]
+    exit_code: bool,
+}
+
+impl RunOptions {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_depth: self.max_depth,
+            max_steps: self.max_steps.unwrap_or(u64::MAX),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run(opts) => match load(&opts.file) {
+            Ok((_, program)) => run_program(&program, &opts),
+            Err(code) => code,
+        },
+        Command::Check { file } => match load(&file) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(code) => code,
+        },
+        Command::Disasm { file, native, isa } => match load(&file) {
+            Ok((module, program)) => disasm(&file, &module, &program, native, isa),
+            Err(code) => code,
+        },
+        Command::Bench { quick, no_lua } => match jitvm::bench::report(quick, !no_lua) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("jitvm bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Asm { file, output } => match load(&file) {
+            Ok((module, _)) => match std::fs::write(&output, jitvm::binary::encode(&module)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{}: {e}", output.display());
+                    ExitCode::FAILURE
+                }
+            },
+            Err(code) => code,
+        },
+    }
+}
+
+/// Reads, parses (text or binary) and verifies a program, printing any error as
+/// `file:line: message` (text) or `file: message`.
+fn load(path: &Path) -> Result<(Module, Program), ExitCode> {
+    let file = path.display();
+    let bytes = std::fs::read(path).map_err(|e| {
+        eprintln!("{file}: {e}");
+        ExitCode::FAILURE
+    })?;
+    let (module, lines) = jitvm::load_module(&bytes).map_err(|e| {
+        if e.is_parse_error() {
+            eprintln!("{file}:{e}");
+        } else {
+            eprintln!("{file}: {e}");
+        }
+        ExitCode::FAILURE
+    })?;
+    let program = jitvm::verify::verify(&module).map_err(|e| {
+        match lines.as_ref().and_then(|l| l.line_of_error(&e)) {
+            Some(line) => eprintln!("{file}:{line}: {e}"),
+            None => eprintln!("{file}: {e}"),
+        }
+        ExitCode::FAILURE
+    })?;
+    Ok((module, program))
+}
+
+/// Runs a verified program with the options of `jitvm run` and reports the outcome. Every run
+/// goes through here (the place to choose the execution engine).
+fn run_program(program: &Program, opts: &RunOptions) -> ExitCode {
+    let mut memory = jitmem::Config::new();
+    if let Some(name) = &opts.strategy {
+        match jitmem::Strategy::from_name(name) {
+            Some(s) if s != jitmem::Strategy::Rwx => memory = memory.strategy(s),
+            _ => {
+                eprintln!("jitvm: unknown strategy {name:?} (auto, toggle, mirror, per-thread)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Some(name) = &opts.layout {
+        match jitmem::Layout::from_name(name) {
+            Some(l) => memory = memory.layout(l),
+            None => {
+                eprintln!("jitvm: unknown layout {name:?} (per-allocation, pooled)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let options = vm::RunOptions {
+        jit: if opts.no_jit {
+            JitMode::Off
+        } else if opts.jit_eager {
+            JitMode::Eager
+        } else {
+            JitMode::Tiered {
+                threshold: opts.jit_threshold,
+            }
+        },
+        limits: opts.limits(),
+        stats: opts.stats,
+        memory,
+    };
+    let out = BufWriter::new(std::io::stdout());
+    let report = vm::run(program, &options, out);
+    if let Some(notice) = &report.notice {
+        eprintln!("jitvm: {notice}");
+    }
+    if opts.stats {
+        let c = &report.counters;
+        let j = &report.jit;
+        eprintln!("interpreted instructions: {}", c.interpreted);
+        eprintln!("compiled instructions:    {}", c.compiled);
+        eprintln!(
+            "compiled functions:       {} ({} bytecode instructions, {} bytes of machine code)",
+            j.compiled_functions, j.compiled_instructions, j.code_bytes
+        );
+        let per = j.compile_time.as_nanos() as f64 / (j.compiled_instructions.max(1) as f64);
+        eprintln!(
+            "compile time:             {:?} ({per:.0} ns per instruction)",
+            j.compile_time
+        );
+        eprintln!("OSR entries:              {}", j.osr_entries);
+        for failure in &j.failures {
+            eprintln!("not compiled:             {failure}");
+        }
+    }
+    report_end(program, report.ended, report.write_error, opts)
+}
+
+/// Turns a run's outcome into the exit status (and the trap message on stderr).
+fn report_end(
+    program: &Program,
+    ended: Result<Ended, String>,
+    write_error: Option<std::io::Error>,
+    opts: &RunOptions,
+) -> ExitCode {
+    if let Some(e) = write_error {
+        eprintln!("jitvm: writing output: {e}");
+        return ExitCode::FAILURE;
+    }
+    match ended {
+        Ok(Ended::Returned(value)) if opts.exit_code => ExitCode::from((value & 0xff) as u8),
+        Ok(Ended::Returned(_) | Ended::Halted) => ExitCode::SUCCESS,
+        Ok(Ended::Trapped(trap)) => {
+            eprintln!("{}", interp::trap_message(program, &trap));
+            ExitCode::from(2)
+        }
+        Err(why) => {
+            eprintln!("jitvm: {why}");
+            ExitCode::from(70)
+        }
+    }
+}
+
+fn parse_isa(name: &str) -> Result<Isa, String> {
+    match name {
+        "x64" | "x86-64" | "x86_64" => Ok(Isa::X64),
+        "a64" | "aarch64" | "arm64" => Ok(Isa::A64),
+        _ => Err(format!("unknown instruction set {name:?} (x64, a64)")),
+    }
+}
+
+/// `jitvm disasm`: the bytecode listing, and with `--native` each function's machine code.
+fn disasm(
+    file: &Path,
+    module: &Module,
+    program: &Program,
+    native: bool,
+    isa: Option<Isa>,
+) -> ExitCode {
+    match jitvm::disasm::listing(module, program) {
+        Ok(text) => print!("{text}"),
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if !native {
+        return ExitCode::SUCCESS;
+    }
+    let Some(isa) = isa.or_else(Isa::native) else {
+        eprintln!("jitvm: no JIT backend for this machine; choose one with --isa");
+        return ExitCode::FAILURE;
+    };
+    for (id, function) in program.functions().iter().enumerate() {
+        println!("\nnative {} code of {}:", isa.name(), function.name());
+        match jitvm::jit::disasm::native_listing(isa, program, id as u32, false) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("jitvm: compiling {}: {e}", function.name());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

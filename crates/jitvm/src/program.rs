@@ -86,6 +86,8 @@ pub struct Function {
     /// Whether an instruction is the target of a jump.
     pub(crate) is_target: Vec<bool>,
     pub(crate) max_stack: u32,
+    /// The interpreter's register form of `code` (built by the verifier).
+    pub(crate) lowered: crate::interp::Lowered,
 }
 
 impl Function {
@@ -156,6 +158,9 @@ pub enum TrapKind {
     CallDepth,
     /// The step limit (calls plus taken backward jumps) ran out.
     StepLimit,
+    /// Compiled code ran out of native stack before reaching the call depth limit (only the
+    /// JIT raises it; the VM sizes its stack so that this needs an extreme depth limit).
+    NativeStack,
 }
 
 impl fmt::Display for TrapKind {
@@ -165,6 +170,7 @@ impl fmt::Display for TrapKind {
             TrapKind::IntegerOverflow => "integer overflow",
             TrapKind::CallDepth => "call depth limit exceeded",
             TrapKind::StepLimit => "step limit exceeded",
+            TrapKind::NativeStack => "native stack exhausted",
         })
     }
 }
@@ -210,7 +216,10 @@ impl Default for Limits {
 }
 
 /// Run-time counters shared by the interpreter and compiled code; the engine owns them.
+///
+/// `repr(C)`: compiled code updates the fields in place.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct Counters {
     /// Steps left before a [`TrapKind::StepLimit`] trap (see [`Limits::max_steps`]).
     pub steps_left: u64,

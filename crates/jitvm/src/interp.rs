@@ -1,0 +1,936 @@
+//! The interpreter.
+//!
+//! The verifier lowers every function once to a register form (see `lower.rs`): each frame is
+//! a window of `locals + max_stack` slots of one value stack shared by all frames of a run, and
+//! the stack code becomes three-address operations on those slots, with compare-and-branch and
+//! store-retargeting fused in. The loop below is one `match` per operation over that array.
+//! A call needs no allocation once the stack and the frame list have grown: the callee's frame
+//! starts at the caller's first argument slot, so the arguments are already its first locals and
+//! its result lands where the caller expects it.
+//!
+//! # Events, in the order compiled code must reproduce them
+//!
+//! - `call`: one step is taken (if none is left: [`TrapKind::StepLimit`] at the call), then the
+//!   new depth is checked (above [`Limits::max_depth`]: [`TrapKind::CallDepth`] at the call),
+//!   then the callee's locals past its arguments are zeroed and [`Engine::enter`] is asked; if
+//!   it answers `None` the call is interpreted.
+//! - A taken backward jump (`jump` or `jump_if_false` whose target is at or before the jump):
+//!   one step (if none is left: [`TrapKind::StepLimit`] at the jump). Forward jumps are free.
+//! - `loop_header`: [`Engine::loop_header`]; `Some(v)` returns `v` from the frame.
+//! - `print`: [`Engine::print`].
+//! - Counting (the `count` flag): every instruction begun, the trapping one included, is added
+//!   to [`Counters::interpreted`] (a `halt` or `return` counts too); the count is added to the
+//!   engine's counters before every call into the engine and when the interpreter returns.
+//!   `steps_left` is used in place in the engine's counters (never copied), so compiled code
+//!   run by the engine and the interpreter share it directly.
+//!
+//! A call whose frame cannot be allocated (the value stack would not fit in memory) traps with
+//! [`TrapKind::CallDepth`] like a call beyond the depth limit.
+//!
+//! Division by zero traps with [`TrapKind::DivisionByZero`], `i64::MIN / -1` with
+//! [`TrapKind::IntegerOverflow`]; `i64::MIN % -1` is 0.
+
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
+use std::io::{self, Write};
+
+use crate::program::{Counters, Engine, FuncId, Limits, Program, Stop, Trap, TrapKind};
+
+mod lower;
+
+pub(crate) use lower::lower;
+
+/// A frame slot: locals first, then the operand stack.
+pub(crate) type Reg = u32;
+
+/// One operation of the register form. `RR` forms read two slots, `RI` a slot and a constant;
+/// `Jn*` branch to `t` unless the compare holds; `t` is an operation index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// Nothing (carries the count of instructions that emitted nothing).
+    Nop,
+    Imm {
+        dst: Reg,
+        k: i64,
+    },
+    Mov {
+        dst: Reg,
+        src: Reg,
+    },
+    Neg {
+        dst: Reg,
+        src: Reg,
+    },
+    AddRR {
+        dst: Reg,
+        a: Reg,
+        b: Reg,
+    },
+    AddRI {
+        dst: Reg,
+        a: Reg,
+        k: i64,
+    },
+    /// `a + b + k` (fused `add_ii` then `add_ii`/`sub_ii` of a constant).
+    AddRRI {
+        dst: Reg,
+        a: Reg,
+        b: Reg,
+        k: i64,
+    },
+    SubRR {
+        dst: Reg,
+        a: Reg,
+        b: Reg,
+    },
+    SubRI {
+        dst: Reg,
+        a: Reg,
+        k: i64,
+    },
+    MulRR {
+        dst: Reg,
+        a: Reg,
+        b: Reg,
+    },
+    MulRI {
+        dst: Reg,
+        a: Reg,
+        k: i64,
+    },
+    DivRR {
+        dst: Reg,
+        a: Reg,
+        b: Reg,
+    },
+    DivRI {
+        dst: Reg,
+        a: Reg,
+        k: i64,
+    },
+    ModRR {
+        dst: Reg,
+        a: Reg,
+        b: Reg,
+    },
+    ModRI {
+        dst: Reg,
+        a: Reg,
+        k: i64,
+    },
+    LtRR {
+        dst: Reg,
+        a: Reg,
+        b: Reg,
+    },
+    LtRI {
+        dst: Reg,
+        a: Reg,
+        k: i64,
+    },
+    LeRR {
+        dst: Reg,
+        a: Reg,
+        b: Reg,
+    },
+    LeRI {
+        dst: Reg,
+        a: Reg,
+        k: i64,
+    },
+    GtRR {
+        dst: Reg,
+        a: Reg,
+        b: Reg,
+    },
+    GtRI {
+        dst: Reg,
+        a: Reg,
+        k: i64,
+    },
+    GeRR {
+        dst: Reg,
+        a: Reg,
+        b: Reg,
+    },
+    GeRI {
+        dst: Reg,
+        a: Reg,
+        k: i64,
+    },
+    EqRR {
+        dst: Reg,
+        a: Reg,
+        b: Reg,
+    },
+    EqRI {
+        dst: Reg,
+        a: Reg,
+        k: i64,
+    },
+    NeRR {
+        dst: Reg,
+        a: Reg,
+        b: Reg,
+    },
+    NeRI {
+        dst: Reg,
+        a: Reg,
+        k: i64,
+    },
+    JnLtRR {
+        a: Reg,
+        b: Reg,
+        t: u32,
+    },
+    JnLtRI {
+        a: Reg,
+        k: i64,
+        t: u32,
+    },
+    JnLeRR {
+        a: Reg,
+        b: Reg,
+        t: u32,
+    },
+    JnLeRI {
+        a: Reg,
+        k: i64,
+        t: u32,
+    },
+    JnGtRR {
+        a: Reg,
+        b: Reg,
+        t: u32,
+    },
+    JnGtRI {
+        a: Reg,
+        k: i64,
+        t: u32,
+    },
+    JnGeRR {
+        a: Reg,
+        b: Reg,
+        t: u32,
+    },
+    JnGeRI {
+        a: Reg,
+        k: i64,
+        t: u32,
+    },
+    JnEqRR {
+        a: Reg,
+        b: Reg,
+        t: u32,
+    },
+    JnEqRI {
+        a: Reg,
+        k: i64,
+        t: u32,
+    },
+    JnNeRR {
+        a: Reg,
+        b: Reg,
+        t: u32,
+    },
+    JnNeRI {
+        a: Reg,
+        k: i64,
+        t: u32,
+    },
+    /// Forward jump.
+    Jump {
+        t: u32,
+    },
+    /// Backward jump (one step).
+    JumpBack {
+        t: u32,
+    },
+    /// Backward jump to the `loop_header` at source instruction index `at`, whose operation
+    /// is at `t - 1`: one step, then the loop header's work, then on at `t`.
+    LoopBack {
+        t: u32,
+        at: u32,
+    },
+    /// Forward branch if slot `c` is zero.
+    Jz {
+        c: Reg,
+        t: u32,
+    },
+    /// Backward branch if slot `c` is zero (one step when taken).
+    JzBack {
+        c: Reg,
+        t: u32,
+    },
+    /// `loop_header` at source instruction index `at`.
+    LoopHeader {
+        at: u32,
+    },
+    /// Call `func`; its frame (and first argument) starts at slot `base`.
+    Call {
+        func: FuncId,
+        base: Reg,
+    },
+    Ret {
+        src: Reg,
+    },
+    RetImm {
+        k: i64,
+    },
+    Print {
+        src: Reg,
+    },
+    Halt,
+}
+
+impl Op {
+    /// The slot an arithmetic or compare operation writes.
+    pub(crate) fn dst(&self) -> Option<Reg> {
+        match *self {
+            Op::Neg { dst, .. }
+            | Op::AddRR { dst, .. }
+            | Op::AddRI { dst, .. }
+            | Op::AddRRI { dst, .. }
+            | Op::SubRR { dst, .. }
+            | Op::SubRI { dst, .. }
+            | Op::MulRR { dst, .. }
+            | Op::MulRI { dst, .. }
+            | Op::DivRR { dst, .. }
+            | Op::DivRI { dst, .. }
+            | Op::ModRR { dst, .. }
+            | Op::ModRI { dst, .. }
+            | Op::LtRR { dst, .. }
+            | Op::LtRI { dst, .. }
+            | Op::LeRR { dst, .. }
+            | Op::LeRI { dst, .. }
+            | Op::GtRR { dst, .. }
+            | Op::GtRI { dst, .. }
+            | Op::GeRR { dst, .. }
+            | Op::GeRI { dst, .. }
+            | Op::EqRR { dst, .. }
+            | Op::EqRI { dst, .. }
+            | Op::NeRR { dst, .. }
+            | Op::NeRI { dst, .. } => Some(dst),
+            _ => None,
+        }
+    }
+
+    /// Redirects the written slot (see [`Op::dst`]).
+    pub(crate) fn set_dst(&mut self, to: Reg) {
+        match self {
+            Op::Neg { dst, .. }
+            | Op::AddRR { dst, .. }
+            | Op::AddRI { dst, .. }
+            | Op::AddRRI { dst, .. }
+            | Op::SubRR { dst, .. }
+            | Op::SubRI { dst, .. }
+            | Op::MulRR { dst, .. }
+            | Op::MulRI { dst, .. }
+            | Op::DivRR { dst, .. }
+            | Op::DivRI { dst, .. }
+            | Op::ModRR { dst, .. }
+            | Op::ModRI { dst, .. }
+            | Op::LtRR { dst, .. }
+            | Op::LtRI { dst, .. }
+            | Op::LeRR { dst, .. }
+            | Op::LeRI { dst, .. }
+            | Op::GtRR { dst, .. }
+            | Op::GtRI { dst, .. }
+            | Op::GeRR { dst, .. }
+            | Op::GeRI { dst, .. }
+            | Op::EqRR { dst, .. }
+            | Op::EqRI { dst, .. }
+            | Op::NeRR { dst, .. }
+            | Op::NeRI { dst, .. } => *dst = to,
+            _ => {}
+        }
+    }
+
+    /// The jump target of a jump or branch.
+    pub(crate) fn target(&self) -> Option<u32> {
+        match *self {
+            Op::JnLtRR { t, .. }
+            | Op::JnLtRI { t, .. }
+            | Op::JnLeRR { t, .. }
+            | Op::JnLeRI { t, .. }
+            | Op::JnGtRR { t, .. }
+            | Op::JnGtRI { t, .. }
+            | Op::JnGeRR { t, .. }
+            | Op::JnGeRI { t, .. }
+            | Op::JnEqRR { t, .. }
+            | Op::JnEqRI { t, .. }
+            | Op::JnNeRR { t, .. }
+            | Op::JnNeRI { t, .. }
+            | Op::Jump { t }
+            | Op::JumpBack { t }
+            | Op::LoopBack { t, .. }
+            | Op::Jz { t, .. }
+            | Op::JzBack { t, .. } => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Redirects the jump target (see [`Op::target`]).
+    pub(crate) fn set_target(&mut self, to: u32) {
+        match self {
+            Op::JnLtRR { t, .. }
+            | Op::JnLtRI { t, .. }
+            | Op::JnLeRR { t, .. }
+            | Op::JnLeRI { t, .. }
+            | Op::JnGtRR { t, .. }
+            | Op::JnGtRI { t, .. }
+            | Op::JnGeRR { t, .. }
+            | Op::JnGeRI { t, .. }
+            | Op::JnEqRR { t, .. }
+            | Op::JnEqRI { t, .. }
+            | Op::JnNeRR { t, .. }
+            | Op::JnNeRI { t, .. }
+            | Op::Jump { t }
+            | Op::JumpBack { t }
+            | Op::LoopBack { t, .. }
+            | Op::Jz { t, .. }
+            | Op::JzBack { t, .. } => *t = to,
+            _ => {}
+        }
+    }
+}
+
+/// A function in the interpreter's register form (built by the verifier).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Lowered {
+    pub(crate) ops: Vec<Op>,
+    /// Source instructions each operation accounts for.
+    pub(crate) counts: Vec<u32>,
+    /// Per operation: byte offset of the instruction a trap is reported at, and how many of
+    /// `counts` to take back when it traps (instructions fused in after the trapping one).
+    pub(crate) traps: Vec<(u32, u32)>,
+    /// Slots of a frame: locals + max_stack.
+    pub(crate) frame: u32,
+}
+
+/// An engine without a JIT: every call and loop is interpreted, `print` writes `{v}\n` to `W`.
+#[derive(Debug)]
+pub struct PlainEngine<W: Write> {
+    out: W,
+    counters: Counters,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> PlainEngine<W> {
+    /// An engine printing to `out`.
+    pub fn new(out: W) -> Self {
+        PlainEngine {
+            out,
+            counters: Counters::default(),
+            error: None,
+        }
+    }
+
+    /// The output.
+    pub fn output(&self) -> &W {
+        &self.out
+    }
+
+    /// The output, mutably (e.g. to flush it).
+    pub fn output_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    /// Gives the output back.
+    pub fn into_output(self) -> W {
+        self.out
+    }
+
+    /// The first write error of `print`, if any (later prints are skipped after it).
+    pub fn take_error(&mut self) -> Option<io::Error> {
+        self.error.take()
+    }
+
+    /// The counters (instruction count, steps left).
+    pub fn stats(&self) -> Counters {
+        self.counters
+    }
+}
+
+impl<W: Write> Engine for PlainEngine<W> {
+    #[inline(always)]
+    fn enter(
+        &mut self,
+        _program: &Program,
+        _func: FuncId,
+        _locals: &mut [i64],
+        _depth: u32,
+    ) -> Result<Option<i64>, Stop> {
+        Ok(None)
+    }
+
+    #[inline(always)]
+    fn loop_header(
+        &mut self,
+        _program: &Program,
+        _func: FuncId,
+        _at: u32,
+        _locals: &mut [i64],
+        _depth: u32,
+    ) -> Result<Option<i64>, Stop> {
+        Ok(None)
+    }
+
+    fn print(&mut self, value: i64) {
+        if self.error.is_none()
+            && let Err(e) = writeln!(self.out, "{value}")
+        {
+            self.error = Some(e);
+        }
+    }
+
+    #[inline(always)]
+    fn counters(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+}
+
+/// The message a trap is reported with: `trap: <reason> in <func> at <offset>`.
+pub fn trap_message(program: &Program, trap: &Trap) -> String {
+    let name = program.function(trap.func).map_or("?", |f| f.name());
+    format!("trap: {} in {} at {}", trap.kind, name, trap.offset)
+}
+
+/// Runs `main` and returns its result. Sets `engine.counters().steps_left` to
+/// `limits.max_steps` first; `count` adds every interpreted instruction to
+/// `engine.counters().interpreted`.
+pub fn run<E: Engine>(
+    program: &Program,
+    engine: &mut E,
+    limits: &Limits,
+    count: bool,
+) -> Result<i64, Stop> {
+    engine.counters().steps_left = limits.max_steps;
+    let main = program.main();
+    if limits.max_depth < 1 {
+        return Err(Stop::Trap(Trap {
+            kind: TrapKind::CallDepth,
+            func: main,
+            offset: 0,
+        }));
+    }
+    call(program, engine, limits, main, &[], 1, count)
+}
+
+/// Runs one call of `func` with `args` as a new frame at depth `depth` (counting the frame:
+/// main alone is 1) and returns its result.
+///
+/// For calls from compiled code: the caller has already taken the call's step and checked the
+/// depth limit (see the module documentation); this zeroes the locals past the arguments, asks
+/// [`Engine::enter`] (which may run the call natively) and otherwise interprets the frame and
+/// the calls it makes. It is re-entrant: each invocation has its own value stack. `args` should
+/// hold exactly the callee's argument count (missing ones are taken as 0, extra ones ignored);
+/// an unknown `func` returns 0 (neither happens with a verified program).
+pub fn call<E: Engine>(
+    program: &Program,
+    engine: &mut E,
+    limits: &Limits,
+    func: FuncId,
+    args: &[i64],
+    depth: u32,
+    count: bool,
+) -> Result<i64, Stop> {
+    let Some(f) = program.function(func) else {
+        return Ok(0);
+    };
+    let frame = f.lowered.frame as usize;
+    let mut stack = vec![0i64; frame.max(256)];
+    for (slot, &arg) in stack.iter_mut().zip(args.iter().take(f.args() as usize)) {
+        *slot = arg;
+    }
+    if let Some(locals) = stack.get_mut(..f.locals() as usize)
+        && let Some(v) = engine.enter(program, func, locals, depth)?
+    {
+        return Ok(v);
+    }
+    let mut frames = Vec::new();
+    if count {
+        exec::<E, true>(
+            program,
+            engine,
+            limits,
+            &mut stack,
+            &mut frames,
+            func,
+            depth,
+        )
+    } else {
+        exec::<E, false>(
+            program,
+            engine,
+            limits,
+            &mut stack,
+            &mut frames,
+            func,
+            depth,
+        )
+    }
+}
+
+/// A suspended caller.
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    func: FuncId,
+    pc: usize,
+    base: usize,
+}
+
+#[inline(always)]
+fn rd(regs: &[i64], r: Reg) -> i64 {
+    regs.get(r as usize).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn wr(regs: &mut [i64], r: Reg, v: i64) {
+    if let Some(s) = regs.get_mut(r as usize) {
+        *s = v;
+    }
+}
+
+#[inline(always)]
+fn div(a: i64, b: i64) -> Result<i64, TrapKind> {
+    if b == 0 {
+        Err(TrapKind::DivisionByZero)
+    } else {
+        a.checked_div(b).ok_or(TrapKind::IntegerOverflow)
+    }
+}
+
+#[inline(always)]
+fn rem(a: i64, b: i64) -> Result<i64, TrapKind> {
+    if b == 0 {
+        Err(TrapKind::DivisionByZero)
+    } else {
+        Ok(a.wrapping_rem(b))
+    }
+}
+
+/// Interprets the frame of `func` at stack base 0 (its locals already set and `enter` already
+/// asked) and every call it makes, until it returns.
+#[allow(clippy::too_many_lines)]
+fn exec<E: Engine, const COUNT: bool>(
+    program: &Program,
+    engine: &mut E,
+    limits: &Limits,
+    stack: &mut Vec<i64>,
+    frames: &mut Vec<Frame>,
+    entry: FuncId,
+    entry_depth: u32,
+) -> Result<i64, Stop> {
+    let funcs = program.functions();
+    let mut icount: u64 = 0;
+    let mut func = entry;
+    let mut pc = 0usize;
+    let mut base = 0usize;
+
+    // `steps_left` is used in place in the engine's counters (no copy to write back); the
+    // instruction count is kept here and added to them before every call into the engine.
+    macro_rules! sync_out {
+        () => {{
+            if COUNT {
+                let c = engine.counters();
+                c.interpreted = c.interpreted.wrapping_add(icount);
+                icount = 0;
+            }
+        }};
+    }
+    macro_rules! finish {
+        ($r:expr) => {{
+            if COUNT {
+                let c = engine.counters();
+                c.interpreted = c.interpreted.wrapping_add(icount);
+            }
+            return $r;
+        }};
+    }
+
+    'frame: loop {
+        let Some(f) = funcs.get(func as usize) else {
+            finish!(Ok(0));
+        };
+        let low = &f.lowered;
+        let ops = low.ops.as_slice();
+        let end = base.saturating_add(low.frame as usize);
+        let depth = entry_depth.saturating_add(u32::try_from(frames.len()).unwrap_or(u32::MAX));
+        let Some(regs) = stack.get_mut(base..end) else {
+            finish!(Ok(0));
+        };
+
+        macro_rules! trap {
+            ($kind:expr) => {{
+                let (offset, uncount) =
+                    low.traps.get(pc.wrapping_sub(1)).copied().unwrap_or((0, 0));
+                if COUNT {
+                    icount = icount.wrapping_sub(u64::from(uncount));
+                }
+                finish!(Err(Stop::Trap(Trap {
+                    kind: $kind,
+                    func,
+                    offset,
+                })));
+            }};
+        }
+        // Returns `$v` from the current frame.
+        macro_rules! ret {
+            ($v:expr) => {{
+                let v = $v;
+                match frames.pop() {
+                    None => finish!(Ok(v)),
+                    Some(caller) => {
+                        if let Some(slot) = stack.get_mut(base) {
+                            *slot = v;
+                        }
+                        func = caller.func;
+                        pc = caller.pc;
+                        base = caller.base;
+                        continue 'frame;
+                    }
+                }
+            }};
+        }
+        macro_rules! step {
+            () => {{
+                let c = engine.counters();
+                if c.steps_left == 0 {
+                    trap!(TrapKind::StepLimit);
+                }
+                c.steps_left -= 1;
+            }};
+        }
+
+        loop {
+            let Some(op) = ops.get(pc) else {
+                // Unreachable for a verified program (no path falls off the end).
+                ret!(0);
+            };
+            if COUNT {
+                icount = icount.wrapping_add(u64::from(low.counts.get(pc).copied().unwrap_or(0)));
+            }
+            pc += 1;
+            match *op {
+                Op::Nop => {}
+                Op::Imm { dst, k } => wr(regs, dst, k),
+                Op::Mov { dst, src } => wr(regs, dst, rd(regs, src)),
+                Op::Neg { dst, src } => wr(regs, dst, rd(regs, src).wrapping_neg()),
+                Op::AddRR { dst, a, b } => wr(regs, dst, rd(regs, a).wrapping_add(rd(regs, b))),
+                Op::AddRI { dst, a, k } => wr(regs, dst, rd(regs, a).wrapping_add(k)),
+                Op::AddRRI { dst, a, b, k } => wr(
+                    regs,
+                    dst,
+                    rd(regs, a).wrapping_add(rd(regs, b)).wrapping_add(k),
+                ),
+                Op::SubRR { dst, a, b } => wr(regs, dst, rd(regs, a).wrapping_sub(rd(regs, b))),
+                Op::SubRI { dst, a, k } => wr(regs, dst, rd(regs, a).wrapping_sub(k)),
+                Op::MulRR { dst, a, b } => wr(regs, dst, rd(regs, a).wrapping_mul(rd(regs, b))),
+                Op::MulRI { dst, a, k } => wr(regs, dst, rd(regs, a).wrapping_mul(k)),
+                Op::DivRR { dst, a, b } => match div(rd(regs, a), rd(regs, b)) {
+                    Ok(v) => wr(regs, dst, v),
+                    Err(kind) => trap!(kind),
+                },
+                Op::DivRI { dst, a, k } => match div(rd(regs, a), k) {
+                    Ok(v) => wr(regs, dst, v),
+                    Err(kind) => trap!(kind),
+                },
+                Op::ModRR { dst, a, b } => match rem(rd(regs, a), rd(regs, b)) {
+                    Ok(v) => wr(regs, dst, v),
+                    Err(kind) => trap!(kind),
+                },
+                Op::ModRI { dst, a, k } => match rem(rd(regs, a), k) {
+                    Ok(v) => wr(regs, dst, v),
+                    Err(kind) => trap!(kind),
+                },
+                Op::LtRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) < rd(regs, b))),
+                Op::LtRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) < k)),
+                Op::LeRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) <= rd(regs, b))),
+                Op::LeRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) <= k)),
+                Op::GtRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) > rd(regs, b))),
+                Op::GtRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) > k)),
+                Op::GeRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) >= rd(regs, b))),
+                Op::GeRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) >= k)),
+                Op::EqRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) == rd(regs, b))),
+                Op::EqRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) == k)),
+                Op::NeRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) != rd(regs, b))),
+                Op::NeRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) != k)),
+                // The `continue`s on taken branches keep them branches: a conditional move
+                // of `pc` would put the compare on the critical path of the next dispatch.
+                Op::JnLtRR { a, b, t } => {
+                    if rd(regs, a) >= rd(regs, b) {
+                        pc = t as usize;
+                        continue;
+                    }
+                }
+                Op::JnLtRI { a, k, t } => {
+                    if rd(regs, a) >= k {
+                        pc = t as usize;
+                        continue;
+                    }
+                }
+                Op::JnLeRR { a, b, t } => {
+                    if rd(regs, a) > rd(regs, b) {
+                        pc = t as usize;
+                        continue;
+                    }
+                }
+                Op::JnLeRI { a, k, t } => {
+                    if rd(regs, a) > k {
+                        pc = t as usize;
+                        continue;
+                    }
+                }
+                Op::JnGtRR { a, b, t } => {
+                    if rd(regs, a) <= rd(regs, b) {
+                        pc = t as usize;
+                        continue;
+                    }
+                }
+                Op::JnGtRI { a, k, t } => {
+                    if rd(regs, a) <= k {
+                        pc = t as usize;
+                        continue;
+                    }
+                }
+                Op::JnGeRR { a, b, t } => {
+                    if rd(regs, a) < rd(regs, b) {
+                        pc = t as usize;
+                        continue;
+                    }
+                }
+                Op::JnGeRI { a, k, t } => {
+                    if rd(regs, a) < k {
+                        pc = t as usize;
+                        continue;
+                    }
+                }
+                Op::JnEqRR { a, b, t } => {
+                    if rd(regs, a) != rd(regs, b) {
+                        pc = t as usize;
+                        continue;
+                    }
+                }
+                Op::JnEqRI { a, k, t } => {
+                    if rd(regs, a) != k {
+                        pc = t as usize;
+                        continue;
+                    }
+                }
+                Op::JnNeRR { a, b, t } => {
+                    if rd(regs, a) == rd(regs, b) {
+                        pc = t as usize;
+                        continue;
+                    }
+                }
+                Op::JnNeRI { a, k, t } => {
+                    if rd(regs, a) == k {
+                        pc = t as usize;
+                        continue;
+                    }
+                }
+                Op::Jump { t } => pc = t as usize,
+                Op::JumpBack { t } => {
+                    step!();
+                    pc = t as usize;
+                }
+                Op::Jz { c, t } => {
+                    if rd(regs, c) == 0 {
+                        pc = t as usize;
+                        continue;
+                    }
+                }
+                Op::JzBack { c, t } => {
+                    if rd(regs, c) == 0 {
+                        step!();
+                        pc = t as usize;
+                    }
+                }
+                Op::LoopBack { t, at } => {
+                    step!();
+                    pc = t as usize;
+                    if COUNT {
+                        let header = low.counts.get(pc.wrapping_sub(1)).copied().unwrap_or(0);
+                        icount = icount.wrapping_add(u64::from(header));
+                    }
+                    sync_out!();
+                    let locals = regs.get_mut(..f.locals() as usize).unwrap_or_default();
+                    let r = engine.loop_header(program, func, at, locals, depth);
+                    match r {
+                        Ok(None) => {}
+                        Ok(Some(v)) => ret!(v),
+                        Err(stop) => finish!(Err(stop)),
+                    }
+                }
+                Op::LoopHeader { at } => {
+                    sync_out!();
+                    let locals = regs.get_mut(..f.locals() as usize).unwrap_or_default();
+                    let r = engine.loop_header(program, func, at, locals, depth);
+                    match r {
+                        Ok(None) => {}
+                        Ok(Some(v)) => ret!(v),
+                        Err(stop) => finish!(Err(stop)),
+                    }
+                }
+                Op::Call {
+                    func: callee,
+                    base: at,
+                } => {
+                    step!();
+                    if depth >= limits.max_depth {
+                        trap!(TrapKind::CallDepth);
+                    }
+                    let Some(cf) = funcs.get(callee as usize) else {
+                        trap!(TrapKind::CallDepth);
+                    };
+                    let new_base = base.saturating_add(at as usize);
+                    let new_end = new_base.saturating_add(cf.lowered.frame as usize);
+                    if stack.len() < new_end {
+                        // Out of memory for the value stack: reported as the call depth trap.
+                        if stack.try_reserve(new_end - stack.len()).is_err() {
+                            trap!(TrapKind::CallDepth);
+                        }
+                        stack.resize(new_end, 0);
+                    }
+                    let (args, locals) = (cf.args() as usize, cf.locals() as usize);
+                    let locals_end = new_base.saturating_add(locals);
+                    if let Some(rest) = stack.get_mut(new_base.saturating_add(args)..locals_end) {
+                        rest.fill(0);
+                    }
+                    sync_out!();
+                    let r = match stack.get_mut(new_base..locals_end) {
+                        Some(locals) => engine.enter(program, callee, locals, depth + 1),
+                        None => Ok(None),
+                    };
+                    match r {
+                        Ok(None) => {
+                            frames.push(Frame { func, pc, base });
+                            func = callee;
+                            pc = 0;
+                            base = new_base;
+                        }
+                        Ok(Some(v)) => {
+                            if let Some(slot) = stack.get_mut(new_base) {
+                                *slot = v;
+                            }
+                        }
+                        Err(stop) => finish!(Err(stop)),
+                    }
+                    continue 'frame;
+                }
+                Op::Ret { src } => ret!(rd(regs, src)),
+                Op::RetImm { k } => ret!(k),
+                Op::Print { src } => {
+                    let v = rd(regs, src);
+                    sync_out!();
+                    engine.print(v);
+                }
+                Op::Halt => finish!(Err(Stop::Halt)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

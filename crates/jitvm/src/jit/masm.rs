@@ -1,0 +1,275 @@
+//! The one interface between the ISA-neutral code generator and an instruction set.
+//!
+//! The code generator ([`super::codegen`]) keeps the operand stack as a lazy value stack and
+//! decides *what* to compute; a [`MacroAssembler`] decides *how* on its ISA. Each ISA implements
+//! it once (`x64.rs`, `a64.rs`), together with the runtime stubs (trampoline, unwind, bridge to
+//! the interpreter) in the same calling convention.
+//!
+//! Conventions every implementation keeps:
+//! - `SCRATCH` registers are handed out by the code generator only; no method clobbers one it was
+//!   not given, except `call` and `print` (the code generator spills them first).
+//! - `LOCAL_REGS` are callee-saved and hold locals; the code generator reads them freely and
+//!   writes them only through `load`/`arith` with the register as the destination.
+//! - Each ISA keeps private temporaries, the context pointer and the remaining call depth in
+//!   registers the code generator never sees.
+//! - Immediates of any size are accepted; an ISA materialises those it cannot encode.
+
+use jitasm::Label;
+
+use super::JitError;
+use crate::FuncId;
+
+/// `Result` of the JIT.
+pub(crate) type Result<T, E = JitError> = core::result::Result<T, E>;
+
+/// A value an instruction reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Operand<R> {
+    /// A register (a scratch register, or a local's home register).
+    Reg(R),
+    /// A constant.
+    Imm(i64),
+    /// A frame slot (a local kept in memory or an operand-stack slot).
+    Slot(u32),
+}
+
+/// Wrapping arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+}
+
+/// Truncating division and remainder, with the VM's traps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DivOp {
+    Div,
+    Mod,
+}
+
+/// Signed comparisons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CmpOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+impl CmpOp {
+    /// The comparison that is true exactly when `self` is false.
+    pub(crate) fn negate(self) -> CmpOp {
+        match self {
+            CmpOp::Lt => CmpOp::Ge,
+            CmpOp::Le => CmpOp::Gt,
+            CmpOp::Gt => CmpOp::Le,
+            CmpOp::Ge => CmpOp::Lt,
+            CmpOp::Eq => CmpOp::Ne,
+            CmpOp::Ne => CmpOp::Eq,
+        }
+    }
+
+    /// The comparison with its operands swapped (`a < b` is `b > a`).
+    pub(crate) fn swap(self) -> CmpOp {
+        match self {
+            CmpOp::Lt => CmpOp::Gt,
+            CmpOp::Le => CmpOp::Ge,
+            CmpOp::Gt => CmpOp::Lt,
+            CmpOp::Ge => CmpOp::Le,
+            CmpOp::Eq | CmpOp::Ne => self,
+        }
+    }
+
+    /// The comparison evaluated on constants.
+    pub(crate) fn eval(self, a: i64, b: i64) -> bool {
+        match self {
+            CmpOp::Lt => a < b,
+            CmpOp::Le => a <= b,
+            CmpOp::Gt => a > b,
+            CmpOp::Ge => a >= b,
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+        }
+    }
+}
+
+/// Where a local lives for the whole function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Home<R> {
+    /// A callee-saved register.
+    Reg(R),
+    /// A frame slot.
+    Slot(u32),
+}
+
+/// The frame of one compiled function, decided before any code is emitted.
+#[derive(Clone, Debug)]
+pub(crate) struct Frame<R> {
+    /// Number of arguments.
+    pub args: u32,
+    /// Home of each local (arguments first).
+    pub homes: Vec<Home<R>>,
+    /// Frame slots: locals kept in memory, then one per operand-stack depth.
+    pub slots: u32,
+    /// Stack-passed outgoing argument words the function needs for its widest call.
+    pub outgoing: u32,
+    /// The callee-saved registers the function uses (the register homes).
+    pub saved: Vec<R>,
+}
+
+/// Orders register moves `dst = src` (all destinations distinct) so that no move overwrites a
+/// register a later one still reads; a cycle is broken through `tmp`, which no move may use.
+/// Returns the moves to emit, in order.
+pub(crate) fn parallel_moves<R: Copy + Eq>(
+    moves: &[(R, Operand<R>)],
+    tmp: R,
+) -> Vec<(R, Operand<R>)> {
+    let mut pending: Vec<(R, Operand<R>)> = moves
+        .iter()
+        .copied()
+        .filter(|(dst, src)| *src != Operand::Reg(*dst))
+        .collect();
+    let mut out = Vec::with_capacity(pending.len() + 1);
+    while !pending.is_empty() {
+        let free = (0..pending.len()).find(|&i| {
+            let dst = pending[i].0;
+            pending
+                .iter()
+                .enumerate()
+                .all(|(j, (_, src))| j == i || *src != Operand::Reg(dst))
+        });
+        match free {
+            Some(i) => out.push(pending.remove(i)),
+            None => {
+                // Every destination is still read: park the first one's old value in `tmp`.
+                let dst = pending[0].0;
+                out.push((tmp, Operand::Reg(dst)));
+                for (_, src) in pending.iter_mut() {
+                    if *src == Operand::Reg(dst) {
+                        *src = Operand::Reg(tmp);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Offsets of the runtime stubs in the runtime block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RuntimeStubs {
+    /// `fn(ctx, target, locals) -> i64`: enters compiled code at an array entry.
+    pub trampoline: usize,
+    /// Jumped to with a stop code: unwinds to the innermost trampoline.
+    pub unwind: usize,
+    /// Called like a compiled function, with the callee's id in the ISA's id register:
+    /// runs the callee in the interpreter.
+    pub bridge: usize,
+}
+
+/// One instruction set's half of the template JIT.
+pub(crate) trait MacroAssembler: Sized {
+    /// A machine register.
+    type Reg: Copy + Eq + core::fmt::Debug + 'static;
+    /// Registers the value stack may use (caller-saved).
+    const SCRATCH: &'static [Self::Reg];
+    /// Callee-saved registers for locals, in order of preference.
+    const LOCAL_REGS: &'static [Self::Reg];
+    /// Arguments passed in registers; the others go on the stack.
+    const REG_ARGS: u32;
+
+    /// An empty assembler.
+    fn new() -> Self;
+    /// A fresh label.
+    fn new_label(&mut self) -> Label;
+    /// Binds a label here.
+    fn bind(&mut self, label: Label) -> Result<()>;
+    /// Offset of a bound label.
+    fn label_offset(&self, label: Label) -> Option<usize>;
+    /// The code, with every fixup patched.
+    fn finish(self) -> Result<Vec<u8>>;
+
+    /// Entry from compiled code (arguments per the ABI): checks the native stack (jumping to
+    /// `stack_trap`), builds the frame, moves the arguments home and zeroes the other locals.
+    fn native_entry(&mut self, frame: &Frame<Self::Reg>, stack_trap: Label) -> Result<()>;
+    /// Entry from the runtime with a pointer to every local in the first argument register:
+    /// builds the frame, loads the locals and jumps to `target`.
+    fn array_entry(
+        &mut self,
+        frame: &Frame<Self::Reg>,
+        stack_trap: Label,
+        target: Label,
+    ) -> Result<()>;
+    /// Tears the frame down and returns `value`.
+    fn ret(&mut self, frame: &Frame<Self::Reg>, value: Operand<Self::Reg>) -> Result<()>;
+
+    /// `dst = src`.
+    fn load(&mut self, dst: Self::Reg, src: Operand<Self::Reg>) -> Result<()>;
+    /// `slot = src`.
+    fn store(&mut self, slot: u32, src: Operand<Self::Reg>) -> Result<()>;
+    /// `dst = lhs op rhs`; `dst` is `lhs` or a register that no operand uses.
+    fn arith(
+        &mut self,
+        op: ArithOp,
+        dst: Self::Reg,
+        lhs: Self::Reg,
+        rhs: Operand<Self::Reg>,
+    ) -> Result<()>;
+    /// `dst = -src` (wrapping).
+    fn neg(&mut self, dst: Self::Reg, src: Self::Reg) -> Result<()>;
+    /// `dst = lhs / rhs` or `lhs % rhs`, jumping to `by_zero` or `overflow` on the VM's traps.
+    fn divmod(
+        &mut self,
+        op: DivOp,
+        dst: Self::Reg,
+        lhs: Self::Reg,
+        rhs: Operand<Self::Reg>,
+        by_zero: Label,
+        overflow: Label,
+    ) -> Result<()>;
+    /// `dst = (lhs op rhs) as i64`.
+    fn set_cmp(
+        &mut self,
+        op: CmpOp,
+        dst: Self::Reg,
+        lhs: Self::Reg,
+        rhs: Operand<Self::Reg>,
+    ) -> Result<()>;
+    /// Jumps to `target` when `lhs op rhs`.
+    fn branch_cmp(
+        &mut self,
+        op: CmpOp,
+        lhs: Self::Reg,
+        rhs: Operand<Self::Reg>,
+        target: Label,
+    ) -> Result<()>;
+    /// Jumps to `target` when `value` is zero (`if_zero`) or non-zero (`!if_zero`).
+    fn branch_zero(&mut self, value: Self::Reg, if_zero: bool, target: Label) -> Result<()>;
+    /// Jumps to `target`.
+    fn jump(&mut self, target: Label) -> Result<()>;
+    /// Calls `callee` through the function table with `args` (only the arguments may be in
+    /// scratch registers; every other value is spilled),
+    /// checking the call depth first (jumping to `depth_trap`); the result lands in `dst`.
+    fn call(
+        &mut self,
+        frame: &Frame<Self::Reg>,
+        callee: FuncId,
+        args: &[Operand<Self::Reg>],
+        depth_trap: Label,
+        dst: Self::Reg,
+    ) -> Result<()>;
+    /// Prints `value` through the runtime (scratch registers are free).
+    fn print(&mut self, value: Operand<Self::Reg>) -> Result<()>;
+    /// Takes one step from the step budget, jumping to `trap` when none is left.
+    fn step(&mut self, trap: Label) -> Result<()>;
+    /// Adds `n` to the compiled-instruction counter.
+    fn count(&mut self, n: u32) -> Result<()>;
+    /// Unwinds to the runtime with a stop code (traps, `halt`).
+    fn exit(&mut self, code: u64) -> Result<()>;
+
+    /// Emits the runtime stubs (once per VM) and says where they are.
+    fn runtime_stubs(&mut self) -> Result<RuntimeStubs>;
+}

@@ -1,0 +1,259 @@
+//! The run-time side of compiled code: the context it reads through its context register, the
+//! stop codes it unwinds with, the runtime stubs in executable memory and the helpers it calls.
+//!
+//! # Safety
+//! This is the JIT's code-entry point: the only module that runs generated code. It relies on
+//! the code generator's contract: compiled code and the stubs use the context only at the
+//! offsets below, keep the native stack balanced, return to the trampoline (normally or through
+//! the unwind stub) and never unwind through Rust frames; the helpers they call catch every
+//! panic and report it as a stop code instead.
+
+use std::ffi::c_void;
+use std::mem::offset_of;
+
+use jitmem::{CodeBlock, JitMemory};
+
+use super::JitError;
+use super::masm::{MacroAssembler, RuntimeStubs};
+use crate::{Counters, FuncId, Program, Stop, Trap, TrapKind};
+
+/// The stop code of `halt`.
+pub(crate) const HALT_CODE: u64 = u64::MAX;
+/// The stop code of a broken invariant in a helper (a caught panic).
+pub(crate) const INTERNAL_CODE: u64 = u64::MAX - 1;
+
+const TRAP_KINDS: [TrapKind; 5] = [
+    TrapKind::DivisionByZero,
+    TrapKind::IntegerOverflow,
+    TrapKind::CallDepth,
+    TrapKind::StepLimit,
+    TrapKind::NativeStack,
+];
+
+/// The stop code of a trap: kind, function and byte offset in one word (never 0).
+pub(crate) fn trap_code(kind: TrapKind, func: FuncId, offset: u32) -> u64 {
+    let kind = TRAP_KINDS.iter().position(|k| *k == kind).unwrap_or(0) as u64 + 1;
+    (kind << 56) | (u64::from(func & 0x00ff_ffff) << 32) | u64::from(offset)
+}
+
+/// The [`Stop`] a stop code stands for; `None` for [`INTERNAL_CODE`] and unknown codes.
+pub(crate) fn decode_stop(code: u64) -> Option<Stop> {
+    if code == HALT_CODE {
+        return Some(Stop::Halt);
+    }
+    let kind = usize::try_from(code >> 56).ok()?.checked_sub(1)?;
+    Some(Stop::Trap(Trap {
+        kind: *TRAP_KINDS.get(kind)?,
+        func: ((code >> 32) & 0x00ff_ffff) as FuncId,
+        offset: code as u32,
+    }))
+}
+
+/// The stop code of a [`Stop`] (to pass a stop from the interpreter back through compiled code).
+pub(crate) fn encode_stop(stop: Stop) -> u64 {
+    match stop {
+        Stop::Halt => HALT_CODE,
+        Stop::Trap(t) => trap_code(t.kind, t.func, t.offset),
+    }
+}
+
+/// What compiled code reads and writes through its context register.
+#[repr(C)]
+pub(crate) struct Ctx {
+    /// 0 while running; a stop code once the run must unwind.
+    pub stop: u64,
+    /// Stack pointer of the innermost trampoline (the unwind target).
+    pub entry_sp: u64,
+    /// Frames that may still be pushed before the call depth limit.
+    pub depth_left: u64,
+    /// Lowest stack address compiled code may use.
+    pub stack_limit: u64,
+    /// Counters shared with the interpreter.
+    pub counters: Counters,
+    /// Function table: the address compiled callers call for each function.
+    pub table: *const usize,
+    /// `print` helper.
+    pub print_fn: usize,
+    /// The helper behind the bridge stub.
+    pub bridge_fn: usize,
+    /// The unwind stub.
+    pub unwind: usize,
+    /// The engine running this program (for the helpers).
+    pub engine: *mut c_void,
+    /// The program being run (for the helpers).
+    pub program: *const Program,
+}
+
+/// Byte offsets of the context fields, as the ISAs address them.
+pub(crate) mod ctx_offsets {
+    use super::{Counters, Ctx, offset_of};
+    /// [`Ctx::stop`].
+    pub const STOP: i32 = offset_of!(Ctx, stop) as i32;
+    /// [`Ctx::entry_sp`].
+    pub const ENTRY_SP: i32 = offset_of!(Ctx, entry_sp) as i32;
+    /// [`Ctx::depth_left`].
+    pub const DEPTH_LEFT: i32 = offset_of!(Ctx, depth_left) as i32;
+    /// [`Ctx::stack_limit`].
+    pub const STACK_LIMIT: i32 = offset_of!(Ctx, stack_limit) as i32;
+    /// [`Counters::steps_left`].
+    pub const STEPS: i32 = (offset_of!(Ctx, counters) + offset_of!(Counters, steps_left)) as i32;
+    /// [`Counters::compiled`].
+    pub const COMPILED: i32 = (offset_of!(Ctx, counters) + offset_of!(Counters, compiled)) as i32;
+    /// [`Ctx::table`].
+    pub const TABLE: i32 = offset_of!(Ctx, table) as i32;
+    /// [`Ctx::print_fn`].
+    pub const PRINT_FN: i32 = offset_of!(Ctx, print_fn) as i32;
+    /// [`Ctx::bridge_fn`].
+    pub const BRIDGE_FN: i32 = offset_of!(Ctx, bridge_fn) as i32;
+    /// [`Ctx::unwind`].
+    pub const UNWIND: i32 = offset_of!(Ctx, unwind) as i32;
+}
+
+impl Ctx {
+    pub(crate) fn new(counters: Counters) -> Ctx {
+        Ctx {
+            stop: 0,
+            entry_sp: 0,
+            depth_left: 0,
+            stack_limit: 0,
+            counters,
+            table: std::ptr::null(),
+            print_fn: 0,
+            bridge_fn: 0,
+            unwind: 0,
+            engine: std::ptr::null_mut(),
+            program: std::ptr::null(),
+        }
+    }
+}
+
+/// The trampoline's signature: `(ctx, array entry, locals) -> result`.
+#[cfg(target_arch = "x86_64")]
+type Trampoline = unsafe extern "sysv64" fn(*mut Ctx, usize, *const i64) -> i64;
+/// The trampoline's signature: `(ctx, array entry, locals) -> result`.
+#[cfg(not(target_arch = "x86_64"))]
+type Trampoline = unsafe extern "C" fn(*mut Ctx, usize, *const i64) -> i64;
+
+/// The runtime stubs of one VM, in executable memory.
+pub(crate) struct Runtime {
+    block: CodeBlock,
+    stubs: RuntimeStubs,
+}
+
+impl Runtime {
+    /// Assembles the stubs for `M` and publishes them in `memory`.
+    pub(crate) fn new<M: MacroAssembler>(memory: &JitMemory) -> Result<Runtime, JitError> {
+        let mut masm = M::new();
+        let stubs = masm.runtime_stubs()?;
+        let code = masm.finish()?;
+        let block = publish(memory, &code)?;
+        Ok(Runtime { block, stubs })
+    }
+
+    /// Address of the unwind stub.
+    pub(crate) fn unwind(&self) -> usize {
+        self.block.as_ptr() as usize + self.stubs.unwind
+    }
+
+    /// Address of the bridge stub (the function table's entry for uninterpreted functions).
+    pub(crate) fn bridge(&self) -> usize {
+        self.block.as_ptr() as usize + self.stubs.bridge
+    }
+
+    /// Runs compiled code from an array entry.
+    ///
+    /// # Safety
+    /// `ctx` must point to a live context whose table, helpers, engine and program are set up
+    /// for the code at `entry`, which must be an array entry of a function compiled for this
+    /// runtime and still allocated; `locals` must hold that function's locals. The caller must
+    /// not touch what `ctx` points to, nor the engine, until this returns.
+    pub(crate) unsafe fn enter(&self, ctx: *mut Ctx, entry: usize, locals: *const i64) -> i64 {
+        // SAFETY: the trampoline was assembled by `M::runtime_stubs` with exactly this
+        // signature and is published in `self.block`, which outlives the call.
+        let trampoline: Result<Trampoline, _> = unsafe { self.block.entry(self.stubs.trampoline) };
+        match trampoline {
+            // SAFETY: the caller guarantees the context, the entry and the locals.
+            Ok(f) => unsafe { f(ctx, entry, locals) },
+            Err(_) => {
+                // SAFETY: the caller guarantees `ctx` is live and unaliased during the call.
+                unsafe { (*ctx).stop = INTERNAL_CODE };
+                0
+            }
+        }
+    }
+}
+
+/// Copies `code` into a fresh block of `memory` and publishes it.
+pub(crate) fn publish(memory: &JitMemory, code: &[u8]) -> Result<CodeBlock, JitError> {
+    let mut block = memory.allocate(code.len().max(1))?;
+    let mut scope = block.write()?;
+    let dst = scope
+        .get_mut(..code.len())
+        .ok_or(JitError::Internal("code block shorter than asked"))?;
+    dst.copy_from_slice(code);
+    scope.publish()?;
+    Ok(block)
+}
+
+/// Declares a helper that compiled code calls, in the convention compiled code uses.
+macro_rules! jit_helper {
+    ($(#[$meta:meta])* fn $name:ident<$w:ident>($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+        $(#[$meta])*
+        #[cfg(target_arch = "x86_64")]
+        pub(crate) extern "sysv64" fn $name<$w: crate::tier::Output>($($arg: $ty),*) -> $ret $body
+        $(#[$meta])*
+        #[cfg(not(target_arch = "x86_64"))]
+        pub(crate) extern "C" fn $name<$w: crate::tier::Output>($($arg: $ty),*) -> $ret $body
+    };
+}
+
+jit_helper! {
+    /// `print` from compiled code.
+    fn print_helper<W>(ctx: *mut Ctx, value: i64) -> u64 {
+        let run = std::panic::catch_unwind(|| {
+            // SAFETY: compiled code passes the context it runs with, whose engine field the
+            // engine set to itself (a `JitEngine<W>`) before entering; the engine's frame is
+            // suspended in `Runtime::enter`, so this is the only live reference.
+            let engine = unsafe { &mut *(*ctx).engine.cast::<crate::tier::JitEngine<W>>() };
+            crate::Engine::print(engine, value);
+        });
+        if run.is_err() {
+            // SAFETY: as above, the context is live.
+            unsafe { (*ctx).stop = INTERNAL_CODE };
+        }
+        0
+    }
+}
+
+jit_helper! {
+    /// The bridge stub's helper: runs `callee` in the interpreter. `regs` holds the register
+    /// arguments, `stack` the stack-passed ones.
+    fn bridge_helper<W>(ctx: *mut Ctx, callee: u64, regs: *const i64, stack: *const i64) -> i64 {
+        let run = std::panic::catch_unwind(|| {
+            // SAFETY: as in `print_helper`; the program outlives the run.
+            let (engine, program) = unsafe {
+                (
+                    &mut *(*ctx).engine.cast::<crate::tier::JitEngine<W>>(),
+                    &*(*ctx).program,
+                )
+            };
+            // SAFETY: the bridge stub stored the register arguments at `regs` and passes the
+            // caller's stack-argument area at `stack`, which holds the rest of `callee`'s
+            // arguments (the verifier checked the count, the code generator pushed them).
+            let result = unsafe { engine.bridge(program, callee as FuncId, regs, stack) };
+            match result {
+                Ok(v) => v,
+                Err(stop) => {
+                    // SAFETY: as above.
+                    unsafe { (*ctx).stop = encode_stop(stop) };
+                    0
+                }
+            }
+        });
+        run.unwrap_or_else(|_| {
+            // SAFETY: as above.
+            unsafe { (*ctx).stop = INTERNAL_CODE };
+            0
+        })
+    }
+}

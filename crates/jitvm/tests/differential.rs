@@ -1,0 +1,139 @@
+//! Differential testing: every program gives the same prints, result and trap in the
+//! interpreter, in the JIT with every function compiled up front, and in tiered mode (threshold
+//! 1: compiled on first call; threshold 3: loops enter compiled code by on-stack replacement).
+
+use std::path::PathBuf;
+
+use jitvm::interp::{self, PlainEngine};
+use jitvm::tier::JitMode;
+use jitvm::vm::{self, Ended, RunOptions};
+use jitvm::{Limits, Program, Stop};
+
+fn programs() -> Vec<(String, Program)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("programs");
+    let mut out = Vec::new();
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jvm"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let source = std::fs::read_to_string(&path).unwrap();
+        let module = jitvm::text::parse(&source).unwrap();
+        let program = jitvm::verify::verify(&module).unwrap();
+        out.push((
+            path.file_name().unwrap().to_string_lossy().into_owned(),
+            program,
+        ));
+    }
+    out
+}
+
+/// The interpreter alone: the reference.
+fn interpret(program: &Program, limits: &Limits) -> (Vec<u8>, Ended) {
+    let mut engine = PlainEngine::new(Vec::new());
+    let ended = match interp::run(program, &mut engine, limits, false) {
+        Ok(v) => Ended::Returned(v),
+        Err(Stop::Halt) => Ended::Halted,
+        Err(Stop::Trap(t)) => Ended::Trapped(t),
+    };
+    (engine.into_output(), ended)
+}
+
+fn jit(program: &Program, limits: &Limits, mode: JitMode) -> (Vec<u8>, Ended) {
+    let options = RunOptions {
+        jit: mode,
+        limits: *limits,
+        ..RunOptions::default()
+    };
+    let mut out = Vec::new();
+    let report = vm::run(program, &options, &mut out);
+    assert_eq!(report.notice, None, "the JIT must run on this machine");
+    assert!(report.jit.failures.is_empty(), "{:?}", report.jit.failures);
+    if mode == JitMode::Eager {
+        assert_eq!(
+            report.jit.compiled_functions as usize,
+            program.functions().len(),
+            "eager mode compiles every function"
+        );
+        assert_eq!(report.counters.interpreted, 0);
+    }
+    (out, report.ended.unwrap())
+}
+
+const MODES: [JitMode; 3] = [
+    JitMode::Eager,
+    JitMode::Tiered { threshold: 1 },
+    JitMode::Tiered { threshold: 3 },
+];
+
+#[test]
+fn example_programs_agree() {
+    for (name, program) in programs() {
+        for limits in [
+            Limits {
+                max_depth: 10_000,
+                max_steps: 5_000_000,
+            },
+            Limits {
+                max_depth: 50,
+                max_steps: 1000,
+            },
+        ] {
+            let expected = interpret(&program, &limits);
+            for mode in MODES {
+                let got = jit(&program, &limits, mode);
+                assert_eq!(
+                    (String::from_utf8_lossy(&got.0), got.1),
+                    (String::from_utf8_lossy(&expected.0), expected.1),
+                    "{name} in {mode:?} with {limits:?}"
+                );
+            }
+        }
+    }
+}
+
+fn program(name: &str) -> Program {
+    programs()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, p)| p)
+        .unwrap()
+}
+
+#[test]
+fn compiled_code_really_runs_and_counts_every_instruction() {
+    let program = program("count_loop.jvm");
+    let limits = Limits::default();
+    let mut engine = PlainEngine::new(Vec::new());
+    interp::run(&program, &mut engine, &limits, true).unwrap();
+    let total = engine.stats().interpreted;
+    assert!(total > 1_000_000);
+
+    let run = |mode| {
+        let options = RunOptions {
+            jit: mode,
+            limits,
+            stats: true,
+            ..RunOptions::default()
+        };
+        vm::run(&program, &options, Vec::new())
+    };
+    let eager = run(JitMode::Eager);
+    assert_eq!(eager.counters.interpreted, 0);
+    assert_eq!(eager.counters.compiled, total);
+    assert_eq!(eager.jit.osr_entries, 0);
+
+    let tiered = run(JitMode::Tiered { threshold: 100 });
+    assert_eq!(
+        tiered.jit.osr_entries, 1,
+        "the loop in main is entered by OSR"
+    );
+    assert!(tiered.counters.interpreted > 100);
+    assert!(tiered.counters.compiled > 1_000_000);
+    assert_eq!(
+        tiered.counters.interpreted + tiered.counters.compiled,
+        total
+    );
+}
