@@ -203,6 +203,7 @@ fn run_program(program: &Program, opts: &RunOptions) -> ExitCode {
         limits: opts.limits(),
         stats: opts.stats,
         memory,
+        native_stack: None,
     };
     let out = BufWriter::new(std::io::stdout());
     let report = vm::run(program, &options, out);

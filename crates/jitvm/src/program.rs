@@ -161,6 +161,9 @@ pub enum TrapKind {
     /// Compiled code ran out of native stack before reaching the call depth limit (only the
     /// JIT raises it; the VM sizes its stack so that this needs an extreme depth limit).
     NativeStack,
+    /// The JIT's own machinery failed (a broken invariant, reported instead of crashing; never
+    /// expected).
+    Internal,
 }
 
 impl fmt::Display for TrapKind {
@@ -171,6 +174,7 @@ impl fmt::Display for TrapKind {
             TrapKind::CallDepth => "call depth limit exceeded",
             TrapKind::StepLimit => "step limit exceeded",
             TrapKind::NativeStack => "native stack exhausted",
+            TrapKind::Internal => "internal JIT error",
         })
     }
 }

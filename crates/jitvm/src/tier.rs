@@ -373,7 +373,7 @@ impl<W: Output> JitEngine<W> {
 /// The stop reported when the JIT's own machinery fails (never expected).
 fn internal_trap() -> Stop {
     Stop::Trap(Trap {
-        kind: TrapKind::NativeStack,
+        kind: TrapKind::Internal,
         func: 0,
         offset: 0,
     })

@@ -22,6 +22,9 @@ pub struct RunOptions {
     pub stats: bool,
     /// Executable memory for compiled code.
     pub memory: jitmem::Config,
+    /// Native stack of the run's thread, in bytes; `None` sizes it from the program and the
+    /// depth limit (up to 1 GiB of address space).
+    pub native_stack: Option<usize>,
 }
 
 impl Default for RunOptions {
@@ -31,6 +34,7 @@ impl Default for RunOptions {
             limits: Limits::default(),
             stats: false,
             memory: jitmem::Config::new(),
+            native_stack: None,
         }
     }
 }
@@ -82,7 +86,10 @@ const MAX_STACK: u64 = 1 << 30;
 
 /// Runs `program` from `main`, writing what it prints to `out`.
 pub fn run<W: Write + Send>(program: &Program, options: &RunOptions, out: W) -> RunReport {
-    let stack = stack_bytes(program, &options.limits);
+    let stack = options
+        .native_stack
+        .unwrap_or_else(|| stack_bytes(program, &options.limits))
+        .max(2 << 20);
     let config = JitConfig {
         mode: options.jit,
         memory: options.memory.clone(),

@@ -137,3 +137,67 @@ fn compiled_code_really_runs_and_counts_every_instruction() {
         total
     );
 }
+
+#[test]
+fn compiled_code_traps_instead_of_overflowing_the_native_stack() {
+    // 1,000 locals: 8 KB frames; 8 MiB of stack holds about a thousand of them, far below the
+    // depth limit, so the prologue's stack check must stop the recursion.
+    let source = "func main args=0 locals=0\n    load_imm 0\n    call down\n    return\nend\n\nfunc down args=1 locals=1000\n    load_local_0\n    load_imm 1\n    add_ii\n    call down\n    return\nend\n";
+    let program = jitvm::verify::verify(&jitvm::text::parse(source).unwrap()).unwrap();
+    for mode in MODES {
+        let options = RunOptions {
+            jit: mode,
+            limits: Limits {
+                max_depth: 1_000_000,
+                max_steps: u64::MAX,
+            },
+            native_stack: Some(8 << 20),
+            ..RunOptions::default()
+        };
+        let report = vm::run(&program, &options, Vec::new());
+        match report.ended.unwrap() {
+            Ended::Trapped(t) => assert_eq!(t.kind, jitvm::TrapKind::NativeStack, "{mode:?}"),
+            other => panic!("{mode:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn every_template_on_edge_values_in_every_operand_form() {
+    const EDGES: [i64; 7] = [0, 1, -1, i64::MIN, i64::MAX, 7, -7];
+    const OPS: [&str; 12] = [
+        "add_ii", "sub_ii", "mul_ii", "div_ii", "mod_ii", "lt_ii", "le_ii", "gt_ii", "ge_ii",
+        "eq_ii", "ne_ii", "neg_i",
+    ];
+    let limits = Limits::default();
+    for op in OPS {
+        for a in EDGES {
+            for b in EDGES {
+                // Operand forms: local op local (registers), local op constant (immediates),
+                // constant op local (swapped), computed op computed (scratch registers),
+                // constant op constant (folded), and the result fused into a branch.
+                let forms = [
+                    "load_local 0\n load_local 1\n",
+                    "load_local 0\n load_imm B\n",
+                    "load_imm A\n load_local 1\n",
+                    "load_local 0\n load_imm 0\n add_ii\n load_local 1\n load_imm 0\n add_ii\n",
+                    "load_imm A\n load_imm B\n",
+                ];
+                for (i, form) in forms.iter().enumerate() {
+                    let operands = form
+                        .replace('A', &a.to_string())
+                        .replace('B', &b.to_string());
+                    let apply = if op == "neg_i" { "pop\n neg_i" } else { op };
+                    let body = format!(
+                        "func main args=0 locals=2\n load_imm {a}\n store_local 0\n load_imm {b}\n store_local 1\n {operands} {apply}\n dup\n print\n jump_if_false zero\n load_imm 1\n print\nzero:\n load_local 0\n print\n return_nil\nend\n"
+                    );
+                    let program =
+                        jitvm::verify::verify(&jitvm::text::parse(&body).unwrap()).unwrap();
+                    let expected = interpret(&program, &limits);
+                    let got = jit(&program, &limits, JitMode::Eager);
+                    assert_eq!(got, expected, "{op} with {a}, {b} in form {i}:\n{body}");
+                }
+            }
+        }
+    }
+}

@@ -97,8 +97,19 @@ fn programs_in_process() {
     }
 }
 
+/// The `jitvm` binary; under an emulator (`JITMEM_TEST_RUNNER`, e.g. "qemu-aarch64 -L /")
+/// it runs through it, as cargo runs the tests themselves.
 fn jitvm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_jitvm"))
+    let runner = std::env::var("JITMEM_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(env!("CARGO_BIN_EXE_jitvm"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_jitvm")),
+    }
 }
 
 #[test]

@@ -22,12 +22,13 @@ pub(crate) const HALT_CODE: u64 = u64::MAX;
 /// The stop code of a broken invariant in a helper (a caught panic).
 pub(crate) const INTERNAL_CODE: u64 = u64::MAX - 1;
 
-const TRAP_KINDS: [TrapKind; 5] = [
+const TRAP_KINDS: [TrapKind; 6] = [
     TrapKind::DivisionByZero,
     TrapKind::IntegerOverflow,
     TrapKind::CallDepth,
     TrapKind::StepLimit,
     TrapKind::NativeStack,
+    TrapKind::Internal,
 ];
 
 /// The stop code of a trap: kind, function and byte offset in one word (never 0).
@@ -255,5 +256,24 @@ jit_helper! {
             unsafe { (*ctx).stop = INTERNAL_CODE };
             0
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_codes_round_trip() {
+        for kind in TRAP_KINDS {
+            for (func, offset) in [(0, 0), (1, 17), (0x00ff_ffff, u32::MAX)] {
+                let stop = Stop::Trap(Trap { kind, func, offset });
+                let code = encode_stop(stop);
+                assert_ne!(code, 0, "0 means running");
+                assert_eq!(decode_stop(code), Some(stop));
+            }
+        }
+        assert_eq!(decode_stop(HALT_CODE), Some(Stop::Halt));
+        assert_eq!(decode_stop(INTERNAL_CODE), None);
     }
 }
