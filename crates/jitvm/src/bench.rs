@@ -177,7 +177,7 @@ pub fn report(quick: bool, lua: bool) -> Result<String, String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| workload | jitvm interpreter | jitvm JIT | JIT / interpreter | lua5.4 | luajit -joff | luajit | JIT vs lua5.4 | JIT vs luajit -joff | JIT vs luajit | interpreter vs lua5.4 |"
+        "| workload | jitvm interpreter | jitvm JIT | JIT speed-up over interpreter | lua5.4 | luajit -joff | luajit | JIT speed-up over lua5.4 | over luajit -joff | over luajit | interpreter time / lua5.4 time |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
     for workload in Workload::ALL {
@@ -215,12 +215,10 @@ pub fn report(quick: bool, lua: bool) -> Result<String, String> {
             lua_times.push(t);
         }
         for t in &lua_times {
-            cells.push(t.map_or("-".into(), |d| {
-                format!("{:.2}x faster", secs(d) / secs(jit.time))
-            }));
+            cells.push(t.map_or("-".into(), |d| format!("{:.2}x", secs(d) / secs(jit.time))));
         }
         cells.push(lua_times[0].map_or("-".into(), |d| {
-            format!("{:.2}x the time", secs(interp.time) / secs(d))
+            format!("{:.2}x", secs(interp.time) / secs(d))
         }));
         let _ = writeln!(out, "| {} |", cells.join(" | "));
     }

@@ -1,6 +1,7 @@
-//! Arbitrary bytes -> binary decode -> verify -> interpret (with a step and depth limit), plus
+//! Arbitrary bytes -> binary decode -> verify -> interpret and JIT (with a step and depth limit), plus
 //! the text printer and the listing on whatever decodes. Nothing may panic; a program that
-//! verifies must also print as text that parses back to the same module.
+//! verifies must also print as text that parses back to the same module, and the JIT (every
+//! function compiled up front) must print, end and trap exactly as the interpreter.
 //!
 //! Run (nightly): `cd crates/jitvm/fuzz && cargo +nightly fuzz run decode_verify_run`
 //! Without the binary magic the input is prefixed with it (and version 1), so the fuzzer
@@ -8,7 +9,9 @@
 
 #![no_main]
 
-use jitvm::{Limits, PlainEngine, binary, interp, text, verify::verify};
+use jitvm::tier::JitMode;
+use jitvm::vm::{self, Ended, RunOptions};
+use jitvm::{Limits, PlainEngine, Stop, binary, interp, text, verify::verify};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -33,8 +36,21 @@ fuzz_target!(|data: &[u8]| {
         max_depth: 200,
         max_steps: 10_000,
     };
-    for count in [false, true] {
-        let mut engine = PlainEngine::new(std::io::sink());
-        let _ = interp::run(&program, &mut engine, &limits, count);
-    }
+    let _ = interp::run(&program, &mut PlainEngine::new(std::io::sink()), &limits, true);
+    let mut engine = PlainEngine::new(Vec::new());
+    let expected = match interp::run(&program, &mut engine, &limits, false) {
+        Ok(v) => Ended::Returned(v),
+        Err(Stop::Halt) => Ended::Halted,
+        Err(Stop::Trap(t)) => Ended::Trapped(t),
+    };
+    let options = RunOptions {
+        jit: JitMode::Eager,
+        limits,
+        ..RunOptions::default()
+    };
+    let mut out = Vec::new();
+    let report = vm::run(&program, &options, &mut out);
+    assert!(report.jit.failures.is_empty(), "{:?}", report.jit.failures);
+    assert_eq!(report.ended, Ok(expected), "JIT and interpreter end differently");
+    assert_eq!(out, engine.into_output(), "JIT and interpreter print differently");
 });
