@@ -201,3 +201,39 @@ fn every_template_on_edge_values_in_every_operand_form() {
         }
     }
 }
+
+#[test]
+fn every_strategy_and_layout_runs_the_jit() {
+    use jitmem::{Config, Layout, Strategy};
+    let limits = Limits {
+        max_depth: 10_000,
+        max_steps: 5_000_000,
+    };
+    for strategy in [Strategy::Toggle, Strategy::Mirror] {
+        for layout in [Layout::PerAllocation, Layout::Pooled] {
+            for (name, program) in programs() {
+                let expected = interpret(&program, &limits);
+                for mode in [JitMode::Eager, JitMode::Tiered { threshold: 1 }] {
+                    let options = RunOptions {
+                        jit: mode,
+                        limits,
+                        memory: Config::new()
+                            .strategy(strategy)
+                            .layout(layout)
+                            .ignore_environment(),
+                        ..RunOptions::default()
+                    };
+                    let mut out = Vec::new();
+                    let report = vm::run(&program, &options, &mut out);
+                    assert_eq!(report.notice, None, "{strategy:?}");
+                    assert!(report.jit.compiled_functions > 0);
+                    assert_eq!(
+                        (out, report.ended.unwrap()),
+                        expected.clone(),
+                        "{name}: {strategy:?} {layout:?} {mode:?}"
+                    );
+                }
+            }
+        }
+    }
+}
