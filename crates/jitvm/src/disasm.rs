@@ -12,7 +12,7 @@
 
 use std::fmt::Write as _;
 
-use crate::bytecode::{Module, Operand};
+use crate::bytecode::Module;
 use crate::error::Result;
 use crate::program::Program;
 use crate::text::decode_function;
@@ -42,25 +42,7 @@ pub fn listing(module: &Module, program: &Program) -> Result<String> {
                 .and_then(|f| f.depth_at(index))
                 .map_or_else(|| "-".to_owned(), |d| d.to_string());
             let _ = write!(out, "{:>6}  [{depth}]  {}", insn.offset, insn.opcode.name());
-            match insn.operand {
-                Operand::None => {}
-                Operand::Imm(v) => {
-                    let _ = write!(out, " {v}");
-                }
-                Operand::Local(n) => {
-                    let _ = write!(out, " {n}");
-                }
-                Operand::Target(t) => {
-                    let _ = write!(out, " L{t}");
-                }
-                Operand::Func(f) => {
-                    let name = module
-                        .funcs
-                        .get(f as usize)
-                        .map_or("?", |f| f.name.as_str());
-                    let _ = write!(out, " {name}");
-                }
-            }
+            crate::text::write_operand(&mut out, module, insn.operand);
             out.push('\n');
         }
         out.push_str("end\n");

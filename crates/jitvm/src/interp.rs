@@ -286,7 +286,19 @@ pub(crate) enum Op {
 impl Op {
     /// The slot an arithmetic or compare operation writes.
     pub(crate) fn dst(&self) -> Option<Reg> {
-        match *self {
+        let mut op = *self;
+        op.dst_mut().map(|dst| *dst)
+    }
+
+    /// Redirects the written slot (see [`Op::dst`]).
+    pub(crate) fn set_dst(&mut self, to: Reg) {
+        if let Some(dst) = self.dst_mut() {
+            *dst = to;
+        }
+    }
+
+    fn dst_mut(&mut self) -> Option<&mut Reg> {
+        match self {
             Op::Neg { dst, .. }
             | Op::AddRR { dst, .. }
             | Op::AddRI { dst, .. }
@@ -312,37 +324,6 @@ impl Op {
             | Op::NeRR { dst, .. }
             | Op::NeRI { dst, .. } => Some(dst),
             _ => None,
-        }
-    }
-
-    /// Redirects the written slot (see [`Op::dst`]).
-    pub(crate) fn set_dst(&mut self, to: Reg) {
-        match self {
-            Op::Neg { dst, .. }
-            | Op::AddRR { dst, .. }
-            | Op::AddRI { dst, .. }
-            | Op::AddRRI { dst, .. }
-            | Op::SubRR { dst, .. }
-            | Op::SubRI { dst, .. }
-            | Op::MulRR { dst, .. }
-            | Op::MulRI { dst, .. }
-            | Op::DivRR { dst, .. }
-            | Op::DivRI { dst, .. }
-            | Op::ModRR { dst, .. }
-            | Op::ModRI { dst, .. }
-            | Op::LtRR { dst, .. }
-            | Op::LtRI { dst, .. }
-            | Op::LeRR { dst, .. }
-            | Op::LeRI { dst, .. }
-            | Op::GtRR { dst, .. }
-            | Op::GtRI { dst, .. }
-            | Op::GeRR { dst, .. }
-            | Op::GeRI { dst, .. }
-            | Op::EqRR { dst, .. }
-            | Op::EqRI { dst, .. }
-            | Op::NeRR { dst, .. }
-            | Op::NeRI { dst, .. } => *dst = to,
-            _ => {}
         }
     }
 

@@ -436,30 +436,30 @@ pub fn print(module: &Module) -> Result<String> {
                 let _ = writeln!(out, "L{}:", insn.offset);
             }
             let _ = write!(out, "    {}", insn.opcode.name());
-            match insn.operand {
-                Operand::None => {}
-                Operand::Imm(v) => {
-                    let _ = write!(out, " {v}");
-                }
-                Operand::Local(n) => {
-                    let _ = write!(out, " {n}");
-                }
-                Operand::Target(t) => {
-                    let _ = write!(out, " L{t}");
-                }
-                Operand::Func(f) => {
-                    let name = module
-                        .funcs
-                        .get(f as usize)
-                        .map_or("?", |f| f.name.as_str());
-                    let _ = write!(out, " {name}");
-                }
-            }
+            write_operand(&mut out, module, insn.operand);
             out.push('\n');
         }
         out.push_str("end\n");
     }
     Ok(out)
+}
+
+/// Appends an instruction's operand as the text format writes it (jump targets as `L<offset>`,
+/// calls by name), with a leading space; nothing for no operand.
+pub(crate) fn write_operand(out: &mut String, module: &Module, operand: Operand) {
+    let _ = match operand {
+        Operand::None => Ok(()),
+        Operand::Imm(v) => write!(out, " {v}"),
+        Operand::Local(n) => write!(out, " {n}"),
+        Operand::Target(t) => write!(out, " L{t}"),
+        Operand::Func(f) => {
+            let name = module
+                .funcs
+                .get(f as usize)
+                .map_or("?", |f| f.name.as_str());
+            write!(out, " {name}")
+        }
+    };
 }
 
 #[cfg(test)]

@@ -379,11 +379,15 @@ fn internal_trap() -> Stop {
     })
 }
 
-impl<W: Output> Engine for JitEngine<W> {
-    fn enter(
+impl<W: Output> JitEngine<W> {
+    /// Counts a call (`at == None`) or an iteration of the `loop_header` `at` of `func`,
+    /// compiles `func` when the count reaches the threshold, and runs the frame natively from
+    /// the matching entry once it is compiled.
+    fn tier_up(
         &mut self,
         program: &Program,
         func: FuncId,
+        at: Option<u32>,
         locals: &mut [i64],
         depth: u32,
     ) -> Result<Option<i64>, Stop> {
@@ -397,15 +401,43 @@ impl<W: Output> Engine for JitEngine<W> {
             if state.failed {
                 return Ok(None);
             }
-            state.calls = state.calls.saturating_add(1);
-            if state.calls < self.threshold || !self.compile(program, func) {
+            let count = match at {
+                None => &mut state.calls,
+                Some(at) => {
+                    if state.loops.is_empty() {
+                        let len = program.function(func).map_or(0, |f| f.code().len());
+                        state.loops = vec![0; len];
+                    }
+                    let Some(count) = state.loops.get_mut(at as usize) else {
+                        return Ok(None);
+                    };
+                    count
+                }
+            };
+            *count = count.saturating_add(1);
+            if *count < self.threshold || !self.compile(program, func) {
                 return Ok(None);
             }
         }
-        match self.entry(func, None) {
-            Some(entry) => self.run_native(program, entry, locals, depth).map(Some),
-            None => Ok(None),
+        let Some(entry) = self.entry(func, at) else {
+            return Ok(None);
+        };
+        if at.is_some() {
+            self.stats.osr_entries += 1;
         }
+        self.run_native(program, entry, locals, depth).map(Some)
+    }
+}
+
+impl<W: Output> Engine for JitEngine<W> {
+    fn enter(
+        &mut self,
+        program: &Program,
+        func: FuncId,
+        locals: &mut [i64],
+        depth: u32,
+    ) -> Result<Option<i64>, Stop> {
+        self.tier_up(program, func, None, locals, depth)
     }
 
     fn loop_header(
@@ -416,35 +448,7 @@ impl<W: Output> Engine for JitEngine<W> {
         locals: &mut [i64],
         depth: u32,
     ) -> Result<Option<i64>, Stop> {
-        if self.jit.is_none() {
-            return Ok(None);
-        }
-        let Some(state) = self.funcs.get_mut(func as usize) else {
-            return Ok(None);
-        };
-        if state.compiled.is_none() {
-            if state.failed {
-                return Ok(None);
-            }
-            if state.loops.is_empty() {
-                let len = program.function(func).map_or(0, |f| f.code().len());
-                state.loops = vec![0; len];
-            }
-            let Some(count) = state.loops.get_mut(at as usize) else {
-                return Ok(None);
-            };
-            *count = count.saturating_add(1);
-            if *count < self.threshold || !self.compile(program, func) {
-                return Ok(None);
-            }
-        }
-        match self.entry(func, Some(at)) {
-            Some(entry) => {
-                self.stats.osr_entries += 1;
-                self.run_native(program, entry, locals, depth).map(Some)
-            }
-            None => Ok(None),
-        }
+        self.tier_up(program, func, Some(at), locals, depth)
     }
 
     fn print(&mut self, value: i64) {

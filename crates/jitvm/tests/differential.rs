@@ -45,6 +45,7 @@ fn jit(program: &Program, limits: &Limits, mode: JitMode) -> (Vec<u8>, Ended) {
     let options = RunOptions {
         jit: mode,
         limits: *limits,
+        stats: true,
         ..RunOptions::default()
     };
     let mut out = Vec::new();

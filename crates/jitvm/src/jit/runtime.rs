@@ -137,7 +137,9 @@ type Trampoline = unsafe extern "C" fn(*mut Ctx, usize, *const i64) -> i64;
 
 /// The runtime stubs of one VM, in executable memory.
 pub(crate) struct Runtime {
+    /// Keeps the stubs alive while `trampoline` and the addresses below point into them.
     block: CodeBlock,
+    trampoline: Trampoline,
     stubs: RuntimeStubs,
 }
 
@@ -148,7 +150,15 @@ impl Runtime {
         let stubs = masm.runtime_stubs()?;
         let code = masm.finish()?;
         let block = publish(memory, &code)?;
-        Ok(Runtime { block, stubs })
+        // SAFETY: `M::runtime_stubs` assembled the trampoline at this offset with exactly this
+        // signature, and the block is published; `Runtime` keeps the block alive as long as
+        // the pointer.
+        let trampoline: Trampoline = unsafe { block.entry(stubs.trampoline)? };
+        Ok(Runtime {
+            block,
+            trampoline,
+            stubs,
+        })
     }
 
     /// Address of the unwind stub.
@@ -169,18 +179,9 @@ impl Runtime {
     /// runtime and still allocated; `locals` must hold that function's locals. The caller must
     /// not touch what `ctx` points to, nor the engine, until this returns.
     pub(crate) unsafe fn enter(&self, ctx: *mut Ctx, entry: usize, locals: *const i64) -> i64 {
-        // SAFETY: the trampoline was assembled by `M::runtime_stubs` with exactly this
-        // signature and is published in `self.block`, which outlives the call.
-        let trampoline: Result<Trampoline, _> = unsafe { self.block.entry(self.stubs.trampoline) };
-        match trampoline {
-            // SAFETY: the caller guarantees the context, the entry and the locals.
-            Ok(f) => unsafe { f(ctx, entry, locals) },
-            Err(_) => {
-                // SAFETY: the caller guarantees `ctx` is live and unaliased during the call.
-                unsafe { (*ctx).stop = INTERNAL_CODE };
-                0
-            }
-        }
+        // SAFETY: the trampoline is live (see `new`); the caller guarantees the context, the
+        // entry and the locals.
+        unsafe { (self.trampoline)(ctx, entry, locals) }
     }
 }
 
