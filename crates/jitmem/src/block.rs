@@ -133,7 +133,7 @@ impl CodeBlock {
         let len = range.end - range.start;
         let released = self.shard.shared.rights.release(start, start + len);
         // SAFETY: the range lies inside the block, which is mapped and readable.
-        unsafe { icache::clear_cache(start as *const u8, len) };
+        unsafe { icache::publish(start as *const u8, len) };
         released
     }
 
@@ -239,7 +239,7 @@ impl CodeBlock {
             let bytes = unsafe { std::slice::from_raw_parts_mut(self.rw_ptr(range.start), len) };
             isa::fill_traps(bytes);
             // SAFETY: the executable view of the same range is mapped.
-            unsafe { icache::clear_cache(self.rx.as_ptr().wrapping_add(range.start), len) };
+            unsafe { icache::publish(self.rx.as_ptr().wrapping_add(range.start), len) };
             return Ok(());
         }
         let mut scope = self.write_range(range)?;

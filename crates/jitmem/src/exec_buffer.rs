@@ -101,7 +101,7 @@ impl ExecBuffer {
         // SAFETY: our own mapping; no code runs from it while it is writable.
         unsafe { sys::protect(self.ptr, self.len, Prot::RX)? };
         // SAFETY: mapped and readable.
-        unsafe { icache::clear_cache(self.ptr.as_ptr(), self.len) };
+        unsafe { icache::publish(self.ptr.as_ptr(), self.len) };
         self.executable = true;
         Ok(())
     }

@@ -25,7 +25,42 @@
 //!   `CTR_EL0`; when `CTR_EL0.IDC` or `.DIC` is set the corresponding loop is not needed (Arm
 //!   ARM, B2.4.4 "Concurrent modification and execution of instructions").
 
+use std::cell::Cell;
+
 use crate::error::Result;
+
+thread_local! {
+    /// Publishes and pipeline flushes done by this thread (see [`publish_count`]).
+    static PUBLISHES: Cell<u64> = const { Cell::new(0) };
+    static PIPELINE_FLUSHES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// **The** way written code becomes runnable: every jitmem path that makes written bytes
+/// executable (a write scope's end, a trap fill, [`ExecBuffer`](crate::ExecBuffer), the C ABI
+/// and seed 000's API in every mode, a fork child's private copy of Mirror code) ends here.
+/// It makes `[ptr, ptr + len)` coherent for instruction fetch ([`clear_cache`]) and counts the
+/// call for this thread ([`publish_count`]), so that tests can check the path is taken where a
+/// missing flush would not show (x86-64, qemu-user, whose instruction cache is always coherent).
+///
+/// # Safety
+/// The range is mapped (readable) memory.
+#[inline]
+pub unsafe fn publish(ptr: *const u8, len: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { clear_cache(ptr, len) };
+    PUBLISHES.set(PUBLISHES.get().wrapping_add(1));
+}
+
+/// How many times this thread has gone through [`publish`] (a fork child inherits the count of
+/// the thread that forked, plus the publishes of the fork handler).
+pub fn publish_count() -> u64 {
+    PUBLISHES.get()
+}
+
+/// How many times this thread has flushed every thread's pipeline ([`pipeline_flush_mt`]).
+pub fn pipeline_flush_count() -> u64 {
+    PIPELINE_FLUSHES.get()
+}
 
 /// Makes `[ptr, ptr + len)` coherent between data writes and instruction fetch on this thread
 /// (and, on AArch64, for every core: the maintenance is broadcast to the inner shareable domain).
@@ -61,7 +96,9 @@ pub(crate) unsafe fn isa_clear_cache(ptr: *const u8, len: usize) {
 /// threads (a few microseconds). Windows: `FlushProcessWriteBuffers`. Apple (no membarrier):
 /// reading every thread's registers (`thread_get_state`), which forces each through the kernel.
 pub fn pipeline_flush_mt() -> Result<()> {
-    crate::sys::pipeline_flush_mt()
+    crate::sys::pipeline_flush_mt()?;
+    PIPELINE_FLUSHES.set(PIPELINE_FLUSHES.get().wrapping_add(1));
+    Ok(())
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -38,14 +38,29 @@ pub const LAYOUTS: [Layout; 3] = [
     Layout::Arena { size: 64 << 20 },
 ];
 
+/// The environment variable that makes a refused `PerThread` a failure instead of "unavailable"
+/// (set where protection keys must work: the emulated PKU machine in CI). Honoured by
+/// [`run`] and by jitmem's tests.
+pub const REQUIRE_PKU_ENV: &str = "JITMEM_REQUIRE_PKU";
+
+/// True when [`REQUIRE_PKU_ENV`] is set to `1`.
+pub fn pku_required() -> bool {
+    std::env::var(REQUIRE_PKU_ENV).is_ok_and(|v| v == "1")
+}
+
 /// Runs the self-test for every W^X strategy (not `Rwx`, which gives W^X up) and every layout.
+/// With `JITMEM_REQUIRE_PKU=1`, a `PerThread` the machine refuses is a failure.
 pub fn run() -> Vec<Row> {
     let probe = Probe::run();
+    let require_pku = pku_required();
     let mut rows = Vec::new();
     for strategy in [Strategy::Toggle, Strategy::Mirror, Strategy::PerThread] {
         for layout in LAYOUTS {
             let outcome = match life_of_a_function(strategy, layout) {
                 Ok(()) => Outcome::Pass,
+                Err(e) if strategy == Strategy::PerThread && require_pku => {
+                    Outcome::Fail(format!("{REQUIRE_PKU_ENV}=1 but PerThread failed: {e}"))
+                }
                 Err(e) if !probe.allows(strategy) => Outcome::Unavailable(e),
                 Err(e) => Outcome::Fail(e),
             };

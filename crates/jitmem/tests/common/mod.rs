@@ -113,7 +113,8 @@ pub const LAYOUTS: [Layout; 3] = [
 ];
 
 /// Memory for `strategy` and `layout`, or None when this machine cannot do `strategy` — in
-/// which case the error must be `Unsupported` and the probe must agree.
+/// which case the error must be `Unsupported` and the probe must agree. With
+/// `JITMEM_REQUIRE_PKU=1` (the emulated PKU machine in CI) a refused `PerThread` fails the test.
 pub fn memory(strategy: Strategy, layout: Layout) -> Option<JitMemory> {
     let config = Config::new()
         .strategy(strategy)
@@ -132,6 +133,10 @@ pub fn memory(strategy: Strategy, layout: Layout) -> Option<JitMemory> {
             reason,
         }) => {
             assert_eq!(s, strategy);
+            assert!(
+                strategy != Strategy::PerThread || !jitmem::selftest::pku_required(),
+                "JITMEM_REQUIRE_PKU=1 but PerThread/{layout} was refused: {reason}"
+            );
             let probe = jitmem::probe::Probe::run();
             assert!(
                 !probe.allows(strategy),
