@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::config::Strategy;
 use crate::error::{Error, Result};
+use crate::fn_ptr::FnPtr;
 use crate::icache;
 use crate::isa;
 use crate::memory::Shard;
@@ -64,7 +65,7 @@ impl CodeBlock {
     }
 
     /// The block's length in bytes (the request rounded up to 16 bytes, or to pages in the
-    /// PerAllocation layout).
+    /// PerAllocation layout and for Toggle, whose blocks never share a page).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -173,37 +174,37 @@ impl CodeBlock {
         Ok(())
     }
 
-    /// Turns the code at `offset` into a function pointer of type `F`.
+    /// Turns the code at `offset` into a function pointer of type `F` (any ABI and arity a JIT
+    /// uses: see [`FnPtr`]; a non-function type does not compile).
     ///
     /// # Safety
-    /// `F` is a function pointer type (e.g. `extern "C" fn(i64) -> i64`) and the bytes at
-    /// `offset` are a complete, published function with that signature and ABI. The block must
-    /// outlive every call through the pointer.
+    /// The bytes at `offset` are a complete, published function with `F`'s signature and ABI.
+    /// The block must outlive every call through the pointer, and with Toggle the block must not
+    /// run while a write scope on it is open (its pages are not executable then; other blocks
+    /// are unaffected).
     ///
     /// # Errors
-    /// [`Error::OutOfRange`] when `offset` is not inside the block, [`Error::Internal`] when `F`
-    /// is not pointer-sized.
-    pub unsafe fn entry<F: Copy>(&self, offset: usize) -> Result<F> {
+    /// [`Error::OutOfRange`] when `offset` is not inside the block.
+    pub unsafe fn entry<F: FnPtr>(&self, offset: usize) -> Result<F> {
         if offset >= self.len {
             return Err(Error::OutOfRange {
                 start: offset,
-                end: offset + 1,
+                end: offset.saturating_add(1),
                 len: self.len,
             });
         }
-        if size_of::<F>() != size_of::<*const u8>() {
-            return Err(Error::Internal("entry::<F> needs a function pointer type"));
-        }
         let address = self.rx.as_ptr().wrapping_add(offset).cast_const();
-        // SAFETY: F is pointer-sized (checked) and, per the caller, a function pointer type.
-        Ok(unsafe { std::mem::transmute_copy::<*const u8, F>(&address) })
+        // SAFETY: the caller promises a published function of type F at this address, alive
+        // as long as the pointer is used.
+        Ok(unsafe { F::from_address(address) })
     }
 
-    /// Shrinks the block to `new_len` bytes (rounded up to 16): JITs over-allocate, then know
+    /// Shrinks the block to `new_len` bytes (rounded up to 16, or to the page for Toggle, whose
+    /// blocks own whole pages): JITs over-allocate, then know
     /// the final size. The tail is filled with traps and returned to the heap. In the
     /// PerAllocation layout the tail stays mapped (the mapping is page-granular) but is trapped.
     pub fn shrink(&mut self, new_len: usize) -> Result<()> {
-        let rounded = crate::memory::round_up(new_len, crate::memory::GRANULE);
+        let rounded = crate::memory::round_up(new_len, self.shard.shared.granule);
         let rounded = match rounded {
             Some(r) if new_len > 0 && r <= self.len => r,
             _ => {

@@ -11,9 +11,12 @@ pub enum Strategy {
     /// environment variable `JITMEM_STRATEGY` (`toggle`, `mirror`, `perthread`) forces one.
     Auto,
     /// Pages flip between read-write and read-execute (`mprotect`). A nesting counter per page
-    /// makes nested write scopes flip once. Costs two system calls per write scope, and code on
-    /// a page being written cannot run meanwhile (other threads calling it fault), so it cannot
-    /// patch code that other threads run.
+    /// makes nested write scopes flip once. Every Toggle block owns whole pages, in every layout
+    /// (its length is rounded up to the page): a write scope or a free flips only the pages of
+    /// its own block, so other threads keep running every other block. The block being written
+    /// cannot run while its scope is open (its pages are not executable then), so Toggle cannot
+    /// patch code that other threads are running. Costs two system calls per write scope and a
+    /// page per function.
     Toggle,
     /// Two views of the same physical pages: one read-write, one read-execute. Permissions never
     /// change after set-up; a write scope costs nothing.
@@ -73,9 +76,12 @@ pub enum Layout {
     /// mappings per function (Linux caps a process near 65,530 mappings).
     PerAllocation,
     /// Chunks reserved on demand (256 KiB, doubling up to 16 MiB) and sub-allocated; small
-    /// functions share pages. One heap per core (up to 8): each thread allocates from the heap
-    /// of its slot, so threads share no lock and no code page. Each heap returns an empty chunk
-    /// to the OS unless it is that heap's only empty one (kept to avoid map/unmap churn).
+    /// functions share pages (except with Toggle, whose blocks own whole pages). One heap per
+    /// core (up to 8): threads are given heaps round-robin, so up to that many threads allocate
+    /// without sharing a lock or a chunk; beyond it, threads share heaps (each behind its lock),
+    /// and blocks of different threads may share pages. Sharing pages is safe for every strategy
+    /// (see [`Strategy`]). Each heap returns an empty chunk to the OS unless it is that heap's
+    /// only empty one (kept to avoid map/unmap churn).
     Pooled,
     /// One reservation of `size` bytes up front, sub-allocated; physical pages are used only
     /// when touched. All code lies in one range, so x86-64 rel32 calls (+-2 GiB) between any two

@@ -5,6 +5,7 @@
 use std::ptr::NonNull;
 
 use crate::error::{Error, Result};
+use crate::fn_ptr::FnPtr;
 use crate::icache;
 use crate::sys::{self, Prot};
 
@@ -124,7 +125,7 @@ impl ExecBuffer {
     /// # Safety
     /// As [`CodeBlock::entry`](crate::CodeBlock::entry); and the buffer must stay executable
     /// (no `make_writable`) while the pointer is in use.
-    pub unsafe fn entry<F: Copy>(&self, offset: usize) -> Result<F> {
+    pub unsafe fn entry<F: FnPtr>(&self, offset: usize) -> Result<F> {
         if !self.executable {
             return Err(Error::WrongState(
                 "the buffer is writable: call make_executable first",
@@ -133,16 +134,13 @@ impl ExecBuffer {
         if offset >= self.len {
             return Err(Error::OutOfRange {
                 start: offset,
-                end: offset + 1,
+                end: offset.saturating_add(1),
                 len: self.len,
             });
         }
-        if size_of::<F>() != size_of::<*const u8>() {
-            return Err(Error::Internal("entry::<F> needs a function pointer type"));
-        }
         let address = self.ptr.as_ptr().wrapping_add(offset).cast_const();
-        // SAFETY: F is pointer-sized and, per the caller, a function pointer type.
-        Ok(unsafe { std::mem::transmute_copy::<*const u8, F>(&address) })
+        // SAFETY: per the caller, a published function of type F lives at this address.
+        Ok(unsafe { F::from_address(address) })
     }
 }
 

@@ -57,6 +57,7 @@ mod block;
 mod config;
 mod error;
 mod exec_buffer;
+mod fn_ptr;
 mod fork;
 pub mod icache;
 pub mod introspect;
@@ -73,6 +74,7 @@ pub use block::{CodeBlock, WriteScope};
 pub use config::{Config, LAYOUT_ENV, Layout, STRATEGY_ENV, Strategy};
 pub use error::{Error, Result};
 pub use exec_buffer::{ExecBuffer, page_size, round_to_page};
+pub use fn_ptr::FnPtr;
 pub use memory::{Choice, JitMemory, Stats};
 pub use sys::MirrorBacking;
 

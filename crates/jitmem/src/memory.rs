@@ -22,9 +22,12 @@ const MAX_CHUNK: usize = 16 << 20;
 
 /// Executable memory for one JIT: hands out [`CodeBlock`]s.
 ///
-/// Cheap to clone (a reference count); `Send + Sync`: any thread may allocate, write, publish
-/// and free at the same time. Blocks keep the memory alive, so a `JitMemory` may be dropped
-/// before its blocks.
+/// Cheap to clone (a reference count); `Send + Sync`. Any thread may allocate, write, publish,
+/// run and free blocks at the same time as the others, in every strategy and layout: a write
+/// scope or a free never stops another thread running a *different* block. The one restriction
+/// is Toggle's: a block whose write scope is open must not run meanwhile (its pages are not
+/// executable then; see [`CodeBlock::entry`]). Blocks keep the memory alive, so a `JitMemory`
+/// may be dropped before its blocks. Across `fork()`, see [`fork_safety`](crate::fork_safety).
 ///
 /// ```
 /// # fn main() -> jitmem::Result<()> {
@@ -45,8 +48,8 @@ const MAX_CHUNK: usize = 16 << 20;
 pub struct JitMemory {
     shared: Arc<Shared>,
     /// One heap per shard. Pooled memory has one shard per core (up to 8): each thread
-    /// allocates from the shard of its slot, so threads do not share a lock, a reference count
-    /// or code pages. Arena and PerAllocation have one.
+    /// allocates from the shard of its slot (round-robin), so up to that many threads do not
+    /// share a lock or a chunk. Arena and PerAllocation have one.
     shards: Arc<[Arc<Shard>]>,
 }
 
@@ -101,6 +104,10 @@ pub(crate) struct Shared {
     pub(crate) layout: Layout,
     pub(crate) rights: Rights,
     pub(crate) page: usize,
+    /// Every block is a multiple of this many bytes and at least this aligned: [`GRANULE`],
+    /// or the page for Toggle, whose blocks never share a page (a write scope or a trap fill
+    /// flips whole pages, and must never make a neighbour's code non-executable).
+    pub(crate) granule: usize,
     options: sys::MapOptions,
     default_align: usize,
     /// The fork generation this memory was made in.
@@ -192,11 +199,17 @@ impl JitMemory {
             },
         };
         let options = shared_options(&config);
+        let granule = if strategy == Strategy::Toggle {
+            page
+        } else {
+            GRANULE
+        };
         let shared = Arc::new(Shared {
             strategy,
             layout: choice.layout,
             rights,
             page,
+            granule,
             options,
             default_align: config.default_align,
             generation: fork::generation(),
@@ -206,7 +219,7 @@ impl JitMemory {
         });
         let new_heap = |first: Option<usize>, next_chunk: usize| -> Result<Heap> {
             let mut heap = Heap {
-                ranges: RangeHeap::new(GRANULE).map_err(range_error)?,
+                ranges: RangeHeap::new(granule).map_err(range_error)?,
                 chunks: Vec::new(),
                 next_chunk,
             };

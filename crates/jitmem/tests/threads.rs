@@ -5,24 +5,20 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::{all_memories, call, function, memory, patch};
+use common::{all_memories, call, function, in_child_per_pair, memory, patch, scaled};
 use jitmem::{Layout, Strategy};
 
-/// Toggle is included only with PerAllocation: with shared pages, a write scope makes its page
-/// non-executable, so another thread running a neighbour on that page faults (documented on
-/// `Strategy::Toggle`).
+/// Every strategy x layout the API accepts, none excluded.
 #[test]
 fn two_threads_allocate_write_publish_call_and_free() {
-    let memories = all_memories()
-        .into_iter()
-        .filter(|m| m.strategy() != Strategy::Toggle || m.layout() == Layout::PerAllocation);
+    let memories = all_memories();
     for memory in memories {
         std::thread::scope(|s| {
             for t in 0..2u32 {
                 let memory = &memory;
                 s.spawn(move || {
                     let mut live = Vec::new();
-                    for i in 0..2000u32 {
+                    for i in 0..scaled(2000) as u32 {
                         let value = t * 1_000_000 + i;
                         let b = function(memory, value);
                         assert_eq!(call(&b), value);
@@ -83,4 +79,49 @@ fn patching_a_function_while_another_thread_calls_it() {
             assert_eq!(call(&block), 19_999);
         }
     }
+}
+
+/// A write scope or a free on one block never stops another thread running a *neighbour*
+/// block of the same memory: thread A calls a published block in a loop while thread B
+/// allocates, writes, publishes, patches and frees other blocks. Each pair runs in its own
+/// child process, since the failure is a fault (Toggle with shared pages made every block on a
+/// page being written non-executable).
+#[test]
+fn a_neighbour_keeps_running_while_other_blocks_are_written_and_freed() {
+    let Some(ran) = in_child_per_pair(
+        "a_neighbour_keeps_running_while_other_blocks_are_written_and_freed",
+        |memory| {
+            let neighbour = function(&memory, 7);
+            let stop = AtomicBool::new(false);
+            let calls = AtomicU64::new(0);
+            std::thread::scope(|s| {
+                let runner = s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        assert_eq!(call(&neighbour), 7);
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                while calls.load(Ordering::Relaxed) == 0 {
+                    std::hint::spin_loop();
+                }
+                let mut live = Vec::new();
+                for i in 0..scaled(3000) as u32 {
+                    let mut b = function(&memory, i);
+                    patch(&mut b, i + 1, false);
+                    assert_eq!(call(&b), i + 1);
+                    live.push(b);
+                    if live.len() > 8 {
+                        live.swap_remove(i as usize % live.len());
+                    }
+                }
+                drop(live);
+                stop.store(true, Ordering::Relaxed);
+                runner.join().unwrap();
+            });
+            assert!(calls.load(Ordering::Relaxed) > 0);
+        },
+    ) else {
+        return;
+    };
+    assert!(ran.iter().any(|p| p == "toggle/pooled"), "{ran:?}");
 }

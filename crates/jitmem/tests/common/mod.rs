@@ -3,9 +3,11 @@
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+use std::io::Read;
 #[cfg(unix)]
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use jitmem::{Config, Error, JitMemory, Layout, Strategy};
 
@@ -41,6 +43,10 @@ fn die_on_unhandled_exceptions() {
 /// Runs the test named `test` (this binary's test function of that name) alone in a child
 /// process, with extra environment variables. `JITMEM_TEST_RUNNER` (e.g. `qemu-aarch64 -L /`)
 /// is put in front of the command when the tests run under an emulator.
+///
+/// The child is killed after [`child_timeout`]: a test whose child hangs (a lock never
+/// released, a scope that never restores execute rights) fails with a message saying so
+/// instead of hanging the suite.
 pub fn run_child(test: &str, env: &[(&str, &str)]) -> Output {
     let exe = std::env::current_exe().unwrap();
     let runner = std::env::var("JITMEM_TEST_RUNNER").unwrap_or_default();
@@ -55,11 +61,109 @@ pub fn run_child(test: &str, env: &[(&str, &str)]) -> Output {
     };
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, test)
-        .env("RUST_BACKTRACE", "0");
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().unwrap()
+    let mut child = cmd.spawn().unwrap();
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let limit = child_timeout();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            let mut err = stderr.join().unwrap();
+            err.extend_from_slice(
+                format!("\n[test harness] child `{test}` TIMED OUT after {limit:?}: killed\n")
+                    .as_bytes(),
+            );
+            return Output {
+                status,
+                stdout: stdout.join().unwrap(),
+                stderr: err,
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// How long a child process may run: `JITMEM_CHILD_TIMEOUT` seconds, else 120 s (600 s under
+/// an emulator, `JITMEM_TEST_RUNNER` or `JITMEM_SLOW` set).
+pub fn child_timeout() -> Duration {
+    if let Some(secs) = std::env::var("JITMEM_CHILD_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_secs(secs);
+    }
+    if slow() || std::env::var("JITMEM_TEST_RUNNER").is_ok_and(|v| !v.is_empty()) {
+        Duration::from_secs(600)
+    } else {
+        Duration::from_secs(120)
+    }
+}
+
+/// True under full-system emulation (`JITMEM_SLOW=1`, the PKU VM): loops shrink.
+pub fn slow() -> bool {
+    std::env::var("JITMEM_SLOW").is_ok_and(|v| v == "1")
+}
+
+/// `n`, or a tenth of it (at least 1) when [`slow`].
+pub fn scaled(n: usize) -> usize {
+    if slow() { (n / 10).max(1) } else { n }
+}
+
+/// Runs `body` in a child process for every strategy x layout this machine supports (each pair
+/// in its own child, named in `JITMEM_TEST_PAIR`), and asserts each child exits cleanly. In
+/// the child, runs `body` for its pair and returns `None`; in the parent, returns the pairs
+/// that ran.
+pub fn in_child_per_pair(test: &str, body: impl Fn(JitMemory)) -> Option<Vec<String>> {
+    if is_child(test) {
+        let pair = std::env::var("JITMEM_TEST_PAIR").unwrap();
+        let (s, l) = pair.split_once('/').unwrap();
+        let strategy = Strategy::from_name(s).unwrap();
+        let layout = LAYOUTS.into_iter().find(|l2| l2.name() == l).unwrap();
+        body(memory(strategy, layout).unwrap());
+        println!("child ok {pair}");
+        return None;
+    }
+    let mut ran = Vec::new();
+    for strategy in Strategy::CONCRETE {
+        for layout in LAYOUTS {
+            if memory(strategy, layout).is_none() {
+                continue;
+            }
+            let pair = format!("{}/{}", strategy.name(), layout.name());
+            let out = run_child(test, &[("JITMEM_TEST_PAIR", &pair)]);
+            let (signal, text) = child_signal(&out);
+            assert!(
+                out.status.success() && text.contains(&format!("child ok {pair}")),
+                "{test} {pair}: signal {signal:?}\n{text}"
+            );
+            ran.push(pair);
+        }
+    }
+    Some(ran)
 }
 
 /// The fault that killed the child ([`ACCESS_FAULT`], [`TRAP_FAULT`]...), with its output for
