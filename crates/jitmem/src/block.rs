@@ -271,8 +271,9 @@ impl Drop for CodeBlock {
         match &self.owner {
             Owner::Range(id) => {
                 let id = *id;
-                // A fork child of a Mirror has no writable view: it only does the bookkeeping.
-                if self.shard.shared.writable_views_present()
+                // A fork child that may not use this memory (Mirror, Apple MAP_JIT) has no
+                // writable view or rights: it only does the bookkeeping.
+                if self.shard.shared.usable_in_this_process()
                     && self.fill_traps(0..self.len).is_err()
                 {
                     // Could not trap the range (rights could not be acquired): leak it rather

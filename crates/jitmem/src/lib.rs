@@ -68,6 +68,7 @@ pub mod range_heap;
 mod region;
 mod rights;
 pub mod selftest;
+mod sync;
 mod sys;
 
 pub use block::{CodeBlock, WriteScope};

@@ -2,7 +2,7 @@
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use crate::block::{CodeBlock, Owner};
 use crate::config::{Config, Layout, Strategy};
@@ -12,6 +12,7 @@ use crate::probe;
 use crate::range_heap::{PoolId, RangeError, RangeHeap};
 use crate::region::Region;
 use crate::rights::Rights;
+use crate::sync::{ForkMutex, ForkMutexGuard};
 use crate::sys;
 
 /// Every block is a multiple of this many bytes and at least this aligned.
@@ -66,7 +67,24 @@ thread_local! {
 /// A heap and the common state its blocks need; blocks hold their shard alive.
 pub(crate) struct Shard {
     pub(crate) shared: Arc<Shared>,
-    heap: Option<Mutex<Heap>>,
+    /// Behind a fork-aware lock, tracked by the fork registry for the shard's life.
+    heap: Option<ForkMutex<Heap>>,
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        if let Some(heap) = &self.heap {
+            fork::untrack_lock(heap.raw());
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(lock) = self.rights.fork_lock() {
+            fork::untrack_lock(lock);
+        }
+    }
 }
 
 /// Why this memory uses the strategy and layout it uses.
@@ -229,20 +247,31 @@ impl JitMemory {
             }
             Ok(heap)
         };
-        let shard = |heap: Option<Heap>| {
-            Arc::new(Shard {
+        if let Some(lock) = shared.rights.fork_lock() {
+            // SAFETY: the lock lives inside the Arc'd Shared (a stable address) and is
+            // untracked in Shared's Drop; no tracked lock is held here.
+            unsafe { fork::track_lock(lock)? };
+        }
+        let shard = |heap: Option<Heap>| -> Result<Arc<Shard>> {
+            let shard = Arc::new(Shard {
                 shared: Arc::clone(&shared),
-                heap: heap.map(Mutex::new),
-            })
+                heap: heap.map(ForkMutex::new),
+            });
+            if let Some(heap) = &shard.heap {
+                // SAFETY: the lock lives inside the Arc'd Shard (a stable address) and is
+                // untracked in Shard's Drop; no tracked lock is held here.
+                unsafe { fork::track_lock(heap.raw())? };
+            }
+            Ok(shard)
         };
         let shards: Vec<Arc<Shard>> = match shared.layout {
             Layout::PerAllocation => {
                 drop(Region::map(strategy, page, page, options).map_err(unsupported)?);
-                vec![shard(None)]
+                vec![shard(None)?]
             }
             Layout::Arena { size } => {
                 let size = round_up(size.max(1), page).ok_or(Error::TooLarge { len: size })?;
-                vec![shard(Some(new_heap(Some(size), 0)?))]
+                vec![shard(Some(new_heap(Some(size), 0)?))?]
             }
             Layout::Pooled => {
                 let first = FIRST_CHUNK.max(page);
@@ -251,9 +280,9 @@ impl JitMemory {
                     .clamp(1, MAX_SHARDS);
                 // The first shard maps its first chunk now, which also proves the strategy
                 // works; the others map theirs when a thread first allocates from them.
-                let mut shards = vec![shard(Some(new_heap(Some(first), first * 2)?))];
+                let mut shards = vec![shard(Some(new_heap(Some(first), first * 2)?))?];
                 for _ in 1..count {
-                    shards.push(shard(Some(new_heap(None, first)?)));
+                    shards.push(shard(Some(new_heap(None, first)?))?);
                 }
                 shards
             }
@@ -325,7 +354,7 @@ impl JitMemory {
                 Owner::Region(Box::new(region)),
             ));
         };
-        let mut heap = lock(heap)?;
+        let mut heap = heap.lock();
         let allocation = match heap.ranges.allocate(len, align) {
             Ok(a) => a,
             Err(RangeError::Exhausted { .. }) => match shared.layout {
@@ -436,19 +465,29 @@ fn resolve(config: &Config) -> Result<Choice> {
     Ok(choice)
 }
 
+/// The fork policy: may a fork child keep using memory of `strategy` made before the fork?
+/// Toggle, Rwx and Linux PerThread (protection keys) use private mappings: the child has a
+/// copy-on-write copy and may keep allocating, writing and running. Mirror's writable views are
+/// not inherited (`MADV_DONTFORK`; the child runs a private copy of the code) and Apple's
+/// MAP_JIT memory is not defined across fork: the child may run the code it has, and every
+/// other call gives [`Error::ForkedChild`].
+pub(crate) fn child_keeps_memory(strategy: Strategy) -> bool {
+    match strategy {
+        Strategy::Toggle | Strategy::Rwx | Strategy::Auto => true,
+        Strategy::Mirror => false,
+        Strategy::PerThread => sys::PER_THREAD_SURVIVES_FORK,
+    }
+}
+
 pub(crate) fn round_up(n: usize, to: usize) -> Option<usize> {
     n.checked_add(to - 1).map(|n| n & !(to - 1))
 }
 
-fn lock(heap: &Mutex<Heap>) -> Result<MutexGuard<'_, Heap>> {
-    heap.lock()
-        .map_err(|_| Error::Internal("heap lock poisoned"))
-}
-
 impl Shared {
-    /// Refuses work on memory that lost its writable views in a fork or was poisoned.
+    /// Refuses work on memory that a fork child may not use (see [`child_keeps_memory`]) or
+    /// that was poisoned.
     pub(crate) fn check_usable(&self) -> Result<()> {
-        if self.strategy == Strategy::Mirror && fork::generation() != self.generation {
+        if !self.usable_in_this_process() {
             return Err(Error::ForkedChild {
                 strategy: self.strategy,
             });
@@ -459,10 +498,10 @@ impl Shared {
         Ok(())
     }
 
-    /// True when the writable views of this memory are still ours to write (not a fork child
-    /// of a Mirror).
-    pub(crate) fn writable_views_present(&self) -> bool {
-        self.strategy != Strategy::Mirror || fork::generation() == self.generation
+    /// False in a fork child for memory made before the fork whose strategy does not survive
+    /// it: its writable views (Mirror) or write rights (Apple MAP_JIT) are not the child's.
+    pub(crate) fn usable_in_this_process(&self) -> bool {
+        child_keeps_memory(self.strategy) || fork::generation() == self.generation
     }
 
     pub(crate) fn poison(&self, why: String) {
@@ -476,12 +515,12 @@ impl Shared {
 }
 
 impl Shard {
-    fn heap(&self) -> Result<MutexGuard<'_, Heap>> {
-        lock(
-            self.heap
-                .as_ref()
-                .ok_or(Error::Internal("range block without a heap"))?,
-        )
+    fn heap(&self) -> Result<ForkMutexGuard<'_, Heap>> {
+        Ok(self
+            .heap
+            .as_ref()
+            .ok_or(Error::Internal("range block without a heap"))?
+            .lock())
     }
 
     /// Returns a block's range to the heap (the caller has already filled it with traps).
@@ -539,14 +578,13 @@ impl Shard {
                 stats.regions += blocks;
             }
             Some(heap) => {
-                if let Ok(h) = heap.lock() {
-                    let s = h.ranges.stats();
-                    stats.live_blocks += s.live_blocks;
-                    stats.live_bytes += s.live_bytes;
-                    stats.free_bytes += s.free_bytes;
-                    stats.reserved_bytes += s.pool_bytes;
-                    stats.regions += h.chunks.len();
-                }
+                let h = heap.lock();
+                let s = h.ranges.stats();
+                stats.live_blocks += s.live_blocks;
+                stats.live_bytes += s.live_bytes;
+                stats.free_bytes += s.free_bytes;
+                stats.reserved_bytes += s.pool_bytes;
+                stats.regions += h.chunks.len();
             }
         }
     }

@@ -18,6 +18,8 @@ pub(crate) struct Region {
     len: usize,
     mirror: Option<Arc<MirrorRecord>>,
     generation: u64,
+    /// Whether a fork child keeps this mapping (see `memory::child_keeps_memory`).
+    child_keeps: bool,
 }
 
 // SAFETY: a Region owns its mapping; moving it to another thread moves that ownership.
@@ -35,6 +37,7 @@ impl Region {
         options: sys::MapOptions,
     ) -> Result<Region> {
         let generation = fork::generation();
+        let child_keeps = crate::memory::child_keeps_memory(strategy);
         let (rx, rw, mirror) = match strategy {
             Strategy::Toggle => {
                 let p = sys::map_private(len, Prot::RX)?;
@@ -60,6 +63,7 @@ impl Region {
                     len,
                     mirror: Some(Arc::clone(&record)),
                     generation,
+                    child_keeps,
                 };
                 fork::register(record)?;
                 return Ok(region);
@@ -72,6 +76,7 @@ impl Region {
             len,
             mirror,
             generation,
+            child_keeps,
         })
     }
 
@@ -113,9 +118,11 @@ impl Drop for Region {
             }
             // SAFETY: the RX view is ours and its blocks are gone (they hold the heap alive).
             let _ = unsafe { sys::unmap_view(self.rx, self.len) };
-        } else {
+        } else if self.child_keeps || self.generation == fork::generation() {
             // SAFETY: the region is ours and its blocks are gone (they hold the heap alive).
             let _ = unsafe { sys::unmap(self.rx, self.len) };
         }
+        // Otherwise (Apple MAP_JIT in a fork child) what the child has at that address is not
+        // defined: leave it alone.
     }
 }

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
-use std::sync::Mutex;
 
 use crate::config::Strategy;
 use crate::error::{Error, Result};
+use crate::sync::{ForkMutex, RawLock};
 use crate::sys::{self, Prot};
 
 /// How a strategy grants and withdraws write access.
@@ -13,7 +13,7 @@ pub(crate) enum Rights {
     /// Toggle: the pages flip RW while at least one scope covers them. The map holds the open
     /// scope count of each writable page (page address -> count): O(log n) in the pages open.
     Toggle {
-        open_pages: Mutex<BTreeMap<usize, u32>>,
+        open_pages: ForkMutex<BTreeMap<usize, u32>>,
         page: usize,
     },
     /// PerThread: the calling thread's rights for `key` (Linux: its PKRU; Apple: its MAP_JIT
@@ -27,7 +27,7 @@ impl Rights {
     pub(crate) fn for_strategy(strategy: Strategy) -> Result<Rights> {
         Ok(match strategy {
             Strategy::Toggle => Rights::Toggle {
-                open_pages: Mutex::new(BTreeMap::new()),
+                open_pages: ForkMutex::new(BTreeMap::new()),
                 page: sys::page_size(),
             },
             Strategy::PerThread => Rights::ProtectionKey {
@@ -48,9 +48,7 @@ impl Rights {
             Rights::Always => Ok(()),
             Rights::ProtectionKey { key } => pkru::acquire(*key),
             Rights::Toggle { open_pages, page } => {
-                let mut open = open_pages
-                    .lock()
-                    .map_err(|_| Error::Internal("toggle tracker lock poisoned"))?;
+                let mut open = open_pages.lock();
                 let pages = page_range(start, end, *page);
                 let mut flipped: Vec<usize> = Vec::new();
                 for p in pages.clone().step_by(*page) {
@@ -85,9 +83,7 @@ impl Rights {
             Rights::Always => Ok(()),
             Rights::ProtectionKey { key } => pkru::release(*key),
             Rights::Toggle { open_pages, page } => {
-                let mut open = open_pages
-                    .lock()
-                    .map_err(|_| Error::Internal("toggle tracker lock poisoned"))?;
+                let mut open = open_pages.lock();
                 let mut closed: Vec<usize> = Vec::new();
                 for p in page_range(start, end, *page).step_by(*page) {
                     match open.get_mut(&p) {
@@ -114,10 +110,18 @@ impl Rights {
         matches!(self, Rights::Always)
     }
 
+    /// The lock a fork must wait for (Toggle's page table), if any.
+    pub(crate) fn fork_lock(&self) -> Option<&RawLock> {
+        match self {
+            Rights::Toggle { open_pages, .. } => Some(open_pages.raw()),
+            _ => None,
+        }
+    }
+
     /// Pages currently open for writing (Toggle), for tests and stats.
     pub(crate) fn open_pages(&self) -> usize {
         match self {
-            Rights::Toggle { open_pages, .. } => open_pages.lock().map(|m| m.len()).unwrap_or(0),
+            Rights::Toggle { open_pages, .. } => open_pages.lock().len(),
             _ => 0,
         }
     }

@@ -95,3 +95,159 @@ fn fork_gives_the_child_a_private_copy() {
     assert!(out.status.success() && text.contains("child ok"), "{text}");
     assert!(text.contains("fork ok mirror arena"), "{text}");
 }
+
+/// What a grandchild reports through its exit code (bits), so that it needs no lock (no
+/// printing, no panicking) in a process whose other threads vanished at the fork.
+const OLD_CODE_WRONG: i32 = 1;
+const FREED_BLOCK_WRONG: i32 = 2;
+const ALLOCATION_WRONG: i32 = 4;
+const NOT_PUBLISHED: i32 = 8;
+
+/// The grandchild: runs code made before the fork, frees a block (through a heap another
+/// thread may have held at the fork), allocates where the strategy lets a child keep its
+/// memory (else expects `ForkedChild`), and checks that a Mirror child's private copy was
+/// published. Never returns.
+fn grandchild(
+    memory: &jitmem::JitMemory,
+    keep: &jitmem::CodeBlock,
+    victim: jitmem::CodeBlock,
+    victim_value: u32,
+    publishes_before: u64,
+) -> ! {
+    let mut code = 0;
+    if call(keep) != 42 {
+        code |= OLD_CODE_WRONG;
+    }
+    if call(&victim) != victim_value {
+        code |= FREED_BLOCK_WRONG;
+    }
+    drop(victim);
+    let keeps = memory.strategy() != Strategy::Mirror
+        && !(cfg!(target_vendor = "apple") && memory.strategy() == Strategy::PerThread);
+    match memory.allocate(64) {
+        Ok(mut b) if keeps => {
+            let ok = match b.write() {
+                Ok(mut scope) => {
+                    scope[..16].copy_from_slice(&jitmem::isa::return_constant(5));
+                    scope.publish().is_ok()
+                }
+                Err(_) => false,
+            };
+            if !ok || call(&b) != 5 {
+                code |= ALLOCATION_WRONG;
+            }
+        }
+        Err(Error::ForkedChild { .. }) if !keeps => {}
+        _ => code |= ALLOCATION_WRONG,
+    }
+    if memory.strategy() == Strategy::Mirror && jitmem::icache::publish_count() <= publishes_before
+    {
+        code |= NOT_PUBLISHED;
+    }
+    // SAFETY: leaves at once, running no destructor and no atexit handler.
+    unsafe { libc::_exit(code) }
+}
+
+/// Waits for `pid` for at most 20 s; its exit code, or a description of how it failed.
+fn wait_with_deadline(pid: libc::pid_t) -> Result<i32, String> {
+    let deadline =
+        std::time::Instant::now() + common::child_timeout().min(std::time::Duration::from_secs(20));
+    loop {
+        let mut status = 0;
+        // SAFETY: polls our own child.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if rc == pid {
+            if libc::WIFEXITED(status) {
+                return Ok(libc::WEXITSTATUS(status));
+            }
+            return Err(format!("killed by signal {}", libc::WTERMSIG(status)));
+        }
+        if rc < 0 {
+            return Err(format!("waitpid: {}", std::io::Error::last_os_error()));
+        }
+        if std::time::Instant::now() > deadline {
+            // SAFETY: kills and reaps our own hung child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return Err("hung (deadlocked?) and was killed after the deadline".to_owned());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Forks in a loop while two other threads allocate, write, publish, call and free, in the
+/// shared memory (growing it with 300 KiB blocks) and in fresh memories they create and drop.
+fn fork_under_load(memory: jitmem::JitMemory) {
+    let (strategy, layout) = (memory.strategy(), memory.layout());
+    let rounds: usize = std::env::var("JITMEM_FORK_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(common::scaled(60));
+    let keep = function(&memory, 42);
+    let mut victims: Vec<_> = (0..rounds as u32)
+        .map(|i| (function(&memory, 1000 + i), 1000 + i))
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = &stop;
+    std::thread::scope(|s| {
+        for t in 0..2u32 {
+            let memory = &memory;
+            s.spawn(move || {
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    if i % 8 == 0 {
+                        let fresh = common::memory(strategy, layout).unwrap();
+                        let b = function(&fresh, i);
+                        assert_eq!(call(&b), i);
+                    }
+                    if i % 4 == 0 {
+                        let mut big = memory.allocate(300 << 10).unwrap();
+                        let mut scope = big.write_range(0..16).unwrap();
+                        scope.copy_from_slice(&jitmem::isa::return_constant(i));
+                        scope.publish().unwrap();
+                        assert_eq!(call(&big), i);
+                    }
+                    let mut live: Vec<_> = (0..16).map(|k| function(memory, t * 100 + k)).collect();
+                    patch(&mut live[3], 7, false);
+                    assert_eq!(call(&live[3]), 7);
+                }
+            });
+        }
+        for round in 0..rounds {
+            let (victim, value) = victims.pop().unwrap();
+            let before = jitmem::icache::publish_count();
+            // SAFETY: the child only calls jitmem and leaves with _exit (grandchild).
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                grandchild(&memory, &keep, victim, value, before);
+            }
+            drop(victim);
+            let outcome = wait_with_deadline(pid);
+            if outcome != Ok(0) {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                panic!(
+                    "{strategy}/{layout}: fork round {round}: child {outcome:?} (bits: 1 old code, 2 freed block, 4 allocation, 8 not published)"
+                );
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert_eq!(call(&keep), 42);
+}
+
+/// fork() while other threads allocate, write, publish and free, for every strategy x layout:
+/// every child runs existing code, frees, allocates where allowed and exits 0 in time.
+#[test]
+fn fork_is_safe_while_other_threads_allocate() {
+    let Some(ran) =
+        common::in_child_per_pair("fork_is_safe_while_other_threads_allocate", fork_under_load)
+    else {
+        return;
+    };
+    assert!(ran.iter().any(|p| p == "mirror/arena"), "{ran:?}");
+    assert!(ran.iter().any(|p| p == "toggle/pooled"), "{ran:?}");
+}

@@ -128,3 +128,16 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Waits while `*word == value`: a short sleep (platforms without a futex jitmem uses; the
+/// lock that calls this spins first, and contention on a heap is brief).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn wait_while_equal(word: &std::sync::atomic::AtomicU32, value: u32) {
+    if word.load(std::sync::atomic::Ordering::Relaxed) == value {
+        std::thread::sleep(std::time::Duration::from_micros(20));
+    }
+}
+
+/// Nothing to wake: [`wait_while_equal`] polls.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn wake_one(_word: &std::sync::atomic::AtomicU32) {}

@@ -75,12 +75,56 @@ fn memfd_create_exec() -> Result<Fd> {
 
 /// Re-opens a memfd read-only through `/proc/self/fd`, so that a mapping made from it can never
 /// be given write permission (the kernel clears `VM_MAYWRITE`).
-fn reopen_read_only(fd: &Fd) -> Option<Fd> {
+/// Without it the memfd backing is refused (never an RX view from the writable descriptor).
+fn reopen_read_only(fd: &Fd) -> Result<Fd> {
     let path = format!("/proc/self/fd/{}\0", fd.0);
-    let path = CStr::from_bytes_with_nul(path.as_bytes()).ok()?;
+    let path = CStr::from_bytes_with_nul(path.as_bytes())
+        .map_err(|_| Error::Internal("a descriptor path with a NUL"))?;
+    #[cfg(test)]
+    if inject::REOPEN_FAILS.get() {
+        return Err(Error::Os {
+            op: "open(/proc/self/fd/N, O_RDONLY) (injected)",
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        });
+    }
     // SAFETY: path is a valid C string; open returns a new descriptor or -1.
     let ro = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    (ro >= 0).then_some(Fd(ro))
+    if ro < 0 {
+        return Err(Error::last_os(
+            "open(/proc/self/fd/N, O_RDONLY): the executable view needs a read-only descriptor",
+        ));
+    }
+    Ok(Fd(ro))
+}
+
+/// Marks a mirror's RW view `MADV_DONTFORK`, so that a `fork()` child never has it; on failure
+/// unmaps both views and refuses the mirror (a child able to write the parent's code is not a
+/// mirror we hand out).
+fn dont_fork_rw(views: MirrorViews, len: usize) -> Result<MirrorViews> {
+    // SAFETY: rw is our own mapping; MADV_DONTFORK only changes what a child inherits.
+    let rc = unsafe { libc::madvise(views.rw.as_ptr().cast(), len, libc::MADV_DONTFORK) };
+    #[cfg(test)]
+    let rc = if inject::DONTFORK_FAILS.get() { -1 } else { rc };
+    if rc != 0 {
+        let e = Error::last_os("madvise(MADV_DONTFORK) on the writable view");
+        // SAFETY: both views were created by our caller and are ours alone.
+        unsafe {
+            let _ = unmap(views.rx, len);
+            let _ = unmap(views.rw, len);
+        }
+        return Err(e);
+    }
+    Ok(views)
+}
+
+#[cfg(test)]
+pub(crate) mod inject {
+    //! Fault injection for the unit tests of this module (per thread).
+    use std::cell::Cell;
+    thread_local! {
+        pub(crate) static REOPEN_FAILS: Cell<bool> = const { Cell::new(false) };
+        pub(crate) static DONTFORK_FAILS: Cell<bool> = const { Cell::new(false) };
+    }
 }
 
 fn memfd_mirror(len: usize) -> Result<MirrorViews> {
@@ -102,8 +146,15 @@ fn memfd_mirror(len: usize) -> Result<MirrorViews> {
         )
     };
     let rw = non_null_map(rw, "mmap(memfd, PROT_READ | PROT_WRITE)")?;
-    let exec_fd = reopen_read_only(&fd);
-    let exec_source = exec_fd.as_ref().map_or(fd.0, |f| f.0);
+    let exec_fd = match reopen_read_only(&fd) {
+        Ok(f) => f,
+        Err(e) => {
+            // SAFETY: rw was mapped just above and is not shared with anyone.
+            let _ = unsafe { unmap(rw, len) };
+            return Err(e);
+        }
+    };
+    let exec_source = exec_fd.0;
     // SAFETY: a new shared mapping of our own memfd.
     let rx = unsafe {
         libc::mmap(
@@ -123,9 +174,7 @@ fn memfd_mirror(len: usize) -> Result<MirrorViews> {
             return Err(e);
         }
     };
-    // SAFETY: rw is our own mapping; MADV_DONTFORK only changes what a child inherits.
-    unsafe { libc::madvise(rw.as_ptr().cast(), len, libc::MADV_DONTFORK) };
-    Ok(MirrorViews { rx, rw })
+    dont_fork_rw(MirrorViews { rx, rw }, len)
 }
 
 fn shared_anon_mirror(len: usize) -> Result<MirrorViews> {
@@ -160,10 +209,40 @@ fn shared_anon_mirror(len: usize) -> Result<MirrorViews> {
         let _ = unsafe { unmap(rw, len) };
         return Err(e);
     }
-    // SAFETY: rw is our own mapping; MADV_DONTFORK only changes what a child inherits.
-    unsafe { libc::madvise(rw.as_ptr().cast(), len, libc::MADV_DONTFORK) };
-    Ok(MirrorViews { rx, rw })
+    dont_fork_rw(MirrorViews { rx, rw }, len)
 }
+
+/// Sleeps while `*word == value` (`futex(FUTEX_WAIT_PRIVATE)`), or until woken or spuriously.
+pub(crate) fn wait_while_equal(word: &std::sync::atomic::AtomicU32, value: u32) {
+    // SAFETY: the futex word is a live, aligned u32 for the duration of the call; FUTEX_WAIT
+    // only reads it.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            value,
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+/// Wakes one thread sleeping in [`wait_while_equal`] on `word`.
+pub(crate) fn wake_one(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a live, aligned u32 touches no memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        )
+    };
+}
+
+/// Protection-key memory is private: a fork child has a copy-on-write copy with the same key,
+/// and inherits the forking thread's PKRU, so it may keep using PerThread memory.
+pub(crate) const PER_THREAD_SURVIVES_FORK: bool = true;
 
 /// The mirror backing in use, once one has been set up.
 pub(crate) fn mirror_backing() -> Option<MirrorBacking> {
@@ -629,6 +708,41 @@ mod tests {
                 unmap(views.rx, page).unwrap();
                 unmap(views.rw, page).unwrap();
             }
+        }
+    }
+
+    /// The memfd backing is refused, never weakened, when the read-only reopen fails; a mirror
+    /// whose writable view cannot be kept from fork children is refused (both views unmapped).
+    #[test]
+    fn mirrors_are_refused_rather_than_weakened() {
+        let page = page_size();
+        let count = || mapping_count().unwrap();
+        // qemu-user does not map guest mappings 1:1 to host ones: count natively only.
+        let exact = std::env::var_os("JITMEM_UNDER_QEMU").is_none();
+        inject::REOPEN_FAILS.set(true);
+        let before = count();
+        let e = memfd_mirror(page).err().expect("refused");
+        assert!(e.to_string().contains("O_RDONLY"), "{e}");
+        assert!(!exact || count() == before, "nothing left mapped");
+        inject::REOPEN_FAILS.set(false);
+
+        inject::DONTFORK_FAILS.set(true);
+        let mut makers: Vec<fn(usize) -> Result<MirrorViews>> = vec![memfd_mirror];
+        if std::env::var_os("JITMEM_UNDER_QEMU").is_none() {
+            makers.push(shared_anon_mirror);
+        }
+        for make in makers {
+            let before = count();
+            let e = make(page).err().expect("refused");
+            assert!(e.to_string().contains("MADV_DONTFORK"), "{e}");
+            assert!(!exact || count() == before, "both views unmapped");
+        }
+        inject::DONTFORK_FAILS.set(false);
+        let views = memfd_mirror(page).unwrap();
+        // SAFETY: test-owned fresh views.
+        unsafe {
+            unmap(views.rx, page).unwrap();
+            unmap(views.rw, page).unwrap();
         }
     }
 }

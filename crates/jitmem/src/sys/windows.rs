@@ -349,6 +349,9 @@ pub(crate) fn pipeline_flush_mt() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // fork: Windows has none.
 
+/// No `fork()`, so nothing is lost across one.
+pub(crate) const PER_THREAD_SURVIVES_FORK: bool = true;
+
 /// Does nothing and succeeds: Windows has no `fork()`, so the handlers could never run.
 pub(crate) fn register_atfork(
     _prepare: unsafe extern "C" fn(),

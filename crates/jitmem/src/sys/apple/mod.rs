@@ -85,6 +85,12 @@ pub(crate) use mach::{mapping_count, mapping_limit, mappings, pipeline_flush_mt}
 pub(crate) use mirror::{map_mirror, mirror_backing, unmap_view};
 pub(crate) use probe::probe_facts;
 
+/// `MAP_JIT` memory across `fork()` is not documented by Apple (XNU treats JIT regions
+/// specially, and the child's per-thread JIT write state is not specified), so jitmem does not
+/// let a fork child use PerThread memory made before the fork: `Error::ForkedChild`, and
+/// dropping it in the child leaves the mapping alone.
+pub(crate) const PER_THREAD_SURVIVES_FORK: bool = false;
+
 unsafe extern "C" {
     /// `void sys_icache_invalidate(void *start, size_t len);` from `<libkern/OSCacheControl.h>`
     /// (libSystem): "prepares memory for execution, typically by invalidating the instruction
