@@ -129,10 +129,13 @@ enum jitmem_status jitmem_memory_new(const struct jitmem_config *config,
                                      struct jitmem_memory **out_memory);
 
 // Frees a memory and every block still allocated in it (their code must no longer run).
-// NULL is accepted and does nothing.
+// NULL is accepted and does nothing. Refused with `JITMEM_STATUS_UNBALANCED`, freeing
+// nothing, while a write scope is open on any of its blocks (as `jitmem_free` is for one
+// block): end the scopes with `jitmem_write_end`, then free; the memory stays usable.
 //
 // # Safety
-// `memory` is NULL or a handle from `jitmem_memory_new` not yet freed.
+// `memory` is NULL or a handle from `jitmem_memory_new` not yet freed, which no other thread
+// uses during or after the call.
 enum jitmem_status jitmem_memory_free(struct jitmem_memory *memory);
 
 // Allocates `len` bytes aligned to `align` (0: the memory's default) and stores the block's

@@ -151,7 +151,7 @@ pub extern "C" fn jitmem_codegen_allocate(size: usize) -> *mut c_void {
     guard(|| {
         let mut g = global()?;
         let page = jitmem::page_size();
-        result = g.registry()?.allocate(size, page)? as *mut c_void;
+        result = g.registry()?.allocate(size, Some(page))? as *mut c_void;
         Ok(())
     });
     result

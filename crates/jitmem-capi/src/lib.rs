@@ -200,17 +200,23 @@ pub unsafe extern "C" fn jitmem_memory_new(
 }
 
 /// Frees a memory and every block still allocated in it (their code must no longer run).
-/// NULL is accepted and does nothing.
+/// NULL is accepted and does nothing. Refused with `JITMEM_STATUS_UNBALANCED`, freeing
+/// nothing, while a write scope is open on any of its blocks (as `jitmem_free` is for one
+/// block): end the scopes with `jitmem_write_end`, then free; the memory stays usable.
 ///
 /// # Safety
-/// `memory` is NULL or a handle from `jitmem_memory_new` not yet freed.
+/// `memory` is NULL or a handle from `jitmem_memory_new` not yet freed, which no other thread
+/// uses during or after the call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn jitmem_memory_free(memory: *mut JitmemMemory) -> JitmemStatus {
     guard(|| {
-        if !memory.is_null() {
-            // SAFETY: per the contract, a live handle from Box::into_raw, freed once.
-            drop(unsafe { Box::from_raw(memory) });
+        if memory.is_null() {
+            return Ok(());
         }
+        handle(memory)?.registry.check_no_open_scope()?;
+        // SAFETY: per the contract, a live handle from Box::into_raw, freed once, and no other
+        // thread can open a scope between the check and the drop.
+        drop(unsafe { Box::from_raw(memory) });
         Ok(())
     })
 }
@@ -230,7 +236,8 @@ pub unsafe extern "C" fn jitmem_alloc(
     guard(|| {
         let m = handle(memory)?;
         let slot = out(out_code)?;
-        let align = if align == 0 { 16 } else { align };
+        // 0: the memory's default_align (jitmem_config.default_align), not a fixed 16.
+        let align = if align == 0 { None } else { Some(align) };
         *slot = m.registry.allocate(len, align)? as *mut c_void;
         Ok(())
     })

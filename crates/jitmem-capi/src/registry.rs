@@ -57,8 +57,32 @@ impl Registry {
         self.blocks.lock().map(|b| b.len()).unwrap_or(0)
     }
 
-    pub(crate) fn allocate(&self, len: usize, align: usize) -> Result<usize, CError> {
-        let block = self.memory.allocate_aligned(len, align)?;
+    /// Refuses (`Unbalanced`) while any block has a write scope open: dropping such a block
+    /// would leave its rights granted (under PerThread, to that thread, forever).
+    pub(crate) fn check_no_open_scope(&self) -> Result<(), CError> {
+        let blocks = self.lock()?;
+        let open: usize = blocks.values().map(|e| e.scopes.len()).sum();
+        if open > 0 {
+            let first = blocks
+                .iter()
+                .find(|(_, e)| !e.scopes.is_empty())
+                .map_or(0, |(start, _)| *start);
+            return Err(CError::new(
+                JitmemStatus::Unbalanced,
+                format!(
+                    "{open} write scope(s) are still open (the first on the block at {first:#x}); end them first; nothing was freed"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Allocates `len` bytes aligned to `align` (None: the memory's default alignment).
+    pub(crate) fn allocate(&self, len: usize, align: Option<usize>) -> Result<usize, CError> {
+        let block = match align {
+            Some(align) => self.memory.allocate_aligned(len, align)?,
+            None => self.memory.allocate(len)?,
+        };
         let start = block.as_ptr() as usize;
         self.lock()?.insert(
             start,
