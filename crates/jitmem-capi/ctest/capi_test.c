@@ -179,7 +179,13 @@ static void codegen_bad_input(void) {
 	CHECK(diff != JITMEM_DIFF_ERROR && diff != 0);
 	EXPECT_ERROR(jitmem_codegen_free_writable_region(p, 4096, diff + 1), JITMEM_STATUS_INVALID_ARGUMENT);
 	OK(jitmem_codegen_free_writable_region(p, 4096, diff));
+	/* The flush checks its range like every other call. */
+	OK(jitmem_codegen_flush_instruction_cache(p, 4096));
+	EXPECT_ERROR(jitmem_codegen_flush_instruction_cache(p, 4097), JITMEM_STATUS_SIZE_MISMATCH);
+	EXPECT_ERROR(jitmem_codegen_flush_instruction_cache(&x, 4), JITMEM_STATUS_UNKNOWN_POINTER);
+	EXPECT_ERROR(jitmem_codegen_flush_instruction_cache(NULL, 4), JITMEM_STATUS_INVALID_ARGUMENT);
 	OK(jitmem_codegen_free(p, 4096));
+	EXPECT_ERROR(jitmem_codegen_flush_instruction_cache(p, 4), JITMEM_STATUS_UNKNOWN_POINTER);
 	EXPECT_ERROR(jitmem_codegen_free(p, 4096), JITMEM_STATUS_UNKNOWN_POINTER);
 
 	/* Legacy: unbalanced toggles are errors; balanced ones nest. */

@@ -8,6 +8,12 @@
 //! - **Seed 000's `CodeGen` API** (`jitmem_codegen_*`), wrapped with the seed's names and types
 //!   by the C++ header `include/MemoryUtil.h`.
 //!
+//! Written code becomes runnable (instruction cache made coherent, through
+//! `jitmem::icache::publish`) only at these calls: `jitmem_write_end` (the plain API: all
+//! writes happen inside a scope, so no separate flush is needed), and in the CodeGen API
+//! `jitmem_codegen_write_disable`, `jitmem_codegen_free_writable_region` and
+//! `jitmem_codegen_flush_instruction_cache`. Frees and shrinks publish the traps they write.
+//!
 //! Every function returns a `jitmem_status` (or a sentinel) and leaves a message for
 //! `jitmem_last_error()`. Nothing a C caller does aborts the process or unwinds into C: each
 //! call runs inside a panic guard.
@@ -275,9 +281,10 @@ pub unsafe extern "C" fn jitmem_write_begin(
     })
 }
 
-/// Ends the innermost write scope of the block containing `code` and publishes it (instruction
-/// cache; with `live` non-zero also every thread's pipeline: use it when patching code other
-/// threads may run).
+/// Ends the innermost write scope of the block containing `code` and publishes its range
+/// (instruction cache; with `live` non-zero also every thread's pipeline: use it when patching
+/// code other threads may run). This is what makes written code runnable: the plain API has no
+/// other flush, since writes through a scope's address must end before its end.
 ///
 /// # Safety
 /// `memory` is a live handle.
