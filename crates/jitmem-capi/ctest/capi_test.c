@@ -179,7 +179,13 @@ static void codegen_bad_input(void) {
 	CHECK(diff != JITMEM_DIFF_ERROR && diff != 0);
 	EXPECT_ERROR(jitmem_codegen_free_writable_region(p, 4096, diff + 1), JITMEM_STATUS_INVALID_ARGUMENT);
 	OK(jitmem_codegen_free_writable_region(p, 4096, diff));
+	/* The flush checks its range like every other call. */
+	OK(jitmem_codegen_flush_instruction_cache(p, 4096));
+	EXPECT_ERROR(jitmem_codegen_flush_instruction_cache(p, 4097), JITMEM_STATUS_SIZE_MISMATCH);
+	EXPECT_ERROR(jitmem_codegen_flush_instruction_cache(&x, 4), JITMEM_STATUS_UNKNOWN_POINTER);
+	EXPECT_ERROR(jitmem_codegen_flush_instruction_cache(NULL, 4), JITMEM_STATUS_INVALID_ARGUMENT);
 	OK(jitmem_codegen_free(p, 4096));
+	EXPECT_ERROR(jitmem_codegen_flush_instruction_cache(p, 4), JITMEM_STATUS_UNKNOWN_POINTER);
 	EXPECT_ERROR(jitmem_codegen_free(p, 4096), JITMEM_STATUS_UNKNOWN_POINTER);
 
 	/* Legacy: unbalanced toggles are errors; balanced ones nest. */
@@ -230,10 +236,68 @@ static void threads(void) {
 	OK(jitmem_memory_free(shared_memory));
 }
 
+/* jitmem_alloc with align 0 uses the memory's default_align, as jitmem.h promises (it used
+ * 16: 60 of 64 blocks were not 256-aligned). */
+static void default_align_is_used(void) {
+	for (uint32_t l = JITMEM_LAYOUT_POOLED; l <= JITMEM_LAYOUT_ARENA; l++) {
+		jitmem_config config = {JITMEM_STRATEGY_AUTO, l, 16u << 20, 256, 0};
+		jitmem_memory *m = NULL;
+		OK(jitmem_memory_new(&config, &m));
+		void *code[64];
+		int misaligned = 0;
+		for (size_t i = 0; i < 64; i++) {
+			OK(jitmem_alloc(m, 16 + 8 * (i % 5), 0, &code[i]));
+			if ((uintptr_t)code[i] % 256 != 0) misaligned++;
+		}
+		if (misaligned != 0)
+			fprintf(stderr, "layout %u: %d of 64 blocks not 256-aligned\n", l, misaligned);
+		CHECK(misaligned == 0);
+		/* An explicit alignment still wins. */
+		void *small = NULL;
+		OK(jitmem_alloc(m, 16, 16, &small));
+		OK(jitmem_free(m, small));
+		for (size_t i = 0; i < 64; i++) OK(jitmem_free(m, code[i]));
+		OK(jitmem_memory_free(m));
+	}
+}
+
+/* jitmem_memory_free with a write scope open is refused, as jitmem_free is (it dropped the
+ * block, and under PerThread this thread kept write rights forever); the memory stays usable
+ * and is freed once the scope ends. */
+static void memory_free_with_open_scope(void) {
+	for (uint32_t s = JITMEM_STRATEGY_TOGGLE; s <= JITMEM_STRATEGY_PER_THREAD; s++) {
+		jitmem_config config = {s, JITMEM_LAYOUT_POOLED, 0, 0, 0};
+		jitmem_memory *m = NULL;
+		jitmem_status st = jitmem_memory_new(&config, &m);
+		if (st == JITMEM_STATUS_UNSUPPORTED) {
+			printf("strategy %u unsupported here: %s\n", s, jitmem_last_error());
+			continue;
+		}
+		OK(st);
+		void *code = new_function(m, 11);
+		void *rw = NULL;
+		OK(jitmem_write_begin(m, code, 16, &rw));
+		EXPECT_ERROR(jitmem_memory_free(m), JITMEM_STATUS_UNBALANCED);
+		CHECK(strstr(jitmem_last_error(), "scope") != NULL);
+		/* Still usable: the open scope, the block, and new blocks. */
+		make_function((uint8_t *)rw, 12);
+		OK(jitmem_write_end(m, code, 0));
+		CHECK(call(code) == 12);
+		void *other = new_function(m, 13);
+		CHECK(call(other) == 13);
+		jitmem_stats stats;
+		OK(jitmem_memory_stats(m, &stats));
+		CHECK(stats.live_blocks == 2);
+		OK(jitmem_memory_free(m));
+	}
+}
+
 int main(void) {
 	for (uint32_t s = JITMEM_STRATEGY_AUTO; s <= JITMEM_STRATEGY_PER_THREAD; s++)
 		for (uint32_t l = JITMEM_LAYOUT_POOLED; l <= JITMEM_LAYOUT_ARENA; l++) life_of_a_function(s, l);
 	bad_input();
+	default_align_is_used();
+	memory_free_with_open_scope();
 	codegen_bad_input();
 	threads();
 	size_t len = 0;

@@ -68,6 +68,10 @@ static void CompileBlock()
 	CHECK(diff != CodeGen::WritableDiffError && diff != 0);
 	void* rw_ptr = static_cast<uint8_t*>(rx_ptr) + diff;
 	GenerateCode(rw_ptr, codeSize);
+	// The seed ran the code here, before FreeWritableRegion, with no cache maintenance: stale
+	// on AArch64 and iOS. Publish first.
+	CHECK(CodeGen::FlushInstructionCache(rx_ptr, sizeof(kReturn42)));
+	CHECK(!CodeGen::FlushInstructionCache(rx_ptr, codeSize + 1));
 	typedef int (*Func)();
 	Func f = reinterpret_cast<Func>(rx_ptr);
 	CHECK(f() == 42);

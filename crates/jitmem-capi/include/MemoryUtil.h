@@ -15,7 +15,12 @@
  *    default, is set up on first use);
  *  - SetJitType is refused while allocations of another mode are live;
  *  - foreign pointers, double frees, wrong sizes and unbalanced write toggles are errors, never
- *    crashes. */
+ *    crashes;
+ *  - written code is made coherent for instruction fetch (needed on AArch64 and iOS) in every
+ *    mode by JITPageWriteDisableExecuteEnable (the mirror modes: the whole allocation),
+ *    FreeWritableRegion (its range) and FlushInstructionCache (new: the seed had no flush).
+ *    Code written through ptr + diff and run before FreeWritableRegion (the seed's
+ *    CompileBlock) needs FlushInstructionCache or a JITPageWriteDisableExecuteEnable first. */
 #ifndef JITMEM_MEMORYUTIL_H
 #define JITMEM_MEMORYUTIL_H
 
@@ -75,19 +80,30 @@ inline ptrdiff_t AllocateWritableRegionAndGetDiff(void* rx_ptr, size_t size)
 	return jitmem_codegen_writable_diff(rx_ptr, size);
 }
 
-/// Ends the use of a writable region (checks diff; the view lives with the allocation).
+/// Ends the use of a writable region: checks diff and makes the code written in
+/// [rx_ptr, rx_ptr + size) runnable (instruction cache); the view lives with the allocation.
 inline bool FreeWritableRegion(void* rx_ptr, size_t size, ptrdiff_t diff)
 {
 	return jitmem_codegen_free_writable_region(rx_ptr, size, diff) == JITMEM_STATUS_OK;
 }
 
-/// Legacy: makes the allocation containing ptr writable, not executable (nests).
+/// Makes the code written in [ptr, ptr + size) (inside one allocation) runnable: instruction
+/// cache maintenance, in every mode. Call it after writing through ptr + diff and before running
+/// the code, unless JITPageWriteDisableExecuteEnable or FreeWritableRegion comes in between.
+inline bool FlushInstructionCache(void* ptr, size_t size)
+{
+	return jitmem_codegen_flush_instruction_cache(ptr, size) == JITMEM_STATUS_OK;
+}
+
+/// Legacy: makes the allocation containing ptr writable, not executable (nests). Mirror
+/// modes: checks ptr (the writable view is always writable).
 inline bool JITPageWriteEnableExecuteDisable(void* ptr)
 {
 	return jitmem_codegen_write_enable(ptr) == JITMEM_STATUS_OK;
 }
 
-/// Legacy: makes it executable again once the outermost enable is matched.
+/// Makes the allocation containing ptr runnable. Legacy: executable again once the outermost
+/// enable is matched. Mirror modes: its code is made coherent for instruction fetch.
 inline bool JITPageWriteDisableExecuteEnable(void* ptr)
 {
 	return jitmem_codegen_write_disable(ptr) == JITMEM_STATUS_OK;

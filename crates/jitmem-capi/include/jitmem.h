@@ -129,10 +129,13 @@ enum jitmem_status jitmem_memory_new(const struct jitmem_config *config,
                                      struct jitmem_memory **out_memory);
 
 // Frees a memory and every block still allocated in it (their code must no longer run).
-// NULL is accepted and does nothing.
+// NULL is accepted and does nothing. Refused with `JITMEM_STATUS_UNBALANCED`, freeing
+// nothing, while a write scope is open on any of its blocks (as `jitmem_free` is for one
+// block): end the scopes with `jitmem_write_end`, then free; the memory stays usable.
 //
 // # Safety
-// `memory` is NULL or a handle from `jitmem_memory_new` not yet freed.
+// `memory` is NULL or a handle from `jitmem_memory_new` not yet freed, which no other thread
+// uses during or after the call.
 enum jitmem_status jitmem_memory_free(struct jitmem_memory *memory);
 
 // Allocates `len` bytes aligned to `align` (0: the memory's default) and stores the block's
@@ -164,9 +167,10 @@ enum jitmem_status jitmem_write_begin(struct jitmem_memory *memory,
                                       size_t len,
                                       void **out_writable);
 
-// Ends the innermost write scope of the block containing `code` and publishes it (instruction
-// cache; with `live` non-zero also every thread's pipeline: use it when patching code other
-// threads may run).
+// Ends the innermost write scope of the block containing `code` and publishes its range
+// (instruction cache; with `live` non-zero also every thread's pipeline: use it when patching
+// code other threads may run). This is what makes written code runnable: the plain API has no
+// other flush, since writes through a scope's address must end before its end.
 //
 // # Safety
 // `memory` is a live handle.
@@ -222,18 +226,29 @@ enum jitmem_status jitmem_codegen_free(void *ptr, size_t size);
 ptrdiff_t jitmem_codegen_writable_diff(void *ptr, size_t size);
 
 // `CodeGen::FreeWritableRegion`: checks that `diff` is what `jitmem_codegen_writable_diff`
-// returned for this allocation. The writable view lives as long as the allocation, so there
-// is nothing else to free.
+// returned for this allocation, then publishes `[ptr, ptr + size)` (makes the code written
+// through `ptr + diff` coherent for instruction fetch), in every mode. The writable view lives
+// as long as the allocation, so there is nothing else to free.
 enum jitmem_status jitmem_codegen_free_writable_region(void *ptr, size_t size, ptrdiff_t diff);
+
+// `CodeGen::FlushInstructionCache` (not in the seed, which had no flush): publishes
+// `[ptr, ptr + size)`, which must lie inside one live allocation, so that code written there
+// (through `ptr + diff`) runs as written, in every mode. Call it after writing and before
+// running when neither `jitmem_codegen_write_disable` nor
+// `jitmem_codegen_free_writable_region` comes in between (the seed's `CompileBlock` runs the
+// code before `FreeWritableRegion`).
+enum jitmem_status jitmem_codegen_flush_instruction_cache(void *ptr, size_t size);
 
 // `CodeGen::JITPageWriteEnableExecuteDisable`: in Legacy mode, makes the allocation containing
 // `ptr` writable (and not executable) for this thread's scope; nests. In the mirror modes it
-// only checks `ptr` (code is written through the writable view).
+// only checks `ptr` (code is written through the writable view, always writable).
 enum jitmem_status jitmem_codegen_write_enable(void *ptr);
 
-// `CodeGen::JITPageWriteDisableExecuteEnable`: ends the innermost
-// `jitmem_codegen_write_enable` of the allocation containing `ptr` (Legacy: executable again,
-// instruction cache made coherent). Without a matching enable: `JITMEM_STATUS_UNBALANCED`.
+// `CodeGen::JITPageWriteDisableExecuteEnable`: makes the code of the allocation containing
+// `ptr` runnable. Legacy: ends the innermost `jitmem_codegen_write_enable` of that allocation
+// (executable again, published); without a matching enable: `JITMEM_STATUS_UNBALANCED`. Mirror
+// modes: publishes the whole allocation (code written through the writable view becomes
+// coherent for instruction fetch).
 enum jitmem_status jitmem_codegen_write_disable(void *ptr);
 
 // The message of the last failed jitmem call on this thread ("" after a success). The pointer

@@ -13,7 +13,13 @@
 //!   and a message, since 0 is a valid answer (Legacy);
 //! - changing the JIT type while allocations are live is refused;
 //! - foreign pointers, double frees, size mismatches and unbalanced write toggles are errors,
-//!   never undefined behaviour.
+//!   never undefined behaviour;
+//! - code becomes runnable only through `jitmem::icache::publish` (instruction-cache
+//!   maintenance, needed on AArch64 and iOS), in every mode: `jitmem_codegen_write_disable`
+//!   (Legacy: the write scope's end; mirror modes, where the seed only checked the pointer: the
+//!   whole allocation), `jitmem_codegen_free_writable_region` (the range), and
+//!   `jitmem_codegen_flush_instruction_cache` (`CodeGen::FlushInstructionCache`, for code run
+//!   before either, as in the seed's `CompileBlock`).
 
 use std::ffi::c_void;
 use std::sync::{Mutex, MutexGuard};
@@ -151,7 +157,7 @@ pub extern "C" fn jitmem_codegen_allocate(size: usize) -> *mut c_void {
     guard(|| {
         let mut g = global()?;
         let page = jitmem::page_size();
-        result = g.registry()?.allocate(size, page)? as *mut c_void;
+        result = g.registry()?.allocate(size, Some(page))? as *mut c_void;
         Ok(())
     });
     result
@@ -180,8 +186,9 @@ pub extern "C" fn jitmem_codegen_writable_diff(ptr: *mut c_void, size: usize) ->
 }
 
 /// `CodeGen::FreeWritableRegion`: checks that `diff` is what `jitmem_codegen_writable_diff`
-/// returned for this allocation. The writable view lives as long as the allocation, so there
-/// is nothing else to free.
+/// returned for this allocation, then publishes `[ptr, ptr + size)` (makes the code written
+/// through `ptr + diff` coherent for instruction fetch), in every mode. The writable view lives
+/// as long as the allocation, so there is nothing else to free.
 #[unsafe(no_mangle)]
 pub extern "C" fn jitmem_codegen_free_writable_region(
     ptr: *mut c_void,
@@ -190,49 +197,64 @@ pub extern "C" fn jitmem_codegen_free_writable_region(
 ) -> JitmemStatus {
     guard(|| {
         let g = global()?;
-        let actual = g.existing(ptr)?.writable_offset(ptr as usize, size)?;
+        let registry = g.existing(ptr)?;
+        let actual = registry.writable_offset(ptr as usize, size)?;
         if actual != diff {
             return Err(CError::new(
                 JitmemStatus::InvalidArgument,
                 format!("diff {diff} is not this allocation's writable offset ({actual})"),
             ));
         }
-        Ok(())
+        registry.publish(ptr as usize, Some(size))
     })
 }
 
-/// Legacy: runs `toggle` on the registry; mirror modes only check that `ptr` is inside a live
-/// allocation (their code is written through the writable view, never in place).
-fn legacy_toggle(
+/// `CodeGen::FlushInstructionCache` (not in the seed, which had no flush): publishes
+/// `[ptr, ptr + size)`, which must lie inside one live allocation, so that code written there
+/// (through `ptr + diff`) runs as written, in every mode. Call it after writing and before
+/// running when neither `jitmem_codegen_write_disable` nor
+/// `jitmem_codegen_free_writable_region` comes in between (the seed's `CompileBlock` runs the
+/// code before `FreeWritableRegion`).
+#[unsafe(no_mangle)]
+pub extern "C" fn jitmem_codegen_flush_instruction_cache(
     ptr: *mut c_void,
-    toggle: impl FnOnce(&Registry, usize) -> Result<(), CError>,
+    size: usize,
 ) -> JitmemStatus {
+    guard(|| global()?.existing(ptr)?.publish(ptr as usize, Some(size)))
+}
+
+/// `CodeGen::JITPageWriteEnableExecuteDisable`: in Legacy mode, makes the allocation containing
+/// `ptr` writable (and not executable) for this thread's scope; nests. In the mirror modes it
+/// only checks `ptr` (code is written through the writable view, always writable).
+#[unsafe(no_mangle)]
+pub extern "C" fn jitmem_codegen_write_enable(ptr: *mut c_void) -> JitmemStatus {
     guard(|| {
         let g = global()?;
         let legacy = g.jit_type == JitmemJitType::Legacy;
         let registry = g.existing(ptr)?;
         if legacy {
-            toggle(registry, ptr as usize)
+            registry.begin_write_block(ptr as usize).map(|_| ())
         } else {
             registry.writable_offset(ptr as usize, 1).map(|_| ())
         }
     })
 }
 
-/// `CodeGen::JITPageWriteEnableExecuteDisable`: in Legacy mode, makes the allocation containing
-/// `ptr` writable (and not executable) for this thread's scope; nests. In the mirror modes it
-/// only checks `ptr` (code is written through the writable view).
-#[unsafe(no_mangle)]
-pub extern "C" fn jitmem_codegen_write_enable(ptr: *mut c_void) -> JitmemStatus {
-    legacy_toggle(ptr, |registry, at| {
-        registry.begin_write_block(at).map(|_| ())
-    })
-}
-
-/// `CodeGen::JITPageWriteDisableExecuteEnable`: ends the innermost
-/// `jitmem_codegen_write_enable` of the allocation containing `ptr` (Legacy: executable again,
-/// instruction cache made coherent). Without a matching enable: `JITMEM_STATUS_UNBALANCED`.
+/// `CodeGen::JITPageWriteDisableExecuteEnable`: makes the code of the allocation containing
+/// `ptr` runnable. Legacy: ends the innermost `jitmem_codegen_write_enable` of that allocation
+/// (executable again, published); without a matching enable: `JITMEM_STATUS_UNBALANCED`. Mirror
+/// modes: publishes the whole allocation (code written through the writable view becomes
+/// coherent for instruction fetch).
 #[unsafe(no_mangle)]
 pub extern "C" fn jitmem_codegen_write_disable(ptr: *mut c_void) -> JitmemStatus {
-    legacy_toggle(ptr, |registry, at| registry.end_write(at, false))
+    guard(|| {
+        let g = global()?;
+        let legacy = g.jit_type == JitmemJitType::Legacy;
+        let registry = g.existing(ptr)?;
+        if legacy {
+            registry.end_write(ptr as usize, false)
+        } else {
+            registry.publish(ptr as usize, None)
+        }
+    })
 }

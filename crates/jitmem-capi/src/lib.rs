@@ -8,6 +8,12 @@
 //! - **Seed 000's `CodeGen` API** (`jitmem_codegen_*`), wrapped with the seed's names and types
 //!   by the C++ header `include/MemoryUtil.h`.
 //!
+//! Written code becomes runnable (instruction cache made coherent, through
+//! `jitmem::icache::publish`) only at these calls: `jitmem_write_end` (the plain API: all
+//! writes happen inside a scope, so no separate flush is needed), and in the CodeGen API
+//! `jitmem_codegen_write_disable`, `jitmem_codegen_free_writable_region` and
+//! `jitmem_codegen_flush_instruction_cache`. Frees and shrinks publish the traps they write.
+//!
 //! Every function returns a `jitmem_status` (or a sentinel) and leaves a message for
 //! `jitmem_last_error()`. Nothing a C caller does aborts the process or unwinds into C: each
 //! call runs inside a panic guard.
@@ -200,17 +206,23 @@ pub unsafe extern "C" fn jitmem_memory_new(
 }
 
 /// Frees a memory and every block still allocated in it (their code must no longer run).
-/// NULL is accepted and does nothing.
+/// NULL is accepted and does nothing. Refused with `JITMEM_STATUS_UNBALANCED`, freeing
+/// nothing, while a write scope is open on any of its blocks (as `jitmem_free` is for one
+/// block): end the scopes with `jitmem_write_end`, then free; the memory stays usable.
 ///
 /// # Safety
-/// `memory` is NULL or a handle from `jitmem_memory_new` not yet freed.
+/// `memory` is NULL or a handle from `jitmem_memory_new` not yet freed, which no other thread
+/// uses during or after the call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn jitmem_memory_free(memory: *mut JitmemMemory) -> JitmemStatus {
     guard(|| {
-        if !memory.is_null() {
-            // SAFETY: per the contract, a live handle from Box::into_raw, freed once.
-            drop(unsafe { Box::from_raw(memory) });
+        if memory.is_null() {
+            return Ok(());
         }
+        handle(memory)?.registry.check_no_open_scope()?;
+        // SAFETY: per the contract, a live handle from Box::into_raw, freed once, and no other
+        // thread can open a scope between the check and the drop.
+        drop(unsafe { Box::from_raw(memory) });
         Ok(())
     })
 }
@@ -230,7 +242,8 @@ pub unsafe extern "C" fn jitmem_alloc(
     guard(|| {
         let m = handle(memory)?;
         let slot = out(out_code)?;
-        let align = if align == 0 { 16 } else { align };
+        // 0: the memory's default_align (jitmem_config.default_align), not a fixed 16.
+        let align = if align == 0 { None } else { Some(align) };
         *slot = m.registry.allocate(len, align)? as *mut c_void;
         Ok(())
     })
@@ -268,9 +281,10 @@ pub unsafe extern "C" fn jitmem_write_begin(
     })
 }
 
-/// Ends the innermost write scope of the block containing `code` and publishes it (instruction
-/// cache; with `live` non-zero also every thread's pipeline: use it when patching code other
-/// threads may run).
+/// Ends the innermost write scope of the block containing `code` and publishes its range
+/// (instruction cache; with `live` non-zero also every thread's pipeline: use it when patching
+/// code other threads may run). This is what makes written code runnable: the plain API has no
+/// other flush, since writes through a scope's address must end before its end.
 ///
 /// # Safety
 /// `memory` is a live handle.

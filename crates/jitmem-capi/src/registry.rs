@@ -38,6 +38,23 @@ fn unknown(ptr: usize) -> CError {
     )
 }
 
+/// Checks that `[ptr, ptr + size)`, `ptr` being `offset` bytes into `entry`, ends inside it.
+fn check_inside(entry: &Entry, ptr: usize, offset: usize, size: usize) -> Result<(), CError> {
+    if offset
+        .checked_add(size)
+        .is_none_or(|end| end > entry.block.len())
+    {
+        return Err(CError::new(
+            JitmemStatus::SizeMismatch,
+            format!(
+                "{size} bytes from {ptr:#x} go past the end of its allocation ({} bytes)",
+                entry.block.len() - offset
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Registry {
     pub(crate) fn new(memory: JitMemory) -> Self {
         Registry {
@@ -57,8 +74,32 @@ impl Registry {
         self.blocks.lock().map(|b| b.len()).unwrap_or(0)
     }
 
-    pub(crate) fn allocate(&self, len: usize, align: usize) -> Result<usize, CError> {
-        let block = self.memory.allocate_aligned(len, align)?;
+    /// Refuses (`Unbalanced`) while any block has a write scope open: dropping such a block
+    /// would leave its rights granted (under PerThread, to that thread, forever).
+    pub(crate) fn check_no_open_scope(&self) -> Result<(), CError> {
+        let blocks = self.lock()?;
+        let open: usize = blocks.values().map(|e| e.scopes.len()).sum();
+        if open > 0 {
+            let first = blocks
+                .iter()
+                .find(|(_, e)| !e.scopes.is_empty())
+                .map_or(0, |(start, _)| *start);
+            return Err(CError::new(
+                JitmemStatus::Unbalanced,
+                format!(
+                    "{open} write scope(s) are still open (the first on the block at {first:#x}); end them first; nothing was freed"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Allocates `len` bytes aligned to `align` (None: the memory's default alignment).
+    pub(crate) fn allocate(&self, len: usize, align: Option<usize>) -> Result<usize, CError> {
+        let block = match align {
+            Some(align) => self.memory.allocate_aligned(len, align)?,
+            None => self.memory.allocate(len)?,
+        };
         let start = block.as_ptr() as usize;
         self.lock()?.insert(
             start,
@@ -177,19 +218,28 @@ impl Registry {
     /// `[ptr, ptr + size)` lies inside it.
     pub(crate) fn writable_offset(&self, ptr: usize, size: usize) -> Result<isize, CError> {
         self.with_block(ptr, |entry, offset| {
-            if offset
-                .checked_add(size)
-                .is_none_or(|end| end > entry.block.len())
-            {
-                return Err(CError::new(
-                    JitmemStatus::SizeMismatch,
-                    format!(
-                        "{size} bytes from {ptr:#x} go past the end of its allocation ({} bytes)",
-                        entry.block.len() - offset
-                    ),
-                ));
-            }
+            check_inside(entry, ptr, offset, size)?;
             Ok(entry.block.writable_offset())
+        })
+    }
+
+    /// Makes code written through the writable view runnable: publishes (`jitmem::icache::
+    /// publish`) `[ptr, ptr + size)`, which must lie inside one block, or with `size` None the
+    /// whole block containing `ptr`.
+    pub(crate) fn publish(&self, ptr: usize, size: Option<usize>) -> Result<(), CError> {
+        self.with_block(ptr, |entry, offset| {
+            let (start, len) = match size {
+                Some(size) => {
+                    check_inside(entry, ptr, offset, size)?;
+                    (offset, size)
+                }
+                None => (0, entry.block.len()),
+            };
+            // SAFETY: [start, start + len) lies inside a live block (checked; the registry lock
+            // held by with_block keeps it from being freed), whose executable view is mapped
+            // and readable.
+            unsafe { jitmem::icache::publish(entry.block.as_ptr().wrapping_add(start), len) };
+            Ok(())
         })
     }
 
