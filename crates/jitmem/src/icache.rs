@@ -101,6 +101,22 @@ pub fn pipeline_flush_mt() -> Result<()> {
     Ok(())
 }
 
+/// Decodes AArch64's `CTR_EL0`: (smallest data cache line, smallest instruction cache line,
+/// IDC: no data clean needed for coherence, DIC: no instruction invalidation needed). Lines are
+/// `4 << DminLine` (bits 19:16) and `4 << IminLine` (bits 3:0) bytes (Arm ARM, D23.2 CTR_EL0).
+#[cfg_attr(
+    not(target_arch = "aarch64"),
+    allow(
+        dead_code,
+        reason = "used by AArch64's cache maintenance; tested everywhere"
+    )
+)]
+pub(crate) fn decode_ctr(ctr: u64) -> (usize, usize, bool, bool) {
+    let dline = 4usize << ((ctr >> 16) & 0xF);
+    let iline = 4usize << (ctr & 0xF);
+    (dline, iline, ctr & (1 << 28) != 0, ctr & (1 << 29) != 0)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod arch {
     use std::sync::atomic::{Ordering, compiler_fence};
@@ -124,10 +140,7 @@ mod arch {
 
     /// (data line size, instruction line size, IDC, DIC) from `CTR_EL0`.
     pub(crate) fn line_sizes() -> (usize, usize, bool, bool) {
-        let ctr = cache_type();
-        let dline = 4usize << ((ctr >> 16) & 0xF);
-        let iline = 4usize << (ctr & 0xF);
-        (dline, iline, ctr & (1 << 28) != 0, ctr & (1 << 29) != 0)
+        super::decode_ctr(cache_type())
     }
 
     pub(super) unsafe fn clear_cache(ptr: *const u8, len: usize) {
@@ -166,16 +179,35 @@ mod arch {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn pipeline_flush_works_on_this_kernel() {
-        // Linux >= 4.16 supports SYNC_CORE on x86-64 and AArch64; CI runs on such kernels.
+    fn pipeline_flush_is_counted() {
+        // Needs Linux >= 4.16 (membarrier SYNC_CORE), which every supported kernel has.
+        let before = super::pipeline_flush_count();
         super::pipeline_flush_mt().unwrap();
+        assert_eq!(super::pipeline_flush_count(), before + 1);
     }
 
-    #[cfg(target_arch = "aarch64")]
     #[test]
-    fn line_sizes_are_sane() {
-        let (d, i, _, _) = super::arch::line_sizes();
-        assert!(d.is_power_of_two() && (16..=2048).contains(&d));
-        assert!(i.is_power_of_two() && (16..=2048).contains(&i));
+    fn publish_is_counted_per_thread() {
+        let code = [0xC3u8; 16];
+        let before = super::publish_count();
+        // SAFETY: a readable local array.
+        unsafe { super::publish(code.as_ptr(), code.len()) };
+        assert_eq!(super::publish_count(), before + 1);
+        let other = std::thread::spawn(super::publish_count).join().unwrap();
+        assert_eq!(other, 0, "a new thread starts at zero");
+    }
+
+    /// Known `CTR_EL0` values decode to their line sizes and flags on every host (the AArch64
+    /// maintenance loops use this decoding).
+    #[test]
+    fn ctr_el0_decodes() {
+        // Cortex-A72: 64-byte lines, neither IDC nor DIC.
+        assert_eq!(super::decode_ctr(0x8444_C004), (64, 64, false, false));
+        // 32-byte lines.
+        assert_eq!(super::decode_ctr(0x8433_C003), (32, 32, false, false));
+        // Neoverse N1 style: IDC and DIC set (no maintenance loop needed).
+        assert_eq!(super::decode_ctr(0xB444_C004), (64, 64, true, true));
+        // Different data and instruction lines.
+        assert_eq!(super::decode_ctr(0x8445_C003), (128, 32, false, false));
     }
 }

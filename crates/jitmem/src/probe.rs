@@ -214,13 +214,39 @@ mod tests {
         assert!(choose(&only_rwx, None).is_err());
     }
 
+    /// The probe's verdict for each strategy is what `JitMemory::new` does with it: a strategy
+    /// the probe allows can be made, one it refuses is refused with `Unsupported` (a property
+    /// of the code, whatever this machine allows).
     #[test]
-    fn probe_agrees_with_reality_for_mirror_and_toggle() {
+    fn probe_agrees_with_jitmem_memory_new_for_every_strategy() {
+        use crate::{Config, Error, JitMemory, Layout};
         let p = Probe::run();
         assert!(p.page_size.is_power_of_two());
-        // This crate's CI machines allow both; if that ever changes the probe must say why.
-        assert!(p.allows(Strategy::Toggle), "{p}");
-        assert!(p.allows(Strategy::Mirror), "{p}");
         assert!(p.to_string().contains("auto"));
+        for strategy in Strategy::CONCRETE {
+            let config = Config::new()
+                .strategy(strategy)
+                .layout(Layout::Pooled)
+                .ignore_environment();
+            // SAFETY: the test only makes the memory, it writes no code.
+            let config = unsafe { config.allow_rwx_without_wx() };
+            match JitMemory::new(config) {
+                Ok(_) => assert!(
+                    p.allows(strategy),
+                    "{strategy} works but the probe says no:\n{p}"
+                ),
+                Err(Error::Unsupported { .. }) => {
+                    assert!(
+                        !p.allows(strategy),
+                        "{strategy} refused but the probe says yes:\n{p}"
+                    )
+                }
+                Err(e) => panic!("{strategy}: {e}"),
+            }
+        }
+        match &p.auto {
+            Ok(choice) => assert!(p.allows(choice.strategy) && choice.strategy != Strategy::Rwx),
+            Err(_) => assert!(!p.allows(Strategy::Mirror) && !p.allows(Strategy::Toggle)),
+        }
     }
 }

@@ -351,3 +351,55 @@ fn exec_buffer_is_seed_001s_object() {
     let moved = buf;
     assert_eq!(moved.len(), jitmem::page_size());
 }
+
+/// `publish` goes through the one publish path; `publish_live` also flushes every thread's
+/// pipeline (membarrier); the raw C-ABI pair does the same; a trap fill on free publishes.
+#[test]
+fn publish_and_publish_live_do_what_they_say() {
+    use jitmem::icache::{pipeline_flush_count, publish_count};
+    for memory in all_memories() {
+        let mut block = function(&memory, 1);
+        let at = jitmem::isa::RETURN_CONSTANT_PATCH_OFFSET;
+        let (p0, f0) = (publish_count(), pipeline_flush_count());
+        patch(&mut block, 2, false);
+        assert_eq!(
+            publish_count(),
+            p0 + 1,
+            "{memory:?}: publish publishes once"
+        );
+        assert_eq!(
+            pipeline_flush_count(),
+            f0,
+            "{memory:?}: publish does not flush pipelines"
+        );
+        patch(&mut block, 3, true);
+        assert_eq!(publish_count(), p0 + 2, "{memory:?}");
+        assert_eq!(
+            pipeline_flush_count(),
+            f0 + 1,
+            "{memory:?}: publish_live flushes"
+        );
+        // SAFETY: one begin, one end, same range, same thread.
+        unsafe {
+            block
+                .begin_write_raw(at..at + 4)
+                .unwrap()
+                .cast::<u32>()
+                .write_unaligned(4);
+            block.end_write_raw(at..at + 4, true).unwrap();
+        }
+        assert_eq!((publish_count(), pipeline_flush_count()), (p0 + 3, f0 + 2));
+        assert_eq!(call(&block), 4);
+        // Dropping a scope without publishing still publishes (an early return, a panic).
+        drop(block.write_range(at..at + 4).unwrap());
+        assert_eq!(publish_count(), p0 + 4, "{memory:?}");
+        drop(block);
+        if memory.layout() != Layout::PerAllocation {
+            assert_eq!(
+                publish_count(),
+                p0 + 5,
+                "{memory:?}: the trap fill is published"
+            );
+        }
+    }
+}

@@ -67,41 +67,34 @@ fn a_process_using_only_wx_strategies_has_no_wx_mapping() {
     assert!(out.status.success() && text.contains("checked"), "{text}");
 }
 
-/// In a child: writes through the executable address of published code.
+/// In a child per strategy x layout: writes through the executable address of published code.
 #[test]
 fn writing_through_the_executable_address_faults() {
-    const NAME: &str = "writing_through_the_executable_address_faults";
-    if let Ok(which) = std::env::var("JITMEM_TEST_STRATEGY") {
-        if is_child(NAME) {
-            let strategy = Strategy::from_name(&which).unwrap();
-            let memory = memory(strategy, Layout::Pooled).unwrap();
+    common::fault_per_pair(
+        "writing_through_the_executable_address_faults",
+        |strategy, _| (strategy != Strategy::Rwx).then_some(ACCESS_FAULT),
+        |memory| {
             let block = function(&memory, 1);
             // SAFETY: deliberately not: this write must fault.
             unsafe { (block.as_ptr() as *mut u8).write_volatile(0x90) };
-            println!("wrote without a fault");
-            return;
-        }
-    }
-    if is_child(NAME) {
-        return;
-    }
-    for strategy in [Strategy::Toggle, Strategy::Mirror, Strategy::PerThread] {
-        if strategy == Strategy::PerThread && memory(strategy, Layout::Pooled).is_none() {
-            continue;
-        }
-        let out = run_child(NAME, &[("JITMEM_TEST_STRATEGY", strategy.name())]);
-        let (signal, text) = child_signal(&out);
-        assert_eq!(signal, Some(ACCESS_FAULT), "{strategy}: {text}");
-    }
+        },
+    );
 }
 
+/// In a child per strategy x layout: a stale call into freed code traps (its range is filled
+/// with traps) or faults (PerAllocation unmaps it); it never runs old code.
 #[test]
 fn calling_freed_code_traps() {
-    const NAME: &str = "calling_freed_code_traps";
-    if let Ok(which) = std::env::var("JITMEM_TEST_STRATEGY") {
-        if is_child(NAME) {
-            let strategy = Strategy::from_name(&which).unwrap();
-            let memory = memory(strategy, Layout::Pooled).unwrap();
+    common::fault_per_pair(
+        "calling_freed_code_traps",
+        |_, layout| {
+            Some(if layout == Layout::PerAllocation {
+                ACCESS_FAULT
+            } else {
+                TRAP_FAULT
+            })
+        },
+        |memory| {
             let keep = function(&memory, 1);
             let block = function(&memory, 2);
             // SAFETY: deliberately stale: the block is freed before the call, which must trap.
@@ -109,22 +102,32 @@ fn calling_freed_code_traps() {
             drop(block);
             println!("returned {}", f());
             drop(keep);
-            return;
-        }
-    }
-    if is_child(NAME) {
-        return;
-    }
-    for strategy in [Strategy::Toggle, Strategy::Mirror, Strategy::PerThread] {
-        if strategy == Strategy::PerThread && memory(strategy, Layout::Pooled).is_none() {
-            continue;
-        }
-        let out = run_child(NAME, &[("JITMEM_TEST_STRATEGY", strategy.name())]);
-        let (signal, text) = child_signal(&out);
-        // int3 (x86-64) and brk #0 (AArch64) both raise SIGTRAP; int3 is STATUS_BREAKPOINT on
-        // Windows.
-        assert_eq!(signal, Some(TRAP_FAULT), "{strategy}: {text}");
-    }
+        },
+    );
+}
+
+/// In a child per strategy x layout: code in the tail that `shrink` gave back traps.
+#[test]
+fn calling_code_in_a_shrunk_tail_traps() {
+    common::fault_per_pair(
+        "calling_code_in_a_shrunk_tail_traps",
+        |_, _| Some(TRAP_FAULT),
+        |memory| {
+            // Two pages, so that even Toggle (whose blocks own whole pages) has a tail.
+            let page = memory.page_size();
+            let mut block = memory.allocate(2 * page).unwrap();
+            {
+                let mut scope = block.write().unwrap();
+                scope[page..page + 16].copy_from_slice(&jitmem::isa::return_constant(3));
+                scope.publish().unwrap();
+            }
+            // SAFETY: deliberately stale after the shrink below, which must trap.
+            let f: extern "C" fn() -> u32 = unsafe { block.entry(page).unwrap() };
+            assert_eq!(f(), 3);
+            block.shrink(16).unwrap();
+            println!("returned {}", f());
+        },
+    );
 }
 
 /// PerThread: a thread without write rights faults on a write, while a thread inside its write
@@ -139,14 +142,18 @@ fn perthread_rights_belong_to_the_thread() {
     if is_child(NAME) {
         let mut block = function(&memory, 1);
         let addr = block.as_ptr() as usize;
-        let scope = block.write().unwrap();
-        // Another thread, with no scope of its own, writes: must fault.
-        std::thread::spawn(move || {
+        // The writer starts before the scope opens: a thread created inside a PerThread scope
+        // inherits its creator's rights (Linux copies PKRU into new threads).
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            wait.recv().unwrap();
             // SAFETY: deliberately not: this write must fault.
             unsafe { (addr as *mut u8).write_volatile(0x90) };
-        })
-        .join()
-        .unwrap();
+        });
+        let scope = block.write().unwrap();
+        // Another thread, with no scope of its own, writes: must fault.
+        go.send(()).unwrap();
+        writer.join().unwrap();
         drop(scope);
         println!("wrote without a fault");
         return;

@@ -291,3 +291,39 @@ pub fn patch(block: &mut jitmem::CodeBlock, value: u32, live: bool) {
         scope.publish().unwrap();
     }
 }
+
+/// Runs `body` in a child process for every strategy x layout this machine supports except
+/// those `expected` maps to `None`, and asserts each child died of the fault `expected` names
+/// (the body must fault; if it returns, the child prints "no fault" and the test fails).
+pub fn fault_per_pair(
+    test: &str,
+    expected: impl Fn(Strategy, Layout) -> Option<i32>,
+    body: impl Fn(JitMemory),
+) {
+    if is_child(test) {
+        let pair = std::env::var("JITMEM_TEST_PAIR").unwrap();
+        let (s, l) = pair.split_once('/').unwrap();
+        let strategy = Strategy::from_name(s).unwrap();
+        let layout = LAYOUTS.into_iter().find(|l2| l2.name() == l).unwrap();
+        body(memory(strategy, layout).unwrap());
+        println!("no fault in {pair}");
+        return;
+    }
+    let mut ran = 0;
+    for strategy in Strategy::CONCRETE {
+        for layout in LAYOUTS {
+            let Some(want) = expected(strategy, layout) else {
+                continue;
+            };
+            if memory(strategy, layout).is_none() {
+                continue;
+            }
+            let pair = format!("{}/{}", strategy.name(), layout.name());
+            let out = run_child(test, &[("JITMEM_TEST_PAIR", &pair)]);
+            let (signal, text) = child_signal(&out);
+            assert_eq!(signal, Some(want), "{test} {pair}: {text}");
+            ran += 1;
+        }
+    }
+    assert!(ran >= 6, "{test}: only {ran} pairs ran");
+}
