@@ -1,4 +1,6 @@
 //! [`CodeBlock`]: an owned allocation of code memory, and [`WriteScope`]: the right to write it.
+//!
+//! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): code-entry points (`entry` turns an address into a function pointer), the raw write pair of the C ABI, and slices over the writable view of a block's range.
 
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut, Range};
@@ -8,19 +10,10 @@ use std::sync::Arc;
 use crate::config::Strategy;
 use crate::error::{Error, Result};
 use crate::fn_ptr::FnPtr;
+use crate::heap::{Allocation, Owner, Shard};
 use crate::icache;
 use crate::isa;
-use crate::memory::Shard;
-use crate::range_heap::RangeId;
-use crate::region::Region;
-
-/// Where a block's memory came from.
-pub(crate) enum Owner {
-    /// A range of a pooled chunk or of the arena.
-    Range(RangeId),
-    /// Its own mapping (PerAllocation); dropping it unmaps the block.
-    Region(Box<Region>),
-}
+use crate::strategy::StrategyRules;
 
 /// An owned block of code memory. Freed when dropped: its bytes are filled with trap
 /// instructions (`int3`, `brk #0`) so that a stale call traps, and its range goes back to the
@@ -32,8 +25,8 @@ pub struct CodeBlock {
     shard: Arc<Shard>,
     rx: NonNull<u8>,
     len: usize,
-    /// `rw - rx`.
-    diff: isize,
+    /// `writable address - executable address`.
+    writable_offset: isize,
     owner: Owner,
 }
 
@@ -43,19 +36,13 @@ unsafe impl Send for CodeBlock {}
 unsafe impl Sync for CodeBlock {}
 
 impl CodeBlock {
-    pub(crate) fn new(
-        shard: Arc<Shard>,
-        rx: NonNull<u8>,
-        len: usize,
-        diff: isize,
-        owner: Owner,
-    ) -> Self {
+    pub(crate) fn new(shard: Arc<Shard>, allocation: Allocation) -> Self {
         CodeBlock {
             shard,
-            rx,
-            len,
-            diff,
-            owner,
+            rx: allocation.rx,
+            len: allocation.len,
+            writable_offset: allocation.writable_offset,
+            owner: allocation.owner,
         }
     }
 
@@ -83,7 +70,7 @@ impl CodeBlock {
 
     /// The strategy of the memory this block came from.
     pub fn strategy(&self) -> Strategy {
-        self.shard.shared.strategy
+        self.shard.core.strategy()
     }
 
     /// Opens a write scope over the whole block. See [`write_range`](Self::write_range).
@@ -119,11 +106,11 @@ impl CodeBlock {
 
     /// Acquires write rights over `range` (checked by the caller).
     fn acquire(&self, range: &Range<usize>) -> Result<()> {
-        self.shard.shared.check_usable()?;
+        self.shard.core.check_usable()?;
         let start = self.rx.as_ptr() as usize + range.start;
         self.shard
-            .shared
-            .rights
+            .core
+            .rules
             .acquire(start, start + (range.end - range.start))
     }
 
@@ -132,7 +119,7 @@ impl CodeBlock {
     fn release(&self, range: &Range<usize>) -> Result<()> {
         let start = self.rx.as_ptr() as usize + range.start;
         let len = range.end - range.start;
-        let released = self.shard.shared.rights.release(start, start + len);
+        let released = self.shard.core.rules.release(start, start + len);
         // SAFETY: the range lies inside the block, which is mapped and readable.
         unsafe { icache::publish(start as *const u8, len) };
         released
@@ -141,7 +128,7 @@ impl CodeBlock {
     /// `writable address - executable address` for this block: 0 unless the strategy is
     /// Mirror. Writing through `as_ptr() + writable_offset()` needs write rights (a scope).
     pub fn writable_offset(&self) -> isize {
-        self.diff
+        self.writable_offset
     }
 
     /// For foreign-function layers (the C API) that cannot hold a [`WriteScope`] borrow: grants
@@ -204,7 +191,7 @@ impl CodeBlock {
     /// the final size. The tail is filled with traps and returned to the heap. In the
     /// PerAllocation layout the tail stays mapped (the mapping is page-granular) but is trapped.
     pub fn shrink(&mut self, new_len: usize) -> Result<()> {
-        let rounded = crate::memory::round_up(new_len, self.shard.shared.granule);
+        let rounded = crate::heap::round_up(new_len, self.shard.core.granule);
         let rounded = match rounded {
             Some(r) if new_len > 0 && r <= self.len => r,
             _ => {
@@ -217,7 +204,7 @@ impl CodeBlock {
         if rounded == self.len {
             return Ok(());
         }
-        self.shard.shared.check_usable()?;
+        self.shard.core.check_usable()?;
         self.fill_traps(rounded..self.len)?;
         match &self.owner {
             Owner::Range(id) => {
@@ -231,9 +218,9 @@ impl CodeBlock {
     /// Fills `range` with trap instructions, with write rights for the duration. Where writing
     /// needs no rights (Mirror, Rwx) this is a plain fill of the writable view.
     fn fill_traps(&mut self, range: Range<usize>) -> Result<()> {
-        if self.shard.shared.rights.always_writable() {
+        if self.shard.core.rules.always_writable() {
             self.check_range(&range)?;
-            self.shard.shared.check_usable()?;
+            self.shard.core.check_usable()?;
             let len = range.end - range.start;
             // SAFETY: [range] lies inside the block (checked above); its writable view is
             // always writable for these strategies; &mut self makes this the only reference.
@@ -251,7 +238,7 @@ impl CodeBlock {
     fn rw_ptr(&self, offset: usize) -> *mut u8 {
         self.rx
             .as_ptr()
-            .wrapping_offset(self.diff)
+            .wrapping_offset(self.writable_offset)
             .wrapping_add(offset)
     }
 }
@@ -261,7 +248,7 @@ impl std::fmt::Debug for CodeBlock {
         f.debug_struct("CodeBlock")
             .field("rx", &self.rx)
             .field("len", &self.len)
-            .field("strategy", &self.shard.shared.strategy)
+            .field("strategy", &self.strategy())
             .finish()
     }
 }
@@ -273,8 +260,7 @@ impl Drop for CodeBlock {
                 let id = *id;
                 // A fork child that may not use this memory (Mirror, Apple MAP_JIT) has no
                 // writable view or rights: it only does the bookkeeping.
-                if self.shard.shared.usable_in_this_process()
-                    && self.fill_traps(0..self.len).is_err()
+                if self.shard.core.usable_in_this_process() && self.fill_traps(0..self.len).is_err()
                 {
                     // Could not trap the range (rights could not be acquired): leak it rather
                     // than hand out memory whose state we do not know.
@@ -284,7 +270,7 @@ impl Drop for CodeBlock {
             }
             Owner::Region(region) => {
                 // The mapping goes away with the Owner; stale calls fault on unmapped memory.
-                self.shard.shared.per_allocation_freed(region.len());
+                self.shard.core.per_allocation_freed(region.len());
             }
         }
     }
@@ -368,7 +354,7 @@ impl DerefMut for WriteScope<'_> {
 impl Drop for WriteScope<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.finish() {
-            self.block.shard.shared.poison(crate::sys::error_chain(&e));
+            self.block.shard.core.poison(crate::sys::error_chain(&e));
         }
     }
 }

@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use crate::error::{Error, Result};
-
 /// How W^X (write xor execute) is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Strategy {
@@ -218,6 +216,10 @@ impl Config {
     /// This gives up W^X: any memory-safety bug that writes through a stray pointer into code
     /// pages becomes arbitrary code execution. Use it only where no other strategy works and
     /// the code's inputs are trusted.
+    #[expect(
+        unsafe_code,
+        reason = "the opt-in gives up W^X: being unsafe to call is its point"
+    )]
     pub unsafe fn allow_rwx_without_wx(mut self) -> Self {
         self.rwx_opt_in = true;
         self
@@ -237,35 +239,17 @@ impl Config {
     pub fn requested_strategy(&self) -> Strategy {
         self.strategy
     }
+}
 
-    /// Resolves the environment: `JITMEM_STRATEGY` when the strategy is `Auto`,
-    /// `JITMEM_LAYOUT` when no layout was set.
-    pub(crate) fn with_environment(&self) -> Result<Config> {
-        let mut config = self.clone();
-        if !self.use_environment {
-            return Ok(config);
-        }
-        if config.strategy == Strategy::Auto {
-            if let Ok(value) = std::env::var(STRATEGY_ENV) {
-                let parsed = Strategy::from_name(&value).filter(|s| *s != Strategy::Rwx);
-                config.strategy = parsed.ok_or(Error::BadEnvironment {
-                    var: STRATEGY_ENV,
-                    value,
-                    reason: "expected auto, toggle, mirror or perthread (rwx can only be enabled in code)",
-                })?;
-            }
-        }
-        if config.layout.is_none() {
-            if let Ok(value) = std::env::var(LAYOUT_ENV) {
-                config.layout = Some(Layout::from_name(&value).ok_or(Error::BadEnvironment {
-                    var: LAYOUT_ENV,
-                    value,
-                    reason: "expected per-allocation, pooled, arena or arena:SIZE (e.g. arena:64m)",
-                })?);
-            }
-        }
-        Ok(config)
-    }
+/// Why a [`JitMemory`](crate::JitMemory) uses the strategy and layout it uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// The strategy in use.
+    pub strategy: Strategy,
+    /// The layout in use.
+    pub layout: Layout,
+    /// Why, in words.
+    pub reason: String,
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! [`ExecBuffer`]: seed 001's one-shot object. One owned, page-rounded buffer: write it, make it
 //! executable, make it writable again. For JITs that emit one function at a time and do not need
 //! an allocator; everyone else wants [`JitMemory`](crate::JitMemory).
+//!
+//! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): seed 001's buffer maps, protects and unmaps its own pages and hands out entry points.
 
 use std::ptr::NonNull;
 
@@ -45,7 +47,7 @@ pub fn round_to_page(size: usize) -> Result<usize> {
     if size == 0 {
         return Err(Error::ZeroLength);
     }
-    crate::memory::round_up(size, page_size())
+    crate::heap::round_up(size, page_size())
         .filter(|n| *n <= isize::MAX as usize)
         .ok_or(Error::TooLarge { len: size })
 }

@@ -8,6 +8,8 @@
 //! let _ = unsafe { block.entry::<u64>(0) };
 //! # }
 //! ```
+//!
+//! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): turns a code address into a function pointer (the one transmute of the crate).
 
 mod sealed {
     pub trait Sealed {}

@@ -13,6 +13,8 @@
 //! heap, a page table or a registry; it snapshots each mirror and records the snapshot's length
 //! once. `parent` discards the snapshots and releases everything; `child`, the only thread,
 //! installs and publishes each snapshot and resets every lock.
+//!
+//! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): the atfork handlers run while every lock is held (or in the only thread of a child) and touch registries and mirror views directly.
 
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;

@@ -24,6 +24,8 @@
 //!   ish`, `ic ivau` (invalidate instruction cache), `dsb ish`, `isb`, with line sizes read from
 //!   `CTR_EL0`; when `CTR_EL0.IDC` or `.DIC` is set the corresponding loop is not needed (Arm
 //!   ARM, B2.4.4 "Concurrent modification and execution of instructions").
+//!
+//! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): cache maintenance on caller-given ranges and the AArch64 maintenance instructions.
 
 use std::cell::Cell;
 

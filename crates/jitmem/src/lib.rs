@@ -50,33 +50,78 @@
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+// unsafe is fenced: denied here, allowed back (with the reason) only in the platform layer, the
+// allocator core, the strategies, the fork and lock machinery, and the code-entry points.
+#![deny(unsafe_code)]
 
 #[cfg(target_vendor = "apple")]
+#[expect(
+    unsafe_code,
+    reason = "Apple's JIT write callback API (pthread_jit_write_with_callback_np) takes raw pointers"
+)]
 pub mod apple;
+#[expect(
+    unsafe_code,
+    reason = "code-entry points (`entry` turns an address into a function pointer), the raw write pair of the C ABI, and slices over the writable view of a block's range"
+)]
 mod block;
 mod config;
 mod error;
+#[expect(
+    unsafe_code,
+    reason = "seed 001's buffer maps, protects and unmaps its own pages and hands out entry points"
+)]
 mod exec_buffer;
+#[expect(
+    unsafe_code,
+    reason = "turns a code address into a function pointer (the one transmute of the crate)"
+)]
 mod fn_ptr;
+#[expect(
+    unsafe_code,
+    reason = "the atfork handlers run while every lock is held (or in the only thread of a child) and touch registries and mirror views directly"
+)]
 mod fork;
+#[expect(
+    unsafe_code,
+    reason = "tracks its locks' addresses with the fork registry (they must outlive their registration)"
+)]
+mod heap;
+#[expect(
+    unsafe_code,
+    reason = "cache maintenance on caller-given ranges and the AArch64 maintenance instructions"
+)]
 pub mod icache;
 pub mod introspect;
 pub mod isa;
 mod memory;
 pub mod probe;
 pub mod range_heap;
-mod region;
-mod rights;
+#[expect(unsafe_code, reason = "calls the code it wrote (a code-entry point)")]
 pub mod selftest;
+#[expect(
+    unsafe_code,
+    reason = "changes page protections and owns the mappings (Region) every strategy maps"
+)]
+mod strategy;
+#[expect(
+    unsafe_code,
+    reason = "the fork-aware lock hands out references to the data it guards"
+)]
 mod sync;
+#[expect(
+    unsafe_code,
+    reason = "the platform layer: system calls on memory the crate owns"
+)]
 mod sys;
 
 pub use block::{CodeBlock, WriteScope};
-pub use config::{Config, LAYOUT_ENV, Layout, STRATEGY_ENV, Strategy};
+pub use config::{Choice, Config, LAYOUT_ENV, Layout, STRATEGY_ENV, Strategy};
 pub use error::{Error, Result};
 pub use exec_buffer::{ExecBuffer, page_size, round_to_page};
 pub use fn_ptr::FnPtr;
-pub use memory::{Choice, JitMemory, Stats};
+pub use heap::Stats;
+pub use memory::JitMemory;
 pub use sys::MirrorBacking;
 
 const _: () = {

@@ -8,8 +8,8 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+use crate::config::Choice;
 use crate::config::{Layout, Strategy};
-use crate::memory::Choice;
 use crate::sys;
 
 /// One capability tried by the probe.
@@ -218,6 +218,10 @@ mod tests {
     /// the probe allows can be made, one it refuses is refused with `Unsupported` (a property
     /// of the code, whatever this machine allows).
     #[test]
+    #[expect(
+        unsafe_code,
+        reason = "the Rwx opt-in, to check the probe's verdict on it"
+    )]
     fn probe_agrees_with_jitmem_memory_new_for_every_strategy() {
         use crate::{Config, Error, JitMemory, Layout};
         let p = Probe::run();

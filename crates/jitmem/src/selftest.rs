@@ -1,6 +1,8 @@
 //! The whole life of a function in every strategy x layout this machine allows: allocate, write
 //! real machine code that returns a value, publish, call, patch, call again, free; with the W^X
 //! invariant checked from the process's memory map along the way. `jitmem selftest` prints it.
+//!
+//! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): calls the code it wrote (a code-entry point).
 
 use crate::config::{Config, Layout, Strategy};
 use crate::error::Error;

@@ -11,6 +11,8 @@
 //! `prepare` handler takes all of them (after the registry's own lock), so no other thread is
 //! inside a heap or a page table at the moment of the fork; `parent` releases them and `child`
 //! resets them.
+//!
+//! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): the fork-aware lock hands out references to the data it guards.
 
 use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};

@@ -13,6 +13,8 @@
 //! | `register_atfork`, `snapshot_for_fork`, `install_snapshot_after_fork`, `discard_snapshot` | fork safety of mirrors |
 //! | `mappings`, `mapping_count`, `mapping_limit` | introspection |
 //! | `probe_facts` | what the probe reports |
+//!
+//! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): the platform layer: system calls on memory the crate owns.
 
 mod common;
 pub(crate) use common::*;

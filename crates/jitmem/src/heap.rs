@@ -1,0 +1,391 @@
+//! The heap behind a [`JitMemory`](crate::JitMemory): the [`Core`] every block of one memory
+//! shares (its strategy's [`Rules`], page, granule, fork generation) and the [`Shard`]s that
+//! hand out ranges: one per core for Pooled (chunks of 256 KiB doubling to 16 MiB, and the
+//! policy that returns empty ones), one arena, or a mapping per block (PerAllocation).
+//!
+//! Bookkeeping lives here, out of band (a [`RangeHeap`] per shard): code pages hold no headers.
+//!
+//! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): tracks its locks' addresses with the fork registry (they must outlive their registration).
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::config::{Choice, Layout, Strategy};
+use crate::error::{Error, Result};
+use crate::fork;
+use crate::range_heap::{PoolId, RangeError, RangeHeap, RangeId};
+use crate::strategy::{Region, Rules, StrategyRules};
+use crate::sync::{ForkMutex, ForkMutexGuard};
+use crate::sys;
+
+/// The allocator's smallest granule: every block is a multiple of this many bytes and at least
+/// this aligned (more for strategies whose granule is larger: Toggle's is the page).
+pub(crate) const MIN_GRANULE: usize = 16;
+/// The first pooled chunk; each next one doubles, up to [`MAX_CHUNK`].
+pub(crate) const FIRST_CHUNK: usize = 256 << 10;
+const MAX_CHUNK: usize = 16 << 20;
+
+/// Counters of a [`JitMemory`](crate::JitMemory). Reading them takes each heap's lock (Pooled,
+/// Arena) or a few atomic loads (PerAllocation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Live blocks.
+    pub live_blocks: usize,
+    /// Bytes in live blocks (each rounded up to its granule: 16 bytes, or pages for Toggle and
+    /// PerAllocation).
+    pub live_bytes: usize,
+    /// Free bytes inside reserved regions.
+    pub free_bytes: usize,
+    /// Bytes of address space reserved (physical memory is used only where touched).
+    pub reserved_bytes: usize,
+    /// Regions (chunks, the arena, or per-allocation mappings) currently mapped. Each is one
+    /// mapping, or two for Mirror.
+    pub regions: usize,
+    /// Pages currently open for writing (Toggle).
+    pub open_pages: usize,
+}
+
+/// What every block and shard of one memory shares.
+pub(crate) struct Core {
+    pub(crate) rules: Rules,
+    pub(crate) layout: Layout,
+    pub(crate) page: usize,
+    /// Every block is a multiple of this many bytes and at least this aligned (the strategy's
+    /// granule: [`MIN_GRANULE`], or the page for Toggle).
+    pub(crate) granule: usize,
+    pub(crate) options: sys::MapOptions,
+    pub(crate) default_align: usize,
+    /// The fork generation this memory was made in.
+    generation: u64,
+    pub(crate) choice: Choice,
+    per_allocation: PerAllocationStats,
+    poison: OnceLock<String>,
+}
+
+#[derive(Default)]
+struct PerAllocationStats {
+    blocks: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Core {
+    /// The common state of a memory of `choice`'s strategy and layout. Tracks the strategy's
+    /// lock (Toggle's page table) with the fork registry for the core's life.
+    pub(crate) fn new(
+        choice: Choice,
+        options: sys::MapOptions,
+        default_align: usize,
+    ) -> Result<Arc<Core>> {
+        let rules = Rules::new(choice.strategy)?;
+        let page = sys::page_size();
+        let core = Arc::new(Core {
+            granule: rules.granule(page, MIN_GRANULE),
+            rules,
+            layout: choice.layout,
+            page,
+            options,
+            default_align,
+            generation: fork::generation(),
+            choice,
+            per_allocation: PerAllocationStats::default(),
+            poison: OnceLock::new(),
+        });
+        if let Some(lock) = core.rules.fork_lock() {
+            // SAFETY: the lock lives inside the Arc'd Core (a stable address) and is untracked
+            // in Core's Drop; no tracked lock is held here.
+            unsafe { fork::track_lock(lock)? };
+        }
+        Ok(core)
+    }
+
+    pub(crate) fn strategy(&self) -> Strategy {
+        self.rules.strategy()
+    }
+
+    /// Refuses work on memory that a fork child may not use (the strategy's fork policy) or
+    /// that was poisoned.
+    pub(crate) fn check_usable(&self) -> Result<()> {
+        if !self.usable_in_this_process() {
+            return Err(Error::ForkedChild {
+                strategy: self.strategy(),
+            });
+        }
+        if let Some(why) = self.poison.get() {
+            return Err(Error::Poisoned(why.clone()));
+        }
+        Ok(())
+    }
+
+    /// False in a fork child for memory made before the fork whose strategy does not survive
+    /// it: its writable views (Mirror) or write rights (Apple MAP_JIT) are not the child's.
+    pub(crate) fn usable_in_this_process(&self) -> bool {
+        self.rules.child_keeps_memory() || fork::generation() == self.generation
+    }
+
+    pub(crate) fn poison(&self, why: String) {
+        let _ = self.poison.set(why);
+    }
+
+    pub(crate) fn per_allocation_freed(&self, len: usize) {
+        self.per_allocation.blocks.fetch_sub(1, Ordering::Relaxed);
+        self.per_allocation.bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if let Some(lock) = self.rules.fork_lock() {
+            fork::untrack_lock(lock);
+        }
+    }
+}
+
+/// Where a block's memory came from.
+pub(crate) enum Owner {
+    /// A range of a pooled chunk or of the arena.
+    Range(RangeId),
+    /// Its own mapping (PerAllocation); dropping it unmaps the block.
+    Region(Box<Region>),
+}
+
+/// A range handed out by a shard: what a [`CodeBlock`](crate::CodeBlock) is made of.
+pub(crate) struct Allocation {
+    pub(crate) rx: NonNull<u8>,
+    pub(crate) len: usize,
+    pub(crate) writable_offset: isize,
+    pub(crate) owner: Owner,
+}
+
+/// A heap and the core its blocks need; blocks hold their shard alive.
+pub(crate) struct Shard {
+    pub(crate) core: Arc<Core>,
+    /// Behind a fork-aware lock, tracked by the fork registry for the shard's life. None for
+    /// PerAllocation, whose blocks are mappings of their own.
+    heap: Option<ForkMutex<Heap>>,
+}
+
+/// The sub-allocated regions of the Pooled and Arena layouts.
+struct Heap {
+    ranges: RangeHeap,
+    chunks: Vec<Chunk>,
+    next_chunk: usize,
+}
+
+struct Chunk {
+    pool: PoolId,
+    region: Region,
+}
+
+impl Heap {
+    /// A heap; with `first`, maps its first chunk of that many bytes now.
+    fn new(core: &Core, first: Option<usize>, next_chunk: usize) -> Result<Heap> {
+        let mut heap = Heap {
+            ranges: RangeHeap::new(core.granule).map_err(range_error)?,
+            chunks: Vec::new(),
+            next_chunk,
+        };
+        if let Some(first) = first {
+            heap.add_chunk(core, first)?;
+        }
+        Ok(heap)
+    }
+
+    fn chunk(&self, pool: PoolId) -> Result<&Chunk> {
+        self.chunks
+            .iter()
+            .find(|c| c.pool == pool)
+            .ok_or(Error::Internal("allocation from an unknown chunk"))
+    }
+
+    fn add_chunk(&mut self, core: &Core, len: usize) -> Result<()> {
+        let region = core.rules.map(len, 0, core.options)?;
+        let pool = self
+            .ranges
+            .add_pool(region.rx().as_ptr() as usize, len)
+            .map_err(range_error)?;
+        self.chunks.push(Chunk { pool, region });
+        Ok(())
+    }
+}
+
+pub(crate) fn range_error(e: RangeError) -> Error {
+    match e {
+        RangeError::ZeroLength => Error::ZeroLength,
+        RangeError::TooLarge { len } => Error::TooLarge { len },
+        RangeError::BadAlignment(align) => Error::BadAlignment {
+            align,
+            page_size: sys::page_size(),
+        },
+        _ => Error::Internal("range heap refused a request we checked"),
+    }
+}
+
+impl Shard {
+    /// A shard of `core`; `heap`: None (PerAllocation), or the first chunk's size (mapped now)
+    /// and the next chunk's.
+    pub(crate) fn new(
+        core: &Arc<Core>,
+        heap: Option<(Option<usize>, usize)>,
+    ) -> Result<Arc<Shard>> {
+        let heap = match heap {
+            Some((first, next)) => Some(ForkMutex::new(Heap::new(core, first, next)?)),
+            None => None,
+        };
+        let shard = Arc::new(Shard {
+            core: Arc::clone(core),
+            heap,
+        });
+        if let Some(heap) = &shard.heap {
+            // SAFETY: the lock lives inside the Arc'd Shard (a stable address) and is untracked
+            // in Shard's Drop; no tracked lock is held here.
+            unsafe { fork::track_lock(heap.raw())? };
+        }
+        Ok(shard)
+    }
+
+    /// Hands out `len` bytes aligned to `align` (both checked by the caller: `len > 0`,
+    /// `align` a power of two up to the page).
+    pub(crate) fn allocate(&self, len: usize, align: usize) -> Result<Allocation> {
+        let core = &self.core;
+        let Some(heap) = &self.heap else {
+            let rounded = round_up(len, core.page)
+                .filter(|n| *n <= isize::MAX as usize)
+                .ok_or(Error::TooLarge { len })?;
+            let region = core.rules.map(rounded, rounded, core.options)?;
+            core.per_allocation.blocks.fetch_add(1, Ordering::Relaxed);
+            core.per_allocation
+                .bytes
+                .fetch_add(rounded, Ordering::Relaxed);
+            return Ok(Allocation {
+                rx: region.rx(),
+                len: rounded,
+                writable_offset: region.writable_offset(),
+                owner: Owner::Region(Box::new(region)),
+            });
+        };
+        let mut heap = heap.lock();
+        let allocation = match heap.ranges.allocate(len, align) {
+            Ok(a) => a,
+            Err(RangeError::Exhausted { .. }) => match core.layout {
+                Layout::Arena { size } => {
+                    return Err(Error::Exhausted {
+                        len,
+                        align,
+                        arena: size,
+                        free: heap.ranges.stats().free_bytes,
+                    });
+                }
+                _ => {
+                    // Policy: chunks double (from 256 KiB) up to 16 MiB, or fit the request.
+                    let need = len
+                        .checked_add(align)
+                        .and_then(|n| round_up(n, core.page))
+                        .filter(|n| *n <= isize::MAX as usize)
+                        .ok_or(Error::TooLarge { len })?;
+                    let size = heap.next_chunk.max(need);
+                    heap.add_chunk(core, size)?;
+                    heap.next_chunk = (heap.next_chunk * 2).min(MAX_CHUNK);
+                    heap.ranges.allocate(len, align).map_err(range_error)?
+                }
+            },
+            Err(e) => return Err(range_error(e)),
+        };
+        let chunk = heap.chunk(allocation.pool)?;
+        let base = chunk.region.rx().as_ptr() as usize;
+        chunk
+            .region
+            .note_used(allocation.start + allocation.len - base);
+        let writable_offset = chunk.region.writable_offset();
+        drop(heap);
+        let rx = NonNull::new(allocation.start as *mut u8).ok_or(Error::Internal("null block"))?;
+        Ok(Allocation {
+            rx,
+            len: allocation.len,
+            writable_offset,
+            owner: Owner::Range(allocation.id),
+        })
+    }
+
+    fn heap(&self) -> Result<ForkMutexGuard<'_, Heap>> {
+        Ok(self
+            .heap
+            .as_ref()
+            .ok_or(Error::Internal("range block without a heap"))?
+            .lock())
+    }
+
+    /// Returns a block's range to the heap (the caller has already filled it with traps).
+    pub(crate) fn free_range(&self, id: RangeId) -> Result<()> {
+        let mut guard = self.heap()?;
+        let freed = guard
+            .ranges
+            .free(id)
+            .map_err(|_| Error::Internal("double free of a block"))?;
+        if freed.pool_empty && self.core.layout == Layout::Pooled {
+            // Policy: keep one empty chunk to absorb alloc/free churn; release any other.
+            let other_empty = guard
+                .chunks
+                .iter()
+                .any(|c| c.pool != freed.pool && guard.ranges.pool_is_empty(c.pool));
+            if other_empty {
+                guard.ranges.remove_pool(freed.pool).map_err(range_error)?;
+                let i = guard
+                    .chunks
+                    .iter()
+                    .position(|c| c.pool == freed.pool)
+                    .ok_or(Error::Internal("empty pool without a chunk"))?;
+                let chunk = guard.chunks.swap_remove(i);
+                drop(guard);
+                drop(chunk);
+            }
+        }
+        Ok(())
+    }
+
+    /// Shrinks a heap block in place; returns its new length.
+    pub(crate) fn shrink_range(&self, id: RangeId, new_len: usize) -> Result<usize> {
+        let a = self
+            .heap()?
+            .ranges
+            .shrink(id, new_len)
+            .map_err(|_| Error::Internal("shrink of an unknown block"))?;
+        Ok(a.len)
+    }
+
+    /// Adds this shard's counters to `stats`.
+    pub(crate) fn add_stats(&self, stats: &mut Stats) {
+        match &self.heap {
+            None => {
+                let pa = &self.core.per_allocation;
+                let blocks = pa.blocks.load(Ordering::Relaxed);
+                let bytes = pa.bytes.load(Ordering::Relaxed);
+                stats.live_blocks += blocks;
+                stats.live_bytes += bytes;
+                stats.reserved_bytes += bytes;
+                stats.regions += blocks;
+            }
+            Some(heap) => {
+                let h = heap.lock();
+                let s = h.ranges.stats();
+                stats.live_blocks += s.live_blocks;
+                stats.live_bytes += s.live_bytes;
+                stats.free_bytes += s.free_bytes;
+                stats.reserved_bytes += s.pool_bytes;
+                stats.regions += h.chunks.len();
+            }
+        }
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        if let Some(heap) = &self.heap {
+            fork::untrack_lock(heap.raw());
+        }
+    }
+}
+
+pub(crate) fn round_up(n: usize, to: usize) -> Option<usize> {
+    n.checked_add(to - 1).map(|n| n & !(to - 1))
+}

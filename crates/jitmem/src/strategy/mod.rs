@@ -1,0 +1,162 @@
+//! One module per W^X strategy, each stating its invariants at the top and holding what is
+//! specific to it: how its regions are mapped, how a write scope acquires and releases write
+//! rights, the granule its blocks are rounded to, whether writes need no rights (so a trap fill
+//! is a plain store), and its fork policy. The rest of the crate asks [`Rules`]; it does not
+//! `match` on [`Strategy`].
+//!
+//! | module | strategy |
+//! |---|---|
+//! | [`toggle`] | `mprotect` flips, a page table of open scopes |
+//! | [`mirror`] | an RW and an RX view of the same pages |
+//! | [`per_thread`] | per-thread write rights (protection keys, Apple `MAP_JIT`) |
+//! | [`rwx`] | no protection (unsafe opt-in) |
+//! | [`region`] | the owned mapping every strategy maps |
+//!
+//! **One dispatch point**: the enum [`Rules`], whose forwarding `match` is written once (the
+//! `dispatch!` macro below), over the trait [`StrategyRules`] that every strategy implements
+//! (a strategy missing a piece does not compile). An enum rather than `dyn`: `acquire` and
+//! `release` sit on the write-scope hot path (no vtable, inlinable), and Toggle's page table
+//! lives inline.
+//!
+//! **Publish** (making written bytes runnable) is the same for every strategy and is not
+//! theirs to change: [`crate::icache::publish`], after `release`.
+//!
+//! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): changes page protections and owns the mappings (Region) every strategy maps.
+
+mod mirror;
+mod per_thread;
+pub(crate) mod region;
+mod rwx;
+mod toggle;
+
+use crate::config::Strategy;
+use crate::error::{Error, Result};
+use crate::sync::RawLock;
+use crate::sys;
+
+pub(crate) use region::Region;
+
+/// What every strategy decides for itself.
+pub(crate) trait StrategyRules {
+    /// The strategy this is.
+    fn strategy(&self) -> Strategy;
+
+    /// Maps a region of `len` bytes (a page multiple) for this strategy; `used` is how much of
+    /// it counts as handed out from the start (the whole of it for a PerAllocation block).
+    fn map(&self, len: usize, used: usize, options: sys::MapOptions) -> Result<Region>;
+
+    /// Every block is a multiple of this many bytes and at least this aligned (`page`: the
+    /// page size; `min`: the allocator's smallest granule).
+    fn granule(&self, page: usize, min: usize) -> usize;
+
+    /// Grants the calling thread write access to the executable range `[start, end)`
+    /// (`start < end`, inside one live block).
+    fn acquire(&self, start: usize, end: usize) -> Result<()>;
+
+    /// Withdraws what [`acquire`](Self::acquire) granted for the same range.
+    fn release(&self, start: usize, end: usize) -> Result<()>;
+
+    /// True when the writable address is always writable (no scope needed): a trap fill is a
+    /// plain store, then a publish.
+    fn always_writable(&self) -> bool;
+
+    /// Whether a fork child may keep using memory of this strategy made before the fork.
+    fn child_keeps_memory(&self) -> bool;
+
+    /// Pages currently open for writing (Toggle), for stats.
+    fn open_pages(&self) -> usize {
+        0
+    }
+
+    /// The lock a fork must wait for, if the strategy has one (Toggle's page table).
+    fn fork_lock(&self) -> Option<&RawLock> {
+        None
+    }
+}
+
+/// The strategy of one memory: the one place that dispatches on it.
+pub(crate) enum Rules {
+    Toggle(toggle::Toggle),
+    Mirror(mirror::Mirror),
+    PerThread(per_thread::PerThread),
+    Rwx(rwx::Rwx),
+}
+
+impl Rules {
+    /// The rules of `strategy` (not `Auto`, which the probe resolves first).
+    pub(crate) fn new(strategy: Strategy) -> Result<Rules> {
+        Ok(match strategy {
+            Strategy::Toggle => Rules::Toggle(toggle::Toggle::new()),
+            Strategy::Mirror => Rules::Mirror(mirror::Mirror),
+            Strategy::PerThread => Rules::PerThread(per_thread::PerThread::new()?),
+            Strategy::Rwx => Rules::Rwx(rwx::Rwx),
+            Strategy::Auto => return Err(Error::Internal("strategy rules asked for Auto")),
+        })
+    }
+}
+
+/// Forwards each listed method of [`StrategyRules`] to the strategy in the enum.
+macro_rules! dispatch {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        impl StrategyRules for Rules {
+            $(
+                #[inline]
+                fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match self {
+                        Rules::Toggle(s) => s.$name($($arg),*),
+                        Rules::Mirror(s) => s.$name($($arg),*),
+                        Rules::PerThread(s) => s.$name($($arg),*),
+                        Rules::Rwx(s) => s.$name($($arg),*),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+dispatch! {
+    fn strategy(&self) -> Strategy;
+    fn map(&self, len: usize, used: usize, options: sys::MapOptions) -> Result<Region>;
+    fn granule(&self, page: usize, min: usize) -> usize;
+    fn acquire(&self, start: usize, end: usize) -> Result<()>;
+    fn release(&self, start: usize, end: usize) -> Result<()>;
+    fn always_writable(&self) -> bool;
+    fn child_keeps_memory(&self) -> bool;
+    fn open_pages(&self) -> usize;
+    fn fork_lock(&self) -> Option<&RawLock>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fork policy, per strategy (`fork.md`): private mappings survive, Mirror's writable
+    /// views and Apple's MAP_JIT memory do not.
+    #[test]
+    fn fork_policy_per_strategy() {
+        for (s, keeps) in [
+            (Strategy::Toggle, true),
+            (Strategy::Rwx, true),
+            (Strategy::Mirror, false),
+        ] {
+            let rules = Rules::new(s).unwrap();
+            assert_eq!(rules.child_keeps_memory(), keeps, "{s}");
+            assert_eq!(rules.strategy(), s);
+        }
+        assert_eq!(
+            per_thread::CHILD_KEEPS_MEMORY,
+            !cfg!(target_vendor = "apple"),
+            "Linux pkeys survive fork, Apple MAP_JIT does not"
+        );
+    }
+
+    /// Toggle blocks own whole pages; the others use the allocator's granule.
+    #[test]
+    fn granules() {
+        let toggle = Rules::new(Strategy::Toggle).unwrap();
+        assert_eq!(toggle.granule(4096, 16), 4096);
+        let mirror = Rules::new(Strategy::Mirror).unwrap();
+        assert_eq!(mirror.granule(4096, 16), 16);
+        assert!(Rules::new(Strategy::Auto).is_err());
+    }
+}

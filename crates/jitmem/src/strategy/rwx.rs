@@ -1,0 +1,49 @@
+//! **Rwx**: read-write-execute with no protection. Only with the unsafe opt-in
+//! `Config::allow_rwx_without_wx`; never chosen by `Auto`.
+//!
+//! Invariants:
+//! - **Who may write**: anyone, always.
+//! - **Who may run, and when**: every thread, always.
+//! - **A neighbour during a write scope or a free**: unaffected.
+//! - **A forked child**: a copy-on-write copy; it keeps using the memory.
+
+use super::{Region, StrategyRules};
+use crate::config::Strategy;
+use crate::error::Result;
+use crate::sys::{self, Prot};
+
+pub(crate) struct Rwx;
+
+impl StrategyRules for Rwx {
+    fn strategy(&self) -> Strategy {
+        Strategy::Rwx
+    }
+
+    fn map(&self, len: usize, _used: usize, _options: sys::MapOptions) -> Result<Region> {
+        Ok(Region::private(
+            sys::map_private(len, Prot::RWX)?,
+            len,
+            true,
+        ))
+    }
+
+    fn granule(&self, _page: usize, min: usize) -> usize {
+        min
+    }
+
+    fn acquire(&self, _start: usize, _end: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn release(&self, _start: usize, _end: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn always_writable(&self) -> bool {
+        true
+    }
+
+    fn child_keeps_memory(&self) -> bool {
+        true
+    }
+}
