@@ -96,7 +96,6 @@ pub mod introspect;
 pub mod isa;
 mod memory;
 pub mod probe;
-pub mod range_heap;
 #[expect(unsafe_code, reason = "calls the code it wrote (a code-entry point)")]
 pub mod selftest;
 #[expect(
@@ -121,6 +120,9 @@ pub use error::{Error, Result};
 pub use exec_buffer::{ExecBuffer, page_size, round_to_page};
 pub use fn_ptr::FnPtr;
 pub use heap::Stats;
+/// The out-of-band range allocator (TLSF) behind the Pooled and Arena layouts: the crate
+/// `jitmem-range-heap`, safe and generic, re-exported.
+pub use jitmem_range_heap as range_heap;
 pub use memory::JitMemory;
 pub use sys::MirrorBacking;
 

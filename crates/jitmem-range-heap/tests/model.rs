@@ -1,10 +1,15 @@
-//! Model-based tests of `jitmem::range_heap`: random operation sequences checked
+//! Model-based tests of `jitmem_range_heap`: random operation sequences checked
 //! against a plain list of live ranges, plus a fragmentation test.
 
 // Test code: failing loudly is the point.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: failing loudly is the point"
+)]
 
-use jitmem::range_heap::*;
+use jitmem_range_heap::*;
 use proptest::prelude::*;
 
 const ALIGNS: [usize; 7] = [1, 8, 16, 32, 64, 128, 4096];

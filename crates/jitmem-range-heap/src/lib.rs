@@ -1,4 +1,6 @@
-//! Out-of-band O(1) range allocator (TLSF) for code pools.
+//! Out-of-band O(1) range allocator (TLSF) for code pools: jitmem's allocator policy, in a
+//! crate of its own because it is safe (`forbid(unsafe_code)`), generic over plain addresses,
+//! and tested on its own by a model and a fuzzer. jitmem re-exports it as `jitmem::range_heap`.
 //!
 //! [`RangeHeap`] hands out sub-ranges of *pools*: address ranges that the caller
 //! registers with [`RangeHeap::add_pool`] (in `jitmem`, the code chunks a JIT emits
@@ -56,7 +58,7 @@
 //! # Example
 //!
 //! ```
-//! use jitmem::range_heap::RangeHeap;
+//! use jitmem_range_heap::RangeHeap;
 //!
 //! let mut heap = RangeHeap::new(16)?;
 //! let pool = heap.add_pool(0x10_0000, 64 * 1024)?;
@@ -74,8 +76,14 @@
 //! assert!(heap.free(a.id).is_err()); // a double free is detected
 //!
 //! assert_eq!(heap.remove_pool(pool)?, (0x10_0000, 64 * 1024));
-//! # Ok::<(), jitmem::range_heap::RangeError>(())
+//! # Ok::<(), jitmem_range_heap::RangeError>(())
 //! ```
+
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -1146,7 +1154,12 @@ impl RangeHeap {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: failing loudly is the point"
+)]
 mod tests {
     use super::*;
 
