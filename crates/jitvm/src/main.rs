@@ -146,7 +146,7 @@ fn main() -> ExitCode {
 /// `file:line: message` (text) or `file: message`.
 fn load(path: &Path) -> Result<(Module, Program), ExitCode> {
     let file = path.display();
-    let bytes = std::fs::read(path).map_err(|e| {
+    let bytes = jitvm::read_input(path).map_err(|e| {
         eprintln!("{file}: {e}");
         ExitCode::FAILURE
     })?;
@@ -292,7 +292,7 @@ fn disasm(
         match jitvm::jit::disasm::native_listing(isa, program, id as u32, false) {
             Ok(text) => print!("{text}"),
             Err(e) => {
-                eprintln!("jitvm: compiling {}: {e}", function.name());
+                eprintln!("jitvm: compiling {}: {e}", jitvm::quote(function.name()));
                 return ExitCode::FAILURE;
             }
         }
