@@ -225,6 +225,12 @@ fn run_program(program: &Program, opts: &RunOptions) -> ExitCode {
             j.compile_time
         );
         eprintln!("OSR entries:              {}", j.osr_entries);
+        if j.skipped > 0 {
+            eprintln!(
+                "skipped:                  {} functions (no executable memory left)",
+                j.skipped
+            );
+        }
         for failure in &j.failures {
             eprintln!("not compiled:             {failure}");
         }
