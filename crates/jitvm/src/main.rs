@@ -108,7 +108,13 @@ impl RunOptions {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(opts) => match load(&opts.file) {
-            Ok((_, program)) => run_program(&program, &opts),
+            Ok((_, program)) => match vm::native_stack(&program, &opts.limits()) {
+                Ok(_) => run_program(&program, &opts),
+                Err(why) => {
+                    eprintln!("{}: {why}", opts.file.display());
+                    ExitCode::FAILURE
+                }
+            },
             Err(code) => code,
         },
         Command::Check { file } => match load(&file) {

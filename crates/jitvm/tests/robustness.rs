@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use jitvm::tier::JitMode;
+use jitvm::vm::{self, Ended, RunOptions};
+use jitvm::{Limits, Program};
+
 /// The `jitvm` binary; under an emulator (`JITMEM_TEST_RUNNER`) it runs through it.
 fn jitvm() -> Command {
     let runner = std::env::var("JITMEM_TEST_RUNNER").unwrap_or_default();
@@ -143,6 +147,86 @@ fn executable_memory_exhaustion_is_cheap_and_said_once() {
         }
         eprintln!("{mode:?}: {took:?}, exhaustion said {said} time(s)");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn verify(source: &str) -> Program {
+    jitvm::verify::verify(&jitvm::text::parse(source).unwrap()).unwrap()
+}
+
+/// `down(n)` recurses `n` deep with 20,000 locals per frame (160 KB of native frame each).
+const DEEP: &str = "func main args=0 locals=0\n    load_imm DEPTH\n    call down\n    return\nend\n\
+func down args=1 locals=20000\n    load_local_0\n    jump_if_false zero\n    load_local_0\n    load_imm 1\n    sub_ii\n    call down\n    load_imm 1\n    add_ii\n    return\nzero:\n    load_imm 0\n    return\nend\n";
+
+const ALL_MODES: [JitMode; 4] = [
+    JitMode::Off,
+    JitMode::Tiered { threshold: 1000 },
+    JitMode::Tiered { threshold: 1 },
+    JitMode::Eager,
+];
+
+/// A valid program recursing 9,990 deep with 20,000 locals per frame runs in the interpreter
+/// (its frames are on the heap); the JIT must run it too, within the same depth limit.
+#[test]
+fn deep_recursion_with_wide_frames_runs_in_every_tier() {
+    let program = verify(&DEEP.replace("DEPTH", "9990"));
+    for mode in ALL_MODES {
+        let options = RunOptions {
+            jit: mode,
+            ..RunOptions::default()
+        };
+        let report = vm::run(&program, &options, Vec::new());
+        assert_eq!(report.ended, Ok(Ended::Returned(9990)), "{mode:?}");
+        if mode != JitMode::Off {
+            assert_eq!(report.notice, None, "{mode:?}");
+            assert!(report.jit.compiled_functions > 0, "{mode:?}");
+        }
+    }
+}
+
+/// A program whose frames at the depth limit cannot fit in the largest native stack is refused
+/// before it runs, with the same message whatever the tier (library and binary).
+#[test]
+fn a_program_that_cannot_fit_is_refused_alike_in_every_tier() {
+    let source = DEEP.replace("DEPTH", "10");
+    let program = verify(&source);
+    let limits = Limits {
+        max_depth: 1_000_000,
+        max_steps: u64::MAX,
+    };
+    let mut seen = Vec::new();
+    for mode in ALL_MODES {
+        let options = RunOptions {
+            jit: mode,
+            limits,
+            ..RunOptions::default()
+        };
+        let report = vm::run(&program, &options, Vec::new());
+        let why = report.ended.expect_err("refused");
+        assert!(why.contains("native stack"), "{why}");
+        seen.push(why);
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+
+    let dir = scratch("refuse");
+    let file = dir.join("deep.jvm");
+    std::fs::write(&file, &source).unwrap();
+    let mut outputs = Vec::new();
+    for mode in [&["--no-jit"][..], &[][..], &["--jit-eager"][..]] {
+        let out = jitvm()
+            .args(["run", "--max-depth", "1000000"])
+            .args(mode)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{mode:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(stderr.contains("native stack"), "{mode:?}: {stderr}");
+        outputs.push((stderr, out.stdout));
+    }
+    outputs.dedup();
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
