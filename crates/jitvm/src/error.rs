@@ -18,7 +18,7 @@ pub enum Error {
         message: String,
     },
     /// An instruction name that is not in the opcode table.
-    #[error("{line}: unknown opcode `{name}`")]
+    #[error("{line}: unknown opcode `{name}`", name = quote(.name))]
     UnknownMnemonic {
         /// 1-based line.
         line: u32,
@@ -36,7 +36,7 @@ pub enum Error {
         message: String,
     },
     /// A jump to a label that the function does not define.
-    #[error("{line}: unknown label `{label}`")]
+    #[error("{line}: unknown label `{label}`", label = quote(.label))]
     UnknownLabel {
         /// 1-based line.
         line: u32,
@@ -44,7 +44,7 @@ pub enum Error {
         label: String,
     },
     /// A call to a function that the file does not define.
-    #[error("{line}: unknown function `{name}`")]
+    #[error("{line}: unknown function `{name}`", name = quote(.name))]
     UnknownFunction {
         /// 1-based line.
         line: u32,
@@ -52,7 +52,7 @@ pub enum Error {
         name: String,
     },
     /// Two functions with the same name.
-    #[error("{line}: duplicate function `{name}`")]
+    #[error("{line}: duplicate function `{name}`", name = quote(.name))]
     DuplicateFunction {
         /// 1-based line of the second definition.
         line: u32,
@@ -60,7 +60,7 @@ pub enum Error {
         name: String,
     },
     /// Two labels with the same name in one function.
-    #[error("{line}: duplicate label `{label}`")]
+    #[error("{line}: duplicate label `{label}`", label = quote(.label))]
     DuplicateLabel {
         /// 1-based line of the second definition.
         line: u32,
@@ -68,7 +68,7 @@ pub enum Error {
         label: String,
     },
     /// A function without its `end`.
-    #[error("{line}: function `{name}` has no `end`")]
+    #[error("{line}: function `{name}` has no `end`", name = quote(.name))]
     MissingEnd {
         /// 1-based line of the function header.
         line: u32,
@@ -88,6 +88,16 @@ pub enum Error {
         line: u32,
         /// The declared argument count.
         args: u32,
+    },
+
+    // ---- any input ----
+    /// The input is larger than [`crate::MAX_INPUT`].
+    #[error("input is {len} bytes, above the limit of {limit} bytes")]
+    InputTooLarge {
+        /// The input's length.
+        len: usize,
+        /// The limit.
+        limit: usize,
     },
 
     // ---- binary decoder ----
@@ -122,7 +132,7 @@ pub enum Error {
 
     // ---- verifier (also reported by the binary-to-text printer) ----
     /// A byte that is not an opcode.
-    #[error("{func} at {offset}: unknown opcode byte {byte:#04x}")]
+    #[error("{func} at {offset}: unknown opcode byte {byte:#04x}", func = quote(.func))]
     UnknownOpcode {
         /// The function.
         func: String,
@@ -132,7 +142,7 @@ pub enum Error {
         byte: u8,
     },
     /// The code ends inside an instruction's operand.
-    #[error("{func} at {offset}: truncated operand of `{opcode}`")]
+    #[error("{func} at {offset}: truncated operand of `{opcode}`", func = quote(.func))]
     TruncatedOperand {
         /// The function.
         func: String,
@@ -142,7 +152,7 @@ pub enum Error {
         opcode: &'static str,
     },
     /// A jump target at or past the end of the function's code.
-    #[error("{func} at {offset}: jump to {target} is outside the function")]
+    #[error("{func} at {offset}: jump to {target} is outside the function", func = quote(.func))]
     JumpOutOfFunction {
         /// The function.
         func: String,
@@ -152,7 +162,7 @@ pub enum Error {
         target: u32,
     },
     /// A jump target that is not the first byte of an instruction.
-    #[error("{func} at {offset}: jump to {target} lands inside an instruction")]
+    #[error("{func} at {offset}: jump to {target} lands inside an instruction", func = quote(.func))]
     JumpIntoInstruction {
         /// The function.
         func: String,
@@ -162,7 +172,7 @@ pub enum Error {
         target: u32,
     },
     /// An instruction pops more values than the operand stack holds.
-    #[error("{func} at {offset}: stack underflow (needs {needs}, has {depth})")]
+    #[error("{func} at {offset}: stack underflow (needs {needs}, has {depth})", func = quote(.func))]
     StackUnderflow {
         /// The function.
         func: String,
@@ -174,7 +184,7 @@ pub enum Error {
         depth: u32,
     },
     /// Two paths reach an instruction with different stack depths.
-    #[error("{func} at {offset}: stack depth {found} differs from {expected} on another path")]
+    #[error("{func} at {offset}: stack depth {found} differs from {expected} on another path", func = quote(.func))]
     StackMismatch {
         /// The function.
         func: String,
@@ -186,7 +196,7 @@ pub enum Error {
         found: u32,
     },
     /// The operand stack would grow above [`crate::program::MAX_STACK`].
-    #[error("{func} at {offset}: operand stack above the limit of {limit}")]
+    #[error("{func} at {offset}: operand stack above the limit of {limit}", func = quote(.func))]
     StackOverflow {
         /// The function.
         func: String,
@@ -196,7 +206,7 @@ pub enum Error {
         limit: u32,
     },
     /// A local index not below the function's local count.
-    #[error("{func} at {offset}: local {index} out of range (the function has {locals})")]
+    #[error("{func} at {offset}: local {index} out of range (the function has {locals})", func = quote(.func))]
     LocalOutOfRange {
         /// The function.
         func: String,
@@ -208,7 +218,7 @@ pub enum Error {
         locals: u32,
     },
     /// A call to a function index that does not exist.
-    #[error("{func} at {offset}: call to unknown function index {callee}")]
+    #[error("{func} at {offset}: call to unknown function index {callee}", func = quote(.func))]
     UnknownCallee {
         /// The function.
         func: String,
@@ -218,7 +228,7 @@ pub enum Error {
         callee: u32,
     },
     /// A call where the stack holds fewer values than the callee's declared arguments.
-    #[error("{func} at {offset}: call to `{callee}` needs {args} arguments, the stack has {depth}")]
+    #[error("{func} at {offset}: call to `{callee}` needs {args} arguments, the stack has {depth}", func = quote(.func), callee = quote(.callee))]
     CallArgCount {
         /// The function.
         func: String,
@@ -232,7 +242,7 @@ pub enum Error {
         depth: u32,
     },
     /// A `loop_header` reached with values on the operand stack.
-    #[error("{func} at {offset}: loop_header with {depth} values on the operand stack")]
+    #[error("{func} at {offset}: loop_header with {depth} values on the operand stack", func = quote(.func))]
     LoopHeaderStack {
         /// The function.
         func: String,
@@ -242,7 +252,7 @@ pub enum Error {
         depth: u32,
     },
     /// Execution can run past the last instruction.
-    #[error("{func} at {offset}: execution can fall off the end of the function")]
+    #[error("{func} at {offset}: execution can fall off the end of the function", func = quote(.func))]
     FallsOffEnd {
         /// The function.
         func: String,
@@ -250,7 +260,7 @@ pub enum Error {
         offset: u32,
     },
     /// Fewer locals than arguments.
-    #[error("{func}: {locals} locals is fewer than its {args} arguments")]
+    #[error("{func}: {locals} locals is fewer than its {args} arguments", func = quote(.func))]
     LocalsBelowArgs {
         /// The function.
         func: String,
@@ -260,7 +270,7 @@ pub enum Error {
         locals: u32,
     },
     /// More locals than [`crate::program::MAX_LOCALS`].
-    #[error("{func}: {locals} locals is above the limit of {limit}")]
+    #[error("{func}: {locals} locals is above the limit of {limit}", func = quote(.func))]
     TooManyLocals {
         /// The function.
         func: String,
@@ -270,13 +280,13 @@ pub enum Error {
         limit: u32,
     },
     /// A function without instructions.
-    #[error("{func}: empty function")]
+    #[error("{func}: empty function", func = quote(.func))]
     EmptyFunction {
         /// The function.
         func: String,
     },
     /// Two functions with the same name.
-    #[error("{func}: duplicate function name")]
+    #[error("{func}: duplicate function name", func = quote(.func))]
     DuplicateName {
         /// The function.
         func: String,
@@ -313,6 +323,18 @@ impl Error {
         }
     }
 
+    /// For a verifier error about a whole function (its header: locals, emptiness, name): the
+    /// function's name (used to map the error back to the function's header line).
+    pub fn function(&self) -> Option<&str> {
+        match self {
+            Error::LocalsBelowArgs { func, .. }
+            | Error::TooManyLocals { func, .. }
+            | Error::EmptyFunction { func }
+            | Error::DuplicateName { func } => Some(func.as_str()),
+            _ => None,
+        }
+    }
+
     /// Whether this error comes from the text parser (its `Display` starts with the line).
     pub fn is_parse_error(&self) -> bool {
         matches!(
@@ -328,6 +350,38 @@ impl Error {
                 | Error::NoMainFunction { .. }
                 | Error::MainWithArgs { .. }
         )
+    }
+}
+
+/// Most characters of a token an error message quotes (longer ones are cut, with `...`).
+pub const QUOTE_MAX: usize = 48;
+
+/// A token from the input as messages show it: at most [`QUOTE_MAX`] characters, the rest
+/// cut off with `...`, and control characters escaped (`\n`, `\u{1b}`), so a message never
+/// echoes a huge token or raw control bytes to a terminal.
+pub fn quote(text: &str) -> Quoted<'_> {
+    Quoted(text)
+}
+
+/// See [`quote`].
+#[derive(Clone, Copy, Debug)]
+pub struct Quoted<'a>(&'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let mut chars = self.0.chars();
+        for c in chars.by_ref().take(QUOTE_MAX) {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        if chars.next().is_some() {
+            f.write_str("...")?;
+        }
+        Ok(())
     }
 }
 

@@ -474,7 +474,12 @@ impl<W: Write> Engine for PlainEngine<W> {
 /// The message a trap is reported with: `trap: <reason> in <func> at <offset>`.
 pub fn trap_message(program: &Program, trap: &Trap) -> String {
     let name = program.function(trap.func).map_or("?", |f| f.name());
-    format!("trap: {} in {} at {}", trap.kind, name, trap.offset)
+    format!(
+        "trap: {} in {} at {}",
+        trap.kind,
+        crate::error::quote(name),
+        trap.offset
+    )
 }
 
 /// Runs `main` and returns its result. Sets `engine.counters().steps_left` to

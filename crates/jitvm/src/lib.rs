@@ -37,15 +37,54 @@ pub mod verify;
 pub mod vm;
 
 pub use bytecode::{Module, Opcode, RawFunction};
-pub use error::{Error, Result};
+pub use error::{Error, QUOTE_MAX, Quoted, Result, quote};
 pub use interp::PlainEngine;
 pub use program::{
     Counters, Engine, FuncId, Function, Insn, Limits, Program, Stop, Trap, TrapKind,
 };
 
+/// The largest program input (text or binary) jitvm reads: 64 MiB.
+pub const MAX_INPUT: usize = 64 << 20;
+
+/// Reads a program file of at most [`MAX_INPUT`] bytes; a larger one is refused with an error
+/// of kind [`std::io::ErrorKind::InvalidData`] saying so (without reading it all).
+pub fn read_input(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let too_large = |len: Option<u64>| {
+        let size = len.map_or_else(|| "more than".to_string(), |l| format!("{l} bytes,"));
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "input is {size} above the limit of {MAX_INPUT} bytes ({} MiB)",
+                MAX_INPUT >> 20
+            ),
+        )
+    };
+    if let Ok(meta) = file.metadata()
+        && meta.is_file()
+        && meta.len() > MAX_INPUT as u64
+    {
+        return Err(too_large(Some(meta.len())));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_INPUT as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_INPUT {
+        return Err(too_large(None));
+    }
+    Ok(bytes)
+}
+
 /// Reads a module from bytes: binary if they start with [`binary::MAGIC`], else text. For text
 /// also returns the source line of each instruction (to report verifier errors by line).
+/// Inputs above [`MAX_INPUT`] bytes are refused ([`Error::InputTooLarge`]).
 pub fn load_module(bytes: &[u8]) -> Result<(Module, Option<text::LineMap>)> {
+    if bytes.len() > MAX_INPUT {
+        return Err(Error::InputTooLarge {
+            len: bytes.len(),
+            limit: MAX_INPUT,
+        });
+    }
     if binary::is_binary(bytes) {
         Ok((binary::decode(bytes)?, None))
     } else {

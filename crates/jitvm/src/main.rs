@@ -108,7 +108,13 @@ impl RunOptions {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(opts) => match load(&opts.file) {
-            Ok((_, program)) => run_program(&program, &opts),
+            Ok((_, program)) => match vm::native_stack(&program, &opts.limits()) {
+                Ok(_) => run_program(&program, &opts),
+                Err(why) => {
+                    eprintln!("{}: {why}", opts.file.display());
+                    ExitCode::FAILURE
+                }
+            },
             Err(code) => code,
         },
         Command::Check { file } => match load(&file) {
@@ -146,7 +152,7 @@ fn main() -> ExitCode {
 /// `file:line: message` (text) or `file: message`.
 fn load(path: &Path) -> Result<(Module, Program), ExitCode> {
     let file = path.display();
-    let bytes = std::fs::read(path).map_err(|e| {
+    let bytes = jitvm::read_input(path).map_err(|e| {
         eprintln!("{file}: {e}");
         ExitCode::FAILURE
     })?;
@@ -225,6 +231,12 @@ fn run_program(program: &Program, opts: &RunOptions) -> ExitCode {
             j.compile_time
         );
         eprintln!("OSR entries:              {}", j.osr_entries);
+        if j.skipped > 0 {
+            eprintln!(
+                "skipped:                  {} functions (no executable memory left)",
+                j.skipped
+            );
+        }
         for failure in &j.failures {
             eprintln!("not compiled:             {failure}");
         }
@@ -292,7 +304,7 @@ fn disasm(
         match jitvm::jit::disasm::native_listing(isa, program, id as u32, false) {
             Ok(text) => print!("{text}"),
             Err(e) => {
-                eprintln!("jitvm: compiling {}: {e}", function.name());
+                eprintln!("jitvm: compiling {}: {e}", jitvm::quote(function.name()));
                 return ExitCode::FAILURE;
             }
         }

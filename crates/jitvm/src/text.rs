@@ -25,7 +25,7 @@ use crate::bytecode::{
     DecodeInsnError, Module, Opcode, Operand, OperandKind, RawFunction, decode_insn, encode_insn,
     is_identifier,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 
 /// Source lines of a parsed module's instructions, to report verifier errors by line.
 #[derive(Clone, Debug, Default)]
@@ -33,6 +33,8 @@ pub struct LineMap {
     /// Per function (same order as the module): (byte offset, 1-based line) of each instruction.
     funcs: Vec<Vec<(u32, u32)>>,
     names: HashMap<String, usize>,
+    /// Per function: the 1-based line of its `func` header.
+    headers: Vec<u32>,
 }
 
 impl LineMap {
@@ -46,10 +48,18 @@ impl LineMap {
         }
     }
 
-    /// Maps a verifier error to the source line of the instruction it names, if any.
+    /// The line of the header (`func NAME ...`) of function `func`.
+    pub fn header_line(&self, func: &str) -> Option<u32> {
+        self.headers.get(*self.names.get(func)?).copied()
+    }
+
+    /// Maps a verifier error to the source line of the instruction it names, or for an error
+    /// about a whole function (locals, emptiness) to the line of its header.
     pub fn line_of_error(&self, error: &Error) -> Option<u32> {
-        let (func, offset) = error.location()?;
-        self.line_of(func, offset)
+        match error.location() {
+            Some((func, offset)) => self.line_of(func, offset),
+            None => self.header_line(error.function()?),
+        }
     }
 }
 
@@ -135,7 +145,7 @@ pub fn parse_with_lines(source: &str) -> Result<(Module, LineMap)> {
         let Some(f) = open.as_mut() else {
             return Err(Error::Syntax {
                 line,
-                message: format!("`{first}` outside a function"),
+                message: format!("`{}` outside a function", quote(first)),
             });
         };
         let Some(func) = module.funcs.get_mut(f.index) else {
@@ -145,7 +155,7 @@ pub fn parse_with_lines(source: &str) -> Result<(Module, LineMap)> {
             if let Some(extra) = tokens.next() {
                 return Err(Error::Syntax {
                     line,
-                    message: format!("unexpected `{extra}` after `end`"),
+                    message: format!("unexpected `{}` after `end`", quote(extra)),
                 });
             }
             resolve_jumps(func, f)?;
@@ -158,7 +168,7 @@ pub fn parse_with_lines(source: &str) -> Result<(Module, LineMap)> {
             if !is_identifier(label) {
                 return Err(Error::Syntax {
                     line,
-                    message: format!("invalid label `{label}`"),
+                    message: format!("invalid label `{}`", quote(label)),
                 });
             }
             if f.labels.contains_key(label) {
@@ -184,33 +194,37 @@ pub fn parse_with_lines(source: &str) -> Result<(Module, LineMap)> {
         };
         let arg = tokens.next();
         if let Some(extra) = tokens.next() {
-            return Err(bad(format!("unexpected `{extra}`")));
+            return Err(bad(format!("unexpected `{}`", quote(extra))));
         }
         let at = func.code.len();
         f.lines.push((code_offset(&func.code), line));
         let operand = match (opcode.operand(), arg) {
             (OperandKind::None, None) => Operand::None,
             (OperandKind::None, Some(a)) => {
-                return Err(bad(format!("takes no operand, got `{a}`")));
+                return Err(bad(format!("takes no operand, got `{}`", quote(a))));
             }
             (_, None) => return Err(bad("missing operand".into())),
             (OperandKind::Imm64, Some(a)) => Operand::Imm(
-                parse_int(a).ok_or_else(|| bad(format!("`{a}` is not a 64-bit integer")))?,
+                parse_int(a)
+                    .ok_or_else(|| bad(format!("`{}` is not a 64-bit integer", quote(a))))?,
             ),
-            (OperandKind::Local, Some(a)) => Operand::Local(
-                a.parse::<u16>()
-                    .map_err(|_| bad(format!("`{a}` is not a local index (0 to {})", u16::MAX)))?,
-            ),
+            (OperandKind::Local, Some(a)) => Operand::Local(a.parse::<u16>().map_err(|_| {
+                bad(format!(
+                    "`{}` is not a local index (0 to {})",
+                    quote(a),
+                    u16::MAX
+                ))
+            })?),
             (OperandKind::Target, Some(a)) => {
                 if !is_identifier(a) {
-                    return Err(bad(format!("`{a}` is not a label")));
+                    return Err(bad(format!("`{}` is not a label", quote(a))));
                 }
                 f.jumps.push((at + 1, a.to_owned(), line));
                 Operand::Target(0)
             }
             (OperandKind::Func, Some(a)) => {
                 if !is_identifier(a) {
-                    return Err(bad(format!("`{a}` is not a function name")));
+                    return Err(bad(format!("`{}` is not a function name", quote(a))));
                 }
                 calls.push((f.index, at + 1, a.to_owned(), line));
                 Operand::Func(0)
@@ -239,6 +253,7 @@ pub fn parse_with_lines(source: &str) -> Result<(Module, LineMap)> {
             }
         }
     }
+    map.headers = header_lines;
     Ok((module, map))
 }
 
@@ -283,23 +298,32 @@ fn parse_header(line: u32, tokens: &[&str]) -> Result<RawFunction> {
         return Err(syntax(usage.into()));
     };
     if !is_identifier(name) {
-        return Err(syntax(format!("invalid function name `{name}`")));
+        return Err(syntax(format!("invalid function name `{}`", quote(name))));
     }
     let (mut args, mut locals) = (None, None);
     for tok in rest {
         let (key, value) = tok
             .split_once('=')
-            .ok_or_else(|| syntax(format!("unexpected `{tok}`: {usage}")))?;
-        let value: u32 = value
-            .parse()
-            .map_err(|_| syntax(format!("`{value}` is not a count in `{tok}`")))?;
+            .ok_or_else(|| syntax(format!("unexpected `{}`: {usage}", quote(tok))))?;
+        let value: u32 = value.parse().map_err(|_| {
+            syntax(format!(
+                "`{}` is not a count in `{}`",
+                quote(value),
+                quote(tok)
+            ))
+        })?;
         let slot = match key {
             "args" => &mut args,
             "locals" => &mut locals,
-            _ => return Err(syntax(format!("unknown attribute `{key}`: {usage}"))),
+            _ => {
+                return Err(syntax(format!(
+                    "unknown attribute `{}`: {usage}",
+                    quote(key)
+                )));
+            }
         };
         if slot.replace(value).is_some() {
-            return Err(syntax(format!("`{key}` given twice")));
+            return Err(syntax(format!("`{}` given twice", quote(key))));
         }
     }
     match (args, locals) {

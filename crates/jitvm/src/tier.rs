@@ -7,14 +7,44 @@
 //! locals move into the compiled frame, the operand stack is empty there by verification), runs
 //! natively from then on. Compiled code calls functions that are not compiled yet through the
 //! bridge, which runs them in the interpreter (where they may tier up in turn).
+//!
+//! When executable memory runs out (jitmem's arena is exhausted, the process is at its limit of
+//! memory mappings, or the OS refuses memory), compilation stops for the rest of the run: the
+//! engine says so once ([`JitEngine::notice`]), counts the functions it no longer compiles
+//! ([`JitStats::skipped`]), and the program keeps running in the interpreter (code already
+//! compiled keeps running natively).
+//!
+//! # Why sharing the engine with compiled code is sound
+//!
+//! Compiled code calls back into Rust (the `print` and bridge helpers of `jit::runtime`), and
+//! the bridge runs the interpreter, which may tier up, compile and enter compiled code again:
+//! the engine is re-entered while an outer call into compiled code is suspended. So:
+//!
+//! - Everything the helpers touch (output, counters, the context, the JIT cache, statistics)
+//!   is one `State`, allocated once with [`Box::into_raw`] in [`JitEngine::new`] and freed
+//!   in [`JitEngine`]'s `Drop`. That raw pointer is the only way to it: [`JitEngine`] and the
+//!   helpers' `EngineRef` hold copies of it (the context holds one too, written once in
+//!   `new`), never a reference.
+//! - Rust code takes a `&mut State` (or `&State`) only briefly, between calls into compiled
+//!   code: every such reference is dead before `Entry::call` runs compiled code, which may
+//!   re-enter through a helper and take its own. So no two live references to the state ever
+//!   overlap, and no reference is live while compiled code reads or writes the context
+//!   through its raw pointer (derived from the same allocation pointer, never from a
+//!   reference).
+//! - The function table compiled code calls through is its own raw allocation (`FnTable`),
+//!   written only through its raw pointer, so publishing a function while compiled code runs
+//!   does not invalidate the pointer compiled code holds.
+//! - The references [`JitEngine`]'s accessors hand out borrow the `JitEngine` itself; compiled
+//!   code runs only inside its `&mut self` methods (the [`Engine`] ones), so the borrow checker
+//!   keeps such a reference from outliving into a run.
 
-use std::ffi::c_void;
 use std::io::{self, Write};
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use jitmem::{CodeBlock, JitMemory};
 
-use crate::jit::runtime::{Ctx, Runtime, bridge_helper, decode_stop, print_helper, publish};
+use crate::jit::runtime::{Ctx, Entry, Runtime, bridge_helper, decode_stop, print_helper, publish};
 use crate::jit::{CodegenOptions, Isa, JitError, compile_for, native_reg_args, native_runtime};
 use crate::program::{Counters, Engine, FuncId, Limits, Program, Stop, Trap, TrapKind};
 
@@ -75,16 +105,63 @@ pub struct JitStats {
     pub osr_entries: u64,
     /// Functions that could not be compiled, with the reason (they stay interpreted).
     pub failures: Vec<String>,
+    /// Functions left interpreted because executable memory ran out earlier in the run (see
+    /// the module documentation); the first such failure is in [`JitEngine::notice`].
+    pub skipped: u32,
 }
 
 /// Margin of native stack kept free for helpers and the bridge's Rust frames.
 const STACK_MARGIN: usize = 128 * 1024;
 
+/// The function table compiled callers call through (one address per function): its own raw
+/// allocation, so that compiled code's pointer to it (in the context) stays valid while Rust
+/// code publishes new entries. Written only through [`FnTable::set`].
+struct FnTable {
+    /// The `Box<[usize]>` of `new`, freed in `drop`.
+    ptr: *mut usize,
+    len: usize,
+}
+
+impl FnTable {
+    /// A table of `len` entries, all `fill`.
+    fn new(len: usize, fill: usize) -> FnTable {
+        let boxed: Box<[usize]> = vec![fill; len].into_boxed_slice();
+        let ptr = Box::into_raw(boxed).cast::<usize>();
+        FnTable { ptr, len }
+    }
+
+    /// Sets entry `index`; `false` if it is out of range.
+    fn set(&mut self, index: usize, value: usize) -> bool {
+        if index >= self.len {
+            return false;
+        }
+        // SAFETY: `index` is in bounds of the allocation made in `new`, which lives until
+        // `drop`; the write goes through the allocation's own pointer, so it invalidates no
+        // other pointer to the table (compiled code reads it through a copy of that pointer,
+        // and never while this runs: Rust code runs only while compiled code is suspended).
+        unsafe { self.ptr.add(index).write(value) };
+        true
+    }
+
+    /// The table's address, for the context.
+    fn as_ptr(&self) -> *const usize {
+        self.ptr
+    }
+}
+
+impl Drop for FnTable {
+    fn drop(&mut self) {
+        let slice = std::ptr::slice_from_raw_parts_mut(self.ptr, self.len);
+        // SAFETY: `slice` is exactly the `Box<[usize]>` leaked in `new`, freed only here.
+        drop(unsafe { Box::from_raw(slice) });
+    }
+}
+
 struct Jit {
     memory: JitMemory,
     runtime: Runtime,
     isa: Isa,
-    table: Box<[usize]>,
+    table: FnTable,
     options: CodegenOptions,
 }
 
@@ -105,19 +182,37 @@ struct FuncState {
     failed: bool,
 }
 
-/// The engine with a JIT: tiering counters, the JIT cache and output.
-pub struct JitEngine<W: Output> {
+/// Everything compiled code's helpers touch, in one allocation (see the module documentation).
+struct State<W: Output> {
     out: W,
     write_error: Option<io::Error>,
     limits: Limits,
     threshold: u32,
-    ctx: Box<Ctx>,
+    ctx: Ctx,
     jit: Option<Jit>,
     funcs: Vec<FuncState>,
     stats: JitStats,
     notice: Option<String>,
+    /// Executable memory ran out: compile nothing more in this run.
+    exhausted: bool,
     native_stack: usize,
     nesting: u32,
+}
+
+/// The engine with a JIT: tiering counters, the JIT cache and output.
+pub struct JitEngine<W: Output> {
+    /// The engine state, from `Box::into_raw`; freed in `Drop`.
+    state: *mut State<W>,
+    _owns: PhantomData<State<W>>,
+}
+
+impl<W: Output> Drop for JitEngine<W> {
+    fn drop(&mut self) {
+        // SAFETY: `state` came from `Box::into_raw` in `new` and is freed only here; no
+        // compiled code runs (it runs only inside `&mut self` methods), so no other pointer
+        // to the state is in use.
+        drop(unsafe { Box::from_raw(self.state) });
+    }
 }
 
 impl<W: Output> JitEngine<W> {
@@ -129,7 +224,7 @@ impl<W: Output> JitEngine<W> {
             steps_left: limits.max_steps,
             ..Counters::default()
         };
-        let mut engine = JitEngine {
+        let mut state = Box::new(State {
             out,
             write_error: None,
             limits,
@@ -137,30 +232,39 @@ impl<W: Output> JitEngine<W> {
                 JitMode::Tiered { threshold } => threshold.max(1),
                 JitMode::Off | JitMode::Eager => u32::MAX,
             },
-            ctx: Box::new(Ctx::new(counters)),
+            ctx: Ctx::new(counters),
             jit: None,
             funcs: (0..program.functions().len())
                 .map(|_| FuncState::default())
                 .collect(),
             stats: JitStats::default(),
             notice: None,
+            exhausted: false,
             native_stack: config.native_stack,
             nesting: 0,
-        };
-        if config.mode == JitMode::Off {
-            return engine;
-        }
-        match Self::start(program, limits, config) {
-            Ok(jit) => {
-                engine.ctx.table = jit.table.as_ptr();
-                engine.ctx.print_fn = print_helper::<W> as *const () as usize;
-                engine.ctx.bridge_fn = bridge_helper::<W> as *const () as usize;
-                engine.ctx.unwind = jit.runtime.unwind();
-                engine.jit = Some(jit);
+        });
+        if config.mode != JitMode::Off {
+            match start(program, limits, config) {
+                Ok(jit) => {
+                    state.ctx.table = jit.table.as_ptr();
+                    state.ctx.print_fn = print_helper::<W> as *const () as usize;
+                    state.ctx.bridge_fn = bridge_helper::<W> as *const () as usize;
+                    state.ctx.unwind = jit.runtime.unwind();
+                    state.jit = Some(jit);
+                }
+                Err(why) => state.notice = Some(format!("JIT unavailable, interpreting: {why}")),
             }
-            Err(why) => engine.notice = Some(format!("JIT unavailable, interpreting: {why}")),
         }
+        let raw = Box::into_raw(state);
+        // SAFETY: `raw` is the live allocation just made; this write goes through it, and the
+        // context's copy of the pointer is what the helpers use to find the state.
+        unsafe { (*raw).ctx.engine = raw.cast() };
+        let mut engine = JitEngine {
+            state: raw,
+            _owns: PhantomData,
+        };
         if config.mode == JitMode::Eager {
+            // Once executable memory has run out, `compile` only counts the rest as skipped.
             for f in 0..program.functions().len() {
                 engine.compile(program, f as FuncId);
             }
@@ -168,62 +272,105 @@ impl<W: Output> JitEngine<W> {
         engine
     }
 
-    fn start(program: &Program, limits: Limits, config: &JitConfig) -> Result<Jit, String> {
-        let isa = Isa::native().ok_or_else(|| JitError::UnsupportedIsa.to_string())?;
-        if !jitmem::probe::jit_available() {
-            let why = jitmem::probe::auto_choice()
-                .err()
-                .unwrap_or_else(|| "the probe found no way to run generated code".into());
-            return Err(why);
-        }
-        let memory = JitMemory::new(config.memory.clone()).map_err(|e| e.to_string())?;
-        let runtime = native_runtime(&memory).map_err(|e| e.to_string())?;
-        let table = vec![runtime.bridge(); program.functions().len()].into_boxed_slice();
-        Ok(Jit {
-            memory,
-            runtime,
-            isa,
-            table,
-            options: CodegenOptions {
-                steps: limits.max_steps != u64::MAX,
-                count: config.count,
-            },
-        })
+    /// The state, shared, for as long as `self` is borrowed.
+    fn state(&self) -> &State<W> {
+        // SAFETY: the state lives as long as `self`; compiled code (and so any helper taking
+        // `&mut` to the state) runs only inside `&mut self` methods, which cannot run while
+        // this borrow of `self` lives.
+        unsafe { &*self.state }
     }
 
-    /// Why the JIT is not running, if it is not (say it once, on stderr).
+    /// The state, exclusively, for as long as `self` is borrowed (never across a call into
+    /// compiled code).
+    fn state_mut(&mut self) -> &mut State<W> {
+        // SAFETY: as in `state`; `&mut self` makes this the only reference.
+        unsafe { &mut *self.state }
+    }
+
+    /// A handle on the same state, for the [`Engine`] methods.
+    fn handle(&mut self) -> EngineRef<W> {
+        EngineRef { state: self.state }
+    }
+
+    /// Why the JIT is not running or stopped compiling, if it did (say it once, on stderr).
     pub fn notice(&self) -> Option<&str> {
-        self.notice.as_deref()
+        self.state().notice.as_deref()
     }
 
     /// What the JIT did.
     pub fn stats(&self) -> &JitStats {
-        &self.stats
+        &self.state().stats
     }
 
     /// The run's counters.
     pub fn counters_now(&self) -> Counters {
-        self.ctx.counters
+        self.state().ctx.counters
     }
 
     /// The strategy and layout of the executable memory, when the JIT runs.
     pub fn memory(&self) -> Option<&JitMemory> {
-        self.jit.as_ref().map(|j| &j.memory)
+        self.state().jit.as_ref().map(|j| &j.memory)
     }
 
     /// The first write error of `print`, if any.
     pub fn take_write_error(&mut self) -> Option<io::Error> {
-        self.write_error.take()
+        self.state_mut().write_error.take()
     }
 
     /// The output writer.
     pub fn output(&mut self) -> &mut W {
-        &mut self.out
+        &mut self.state_mut().out
     }
 
     /// Compiles `func` into the JIT cache; `false` if the JIT is off or compilation failed
     /// (the function then stays interpreted, and the reason is in the statistics).
     pub fn compile(&mut self, program: &Program, func: FuncId) -> bool {
+        self.state_mut().compile(program, func)
+    }
+}
+
+fn start(program: &Program, limits: Limits, config: &JitConfig) -> Result<Jit, String> {
+    let isa = Isa::native().ok_or_else(|| JitError::UnsupportedIsa.to_string())?;
+    if !jitmem::probe::jit_available() {
+        let why = jitmem::probe::auto_choice()
+            .err()
+            .unwrap_or_else(|| "the probe found no way to run generated code".into());
+        return Err(why);
+    }
+    let memory = JitMemory::new(config.memory.clone()).map_err(|e| e.to_string())?;
+    let runtime = native_runtime(&memory).map_err(|e| e.to_string())?;
+    let table = FnTable::new(program.functions().len(), runtime.bridge());
+    Ok(Jit {
+        memory,
+        runtime,
+        isa,
+        table,
+        options: CodegenOptions {
+            steps: limits.max_steps != u64::MAX,
+            count: config.count,
+        },
+    })
+}
+
+/// Whether a compile error means executable memory ran out (so later ones would fail too).
+fn out_of_memory(error: &JitError) -> bool {
+    match error {
+        JitError::Memory(jitmem::Error::Exhausted { .. } | jitmem::Error::MappingLimit { .. }) => {
+            true
+        }
+        JitError::Memory(jitmem::Error::Os { source, .. }) => {
+            source.kind() == io::ErrorKind::OutOfMemory || source.raw_os_error() == Some(ENOMEM)
+        }
+        _ => false,
+    }
+}
+
+/// `ENOMEM` (12 on Linux, macOS and the BSDs).
+const ENOMEM: i32 = 12;
+
+impl<W: Output> State<W> {
+    /// See [`JitEngine::compile`].
+    fn compile(&mut self, program: &Program, func: FuncId) -> bool {
         let Some(jit) = self.jit.as_mut() else {
             return false;
         };
@@ -234,6 +381,11 @@ impl<W: Output> JitEngine<W> {
             return true;
         }
         if state.failed {
+            return false;
+        }
+        if self.exhausted {
+            state.failed = true;
+            self.stats.skipped += 1;
             return false;
         }
         let start = Instant::now();
@@ -251,9 +403,7 @@ impl<W: Output> JitEngine<W> {
         self.stats.compile_time += start.elapsed();
         match result {
             Ok((block, native, start, osr, bytes)) => {
-                if let Some(slot) = jit.table.get_mut(func as usize) {
-                    *slot = native;
-                }
+                jit.table.set(func as usize, native);
                 state.compiled = Some(NativeCode {
                     _block: block,
                     start,
@@ -265,10 +415,25 @@ impl<W: Output> JitEngine<W> {
                     program.function(func).map_or(0, |f| f.code().len() as u64);
                 true
             }
+            Err(e) if out_of_memory(&e) => {
+                state.failed = true;
+                self.exhausted = true;
+                self.stats.skipped += 1;
+                if self.notice.is_none() {
+                    self.notice = Some(format!(
+                        "executable memory ran out after {} compiled functions; the rest of the \
+                         run is interpreted ({e})",
+                        self.stats.compiled_functions
+                    ));
+                }
+                false
+            }
             Err(e) => {
                 state.failed = true;
                 let name = program.function(func).map_or("?", |f| f.name());
-                self.stats.failures.push(format!("{name}: {e}"));
+                self.stats
+                    .failures
+                    .push(format!("{}: {e}", crate::error::quote(name)));
                 false
             }
         }
@@ -287,18 +452,42 @@ impl<W: Output> JitEngine<W> {
         }
     }
 
-    /// Runs compiled code from an array entry with the frame's locals.
-    fn run_native(
-        &mut self,
-        program: &Program,
-        entry: usize,
-        locals: &mut [i64],
-        depth: u32,
-    ) -> Result<i64, Stop> {
-        let Some(jit) = self.jit.as_ref() else {
-            return Err(internal_trap());
-        };
-        let runtime: *const Runtime = &jit.runtime;
+    /// Counts a call (`at == None`) or an iteration of the `loop_header` `at` of `func`,
+    /// compiles `func` when the count reaches the threshold, and returns the entry to run the
+    /// frame natively from once it is compiled.
+    fn tier_up(&mut self, program: &Program, func: FuncId, at: Option<u32>) -> Option<usize> {
+        self.jit.as_ref()?;
+        let state = self.funcs.get_mut(func as usize)?;
+        if state.compiled.is_none() {
+            if state.failed {
+                return None;
+            }
+            let count = match at {
+                None => &mut state.calls,
+                Some(at) => {
+                    if state.loops.is_empty() {
+                        let len = program.function(func).map_or(0, |f| f.code().len());
+                        state.loops = vec![0; len];
+                    }
+                    state.loops.get_mut(at as usize)?
+                }
+            };
+            *count = count.saturating_add(1);
+            if *count < self.threshold || !self.compile(program, func) {
+                return None;
+            }
+        }
+        let entry = self.entry(func, at)?;
+        if at.is_some() {
+            self.stats.osr_entries += 1;
+        }
+        Some(entry)
+    }
+
+    /// Sets the context up for a call into compiled code from interpreted frame at `depth`;
+    /// returns the trampoline.
+    fn prepare_native(&mut self, program: &Program, depth: u32) -> Option<Entry> {
+        let entry = self.jit.as_ref()?.runtime.entry();
         if self.nesting == 0 {
             let marker = 0u8;
             let here = std::ptr::from_ref(&marker) as usize;
@@ -308,22 +497,90 @@ impl<W: Output> JitEngine<W> {
         self.ctx.depth_left = u64::from(self.limits.max_depth.saturating_sub(depth));
         self.ctx.program = program;
         self.ctx.stop = 0;
-        let ctx: *mut Ctx = &mut *self.ctx;
-        self.ctx.engine = std::ptr::from_mut(self).cast::<c_void>();
         self.nesting += 1;
-        // SAFETY: `ctx` is this engine's context, set up in `new` (table, helpers for this `W`,
-        // unwind stub) and above (engine, program, depth, stack limit); `entry` is an array
-        // entry of a function compiled by this engine's JIT, whose block lives in
-        // `self.funcs` until the engine is dropped; `locals` holds that function's locals
-        // (the interpreter's frame). Until `enter` returns, this frame does not touch `self`;
-        // the helpers reach the engine only through `ctx.engine`.
-        let result = unsafe { (*runtime).enter(ctx, entry, locals.as_ptr()) };
-        self.nesting -= 1;
+        Some(entry)
+    }
+
+    /// Undoes [`State::prepare_native`] after compiled code returned `result`.
+    fn finish_native(&mut self, result: i64) -> Result<i64, Stop> {
+        self.nesting = self.nesting.saturating_sub(1);
         let stop = std::mem::take(&mut self.ctx.stop);
         if stop != 0 {
             return Err(decode_stop(stop).unwrap_or_else(internal_trap));
         }
         Ok(result)
+    }
+}
+
+/// A handle on a [`JitEngine`]'s state: what the helpers compiled code calls make from the
+/// context, and what the [`Engine`] methods run on. A copy of the state pointer, owning
+/// nothing (see the module documentation).
+pub(crate) struct EngineRef<W: Output> {
+    state: *mut State<W>,
+}
+
+impl<W: Output> EngineRef<W> {
+    /// The handle on the engine whose context `ctx` is.
+    ///
+    /// # Safety
+    /// `ctx` must be the context of a live `JitEngine<W>` (its `engine` field set by
+    /// [`JitEngine::new`]), passed by compiled code that engine entered and that has not
+    /// returned yet; the handle must not outlive that call.
+    pub(crate) unsafe fn from_ctx(ctx: *mut Ctx) -> EngineRef<W> {
+        // SAFETY: the caller guarantees a live context; reading a field through the raw
+        // pointer takes no reference.
+        let state = unsafe { (*ctx).engine }.cast::<State<W>>();
+        EngineRef { state }
+    }
+
+    /// The state, exclusively, while this borrow of the handle lives (never across a call into
+    /// compiled code).
+    fn state(&mut self) -> &mut State<W> {
+        // SAFETY: the state is alive (see `from_ctx`, or `JitEngine::handle`); every
+        // reference to it is taken briefly and dropped before compiled code runs, and
+        // compiled code, which is suspended while Rust code runs, is the only other user;
+        // so this is the only live reference.
+        unsafe { &mut *self.state }
+    }
+
+    /// Runs compiled code from an array entry with the frame's locals.
+    fn run_native(
+        &mut self,
+        program: &Program,
+        entry: usize,
+        locals: &mut [i64],
+        depth: u32,
+    ) -> Result<i64, Stop> {
+        let Some(trampoline) = self.state().prepare_native(program, depth) else {
+            return Err(internal_trap());
+        };
+        // No reference to the state is live from here until compiled code returns.
+        // SAFETY: `self.state` is the live allocation (see `state`); `&raw mut` takes no
+        // reference, so the pointer derives from the allocation's own.
+        let ctx: *mut Ctx = unsafe { &raw mut (*self.state).ctx };
+        // SAFETY: `ctx` is this engine's context, set up in `JitEngine::new` (table, helpers
+        // for this `W`, unwind stub, engine) and in `prepare_native` (program, depth, stack
+        // limit); the runtime that made `trampoline` and the block holding `entry` (an array
+        // entry of a function this engine compiled) live in the state, which outlives this
+        // call and frees code only when dropped; `locals` holds that function's locals (the
+        // interpreter's frame). No reference into the state is live across the call.
+        let result = unsafe { trampoline.call(ctx, entry, locals.as_ptr()) };
+        self.state().finish_native(result)
+    }
+
+    /// Tiers up and, once `func` is compiled, runs the frame natively.
+    fn tier_up(
+        &mut self,
+        program: &Program,
+        func: FuncId,
+        at: Option<u32>,
+        locals: &mut [i64],
+        depth: u32,
+    ) -> Result<Option<i64>, Stop> {
+        match self.state().tier_up(program, func, at) {
+            Some(entry) => self.run_native(program, entry, locals, depth).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The bridge: compiled code calls `callee`, which is not compiled; run it here.
@@ -340,7 +597,17 @@ impl<W: Output> JitEngine<W> {
     ) -> Result<i64, Stop> {
         let marker = 0u8;
         let here = std::ptr::from_ref(&marker) as u64;
-        if here < self.ctx.stack_limit.saturating_add(STACK_MARGIN as u64 / 2) {
+        let (stack_limit, depth_left, limits, count) = {
+            let state = self.state();
+            let count = state.jit.as_ref().is_some_and(|j| j.options.count);
+            (
+                state.ctx.stack_limit,
+                state.ctx.depth_left,
+                state.limits,
+                count,
+            )
+        };
+        if here < stack_limit.saturating_add(STACK_MARGIN as u64 / 2) {
             return Err(Stop::Trap(Trap {
                 kind: TrapKind::NativeStack,
                 func: callee,
@@ -360,12 +627,9 @@ impl<W: Output> JitEngine<W> {
                 }
             })
             .collect();
-        let depth = self
-            .limits
+        let depth = limits
             .max_depth
-            .saturating_sub(u32::try_from(self.ctx.depth_left).unwrap_or(u32::MAX));
-        let limits = self.limits;
-        let count = self.jit.as_ref().is_some_and(|j| j.options.count);
+            .saturating_sub(u32::try_from(depth_left).unwrap_or(u32::MAX));
         crate::interp::call(program, self, &limits, callee, &args, depth, count)
     }
 }
@@ -379,57 +643,7 @@ fn internal_trap() -> Stop {
     })
 }
 
-impl<W: Output> JitEngine<W> {
-    /// Counts a call (`at == None`) or an iteration of the `loop_header` `at` of `func`,
-    /// compiles `func` when the count reaches the threshold, and runs the frame natively from
-    /// the matching entry once it is compiled.
-    fn tier_up(
-        &mut self,
-        program: &Program,
-        func: FuncId,
-        at: Option<u32>,
-        locals: &mut [i64],
-        depth: u32,
-    ) -> Result<Option<i64>, Stop> {
-        if self.jit.is_none() {
-            return Ok(None);
-        }
-        let Some(state) = self.funcs.get_mut(func as usize) else {
-            return Ok(None);
-        };
-        if state.compiled.is_none() {
-            if state.failed {
-                return Ok(None);
-            }
-            let count = match at {
-                None => &mut state.calls,
-                Some(at) => {
-                    if state.loops.is_empty() {
-                        let len = program.function(func).map_or(0, |f| f.code().len());
-                        state.loops = vec![0; len];
-                    }
-                    let Some(count) = state.loops.get_mut(at as usize) else {
-                        return Ok(None);
-                    };
-                    count
-                }
-            };
-            *count = count.saturating_add(1);
-            if *count < self.threshold || !self.compile(program, func) {
-                return Ok(None);
-            }
-        }
-        let Some(entry) = self.entry(func, at) else {
-            return Ok(None);
-        };
-        if at.is_some() {
-            self.stats.osr_entries += 1;
-        }
-        self.run_native(program, entry, locals, depth).map(Some)
-    }
-}
-
-impl<W: Output> Engine for JitEngine<W> {
+impl<W: Output> Engine for EngineRef<W> {
     fn enter(
         &mut self,
         program: &Program,
@@ -452,14 +666,46 @@ impl<W: Output> Engine for JitEngine<W> {
     }
 
     fn print(&mut self, value: i64) {
-        if self.write_error.is_none() {
-            if let Err(e) = writeln!(self.out, "{value}") {
-                self.write_error = Some(e);
+        let state = self.state();
+        if state.write_error.is_none() {
+            if let Err(e) = writeln!(state.out, "{value}") {
+                state.write_error = Some(e);
             }
         }
     }
 
     fn counters(&mut self) -> &mut Counters {
-        &mut self.ctx.counters
+        &mut self.state().ctx.counters
+    }
+}
+
+impl<W: Output> Engine for JitEngine<W> {
+    fn enter(
+        &mut self,
+        program: &Program,
+        func: FuncId,
+        locals: &mut [i64],
+        depth: u32,
+    ) -> Result<Option<i64>, Stop> {
+        self.handle().enter(program, func, locals, depth)
+    }
+
+    fn loop_header(
+        &mut self,
+        program: &Program,
+        func: FuncId,
+        at: u32,
+        locals: &mut [i64],
+        depth: u32,
+    ) -> Result<Option<i64>, Stop> {
+        self.handle().loop_header(program, func, at, locals, depth)
+    }
+
+    fn print(&mut self, value: i64) {
+        self.handle().print(value);
+    }
+
+    fn counters(&mut self) -> &mut Counters {
+        &mut self.state_mut().ctx.counters
     }
 }

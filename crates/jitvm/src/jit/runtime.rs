@@ -171,17 +171,31 @@ impl Runtime {
         self.block.as_ptr() as usize + self.stubs.bridge
     }
 
+    /// The trampoline, to enter compiled code without holding a reference to this runtime
+    /// (the helpers compiled code calls may take `&mut` to the engine state that owns it).
+    pub(crate) fn entry(&self) -> Entry {
+        Entry(self.trampoline)
+    }
+}
+
+/// The trampoline of a [`Runtime`], copied out of it: `(ctx, array entry, locals) -> result`.
+#[derive(Clone, Copy)]
+pub(crate) struct Entry(Trampoline);
+
+impl Entry {
     /// Runs compiled code from an array entry.
     ///
     /// # Safety
+    /// The [`Runtime`] this came from must still be alive (its block holds the trampoline).
     /// `ctx` must point to a live context whose table, helpers, engine and program are set up
     /// for the code at `entry`, which must be an array entry of a function compiled for this
-    /// runtime and still allocated; `locals` must hold that function's locals. The caller must
-    /// not touch what `ctx` points to, nor the engine, until this returns.
-    pub(crate) unsafe fn enter(&self, ctx: *mut Ctx, entry: usize, locals: *const i64) -> i64 {
-        // SAFETY: the trampoline is live (see `new`); the caller guarantees the context, the
-        // entry and the locals.
-        unsafe { (self.trampoline)(ctx, entry, locals) }
+    /// runtime and still allocated; `locals` must hold that function's locals. No reference to
+    /// the context or to the engine state the helpers reach through it may be live across
+    /// this call: the helpers take their own, briefly.
+    pub(crate) unsafe fn call(self, ctx: *mut Ctx, entry: usize, locals: *const i64) -> i64 {
+        // SAFETY: the caller guarantees the trampoline is live, the context, the entry and the
+        // locals.
+        unsafe { (self.0)(ctx, entry, locals) }
     }
 }
 
@@ -213,14 +227,15 @@ jit_helper! {
     /// `print` from compiled code.
     fn print_helper<W>(ctx: *mut Ctx, value: i64) -> u64 {
         let run = std::panic::catch_unwind(|| {
-            // SAFETY: compiled code passes the context it runs with, whose engine field the
-            // engine set to itself (a `JitEngine<W>`) before entering; the engine's frame is
-            // suspended in `Runtime::enter`, so this is the only live reference.
-            let engine = unsafe { &mut *(*ctx).engine.cast::<crate::tier::JitEngine<W>>() };
-            crate::Engine::print(engine, value);
+            // SAFETY: compiled code passes the context it runs with, which lives in the engine
+            // state of a `JitEngine<W>` (the one that entered it; see `tier`'s module
+            // documentation), and that engine is inside one of its methods until compiled
+            // code returns.
+            let mut engine = unsafe { crate::tier::EngineRef::<W>::from_ctx(ctx) };
+            crate::Engine::print(&mut engine, value);
         });
         if run.is_err() {
-            // SAFETY: as above, the context is live.
+            // SAFETY: as above, the context is live; no reference to it is held here.
             unsafe { (*ctx).stop = INTERNAL_CODE };
         }
         0
@@ -232,13 +247,11 @@ jit_helper! {
     /// arguments, `stack` the stack-passed ones.
     fn bridge_helper<W>(ctx: *mut Ctx, callee: u64, regs: *const i64, stack: *const i64) -> i64 {
         let run = std::panic::catch_unwind(|| {
-            // SAFETY: as in `print_helper`; the program outlives the run.
-            let (engine, program) = unsafe {
-                (
-                    &mut *(*ctx).engine.cast::<crate::tier::JitEngine<W>>(),
-                    &*(*ctx).program,
-                )
-            };
+            // SAFETY: as in `print_helper`.
+            let mut engine = unsafe { crate::tier::EngineRef::<W>::from_ctx(ctx) };
+            // SAFETY: the program was set in the context by the engine before it entered
+            // compiled code, from a `&Program` that outlives the run; it is only read.
+            let program = unsafe { &*(*ctx).program };
             // SAFETY: the bridge stub stored the register arguments at `regs` and passes the
             // caller's stack-argument area at `stack`, which holds the rest of `callee`'s
             // arguments (the verifier checked the count, the code generator pushed them).
@@ -246,7 +259,7 @@ jit_helper! {
             match result {
                 Ok(v) => v,
                 Err(stop) => {
-                    // SAFETY: as above.
+                    // SAFETY: as above; `bridge` holds no reference into the state any more.
                     unsafe { (*ctx).stop = encode_stop(stop) };
                     0
                 }
