@@ -16,9 +16,11 @@
 #![forbid(unsafe_code)]
 
 pub mod a64;
+pub mod buffer;
 mod error;
 pub mod x64;
 
+pub use buffer::{CodeBuffer, Encoder, FixupKind, MAX_CODE_SIZE};
 pub use error::{Error, Result};
 
 /// A position in the code that branches can name before it is bound.
