@@ -382,6 +382,87 @@ pub trait Encoder {
     }
 }
 
+/// Gives an assembler type `$asm`, which keeps its `CodeBuffer<$fixup>` in a field `buf` and
+/// has an inherent `align`, the [`Encoder`] methods both as inherent methods (so that callers
+/// need not import the trait) and as the trait's implementation.
+macro_rules! impl_encoder {
+    ($asm:ty, $fixup:ty) => {
+        /// Labels and the code: the shared [`CodeBuffer`](crate::buffer::CodeBuffer), whose
+        /// [rules](crate::buffer) say what each error leaves behind.
+        impl $asm {
+            /// The offset of the next instruction (the number of bytes emitted so far).
+            pub fn offset(&self) -> usize {
+                self.buf.offset()
+            }
+
+            /// The code so far. Branches to labels not bound yet hold a zero displacement.
+            pub fn bytes(&self) -> &[u8] {
+                self.buf.bytes()
+            }
+
+            /// A new, unbound label.
+            pub fn new_label(&mut self) -> $crate::Label {
+                self.buf.new_label()
+            }
+
+            /// Binds `l` to the current offset and patches the branches that wait for it.
+            ///
+            /// # Errors
+            ///
+            /// [`Error::CodeTooLarge`](crate::Error::CodeTooLarge),
+            /// [`Error::UnknownLabel`](crate::Error::UnknownLabel),
+            /// [`Error::LabelBoundTwice`](crate::Error::LabelBoundTwice) (nothing changes);
+            /// [`Error::BranchOutOfRange`](crate::Error::BranchOutOfRange) for the first earlier
+            /// branch that cannot reach here (the label is bound anyway, the other branches are
+            /// patched, and `finish` fails). See [`CodeBuffer::bind`](crate::buffer::CodeBuffer::bind).
+            pub fn bind(&mut self, l: $crate::Label) -> $crate::Result<()> {
+                self.buf.bind(l)
+            }
+
+            /// The offset `l` is bound to, or `None` if it is not bound (or not this
+            /// assembler's).
+            pub fn label_offset(&self, l: $crate::Label) -> Option<usize> {
+                self.buf.label_offset(l)
+            }
+
+            /// The finished code.
+            ///
+            /// # Errors
+            ///
+            /// [`Error::CodeTooLarge`](crate::Error::CodeTooLarge) if the code outgrew
+            /// [`MAX_CODE_SIZE`](crate::MAX_CODE_SIZE);
+            /// [`Error::BranchOutOfRange`](crate::Error::BranchOutOfRange) if a forward branch
+            /// could not reach its label when it was bound;
+            /// [`Error::UnboundLabel`](crate::Error::UnboundLabel) if a branch uses a label that
+            /// was never bound.
+            pub fn finish(self) -> $crate::Result<Vec<u8>> {
+                self.buf.finish()
+            }
+        }
+
+        impl $crate::buffer::Encoder for $asm {
+            type Fixup = $fixup;
+
+            fn buffer(&self) -> &$crate::buffer::CodeBuffer<$fixup> {
+                &self.buf
+            }
+
+            fn buffer_mut(&mut self) -> &mut $crate::buffer::CodeBuffer<$fixup> {
+                &mut self.buf
+            }
+
+            fn into_buffer(self) -> $crate::buffer::CodeBuffer<$fixup> {
+                self.buf
+            }
+
+            fn align(&mut self, n: usize) {
+                <$asm>::align(self, n);
+            }
+        }
+    };
+}
+pub(crate) use impl_encoder;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,5 +615,31 @@ mod tests {
             .chain([1, 2, 3].iter().copied().cycle().take(15))
             .collect();
         assert_eq!(b.finish().unwrap(), want);
+    }
+
+    /// What generic code can do with any assembler through [`Encoder`].
+    fn through_the_trait<E: Encoder>(mut e: E) -> Result<Vec<u8>> {
+        let start = e.new_label();
+        let unused = e.new_label();
+        e.bind(start)?;
+        assert_eq!(e.bind(start), Err(Error::LabelBoundTwice(start.index())));
+        e.align(8);
+        e.buffer_mut().put(&[0xAA; 4])?;
+        e.align(8);
+        assert_eq!(e.offset(), 8);
+        assert_eq!(e.bytes().len(), 8);
+        assert_eq!(e.label_offset(start), Some(0));
+        assert_eq!(e.label_offset(unused), None);
+        assert!(!e.buffer().is_too_large());
+        e.finish()
+    }
+
+    #[test]
+    fn both_assemblers_are_encoders() {
+        let x = through_the_trait(crate::x64::Assembler::new()).unwrap();
+        assert_eq!(x, [0xAA, 0xAA, 0xAA, 0xAA, 0x0F, 0x1F, 0x40, 0x00]);
+        let a = through_the_trait(crate::a64::Assembler::new()).unwrap();
+        assert_eq!(a[..4], [0xAA; 4]);
+        assert_eq!(a[4..], 0xd503_201fu32.to_le_bytes());
     }
 }

@@ -23,7 +23,7 @@
 //! # Ok::<(), jitasm::Error>(())
 //! ```
 
-use crate::buffer::{CodeBuffer, Encoder, FixupKind, displacement};
+use crate::buffer::{CodeBuffer, FixupKind, displacement};
 use crate::{Error, Label, Result};
 use core::fmt;
 
@@ -366,43 +366,8 @@ impl Assembler {
         Self::default()
     }
 
-    /// The current offset in bytes (where the next instruction goes).
-    pub fn offset(&self) -> usize {
-        self.buf.offset()
-    }
-
-    /// The code emitted so far (unbound forward branches still have a zero offset field).
-    pub fn bytes(&self) -> &[u8] {
-        self.buf.bytes()
-    }
-
-    /// The finished code.
-    ///
-    /// Errors: [`Error::BranchOutOfRange`] if a forward branch could not reach its label when it
-    /// was bound, [`Error::UnboundLabel`] if a branch names a label that was never bound,
-    /// [`Error::CodeTooLarge`] beyond 2 GiB.
-    pub fn finish(self) -> Result<Vec<u8>> {
-        self.buf.finish()
-    }
-
-    /// A new, unbound label.
-    pub fn new_label(&mut self) -> Label {
-        self.buf.new_label()
-    }
-
-    /// Binds `l` to the current offset and patches the branches that named it.
-    ///
-    /// Errors: [`Error::LabelBoundTwice`], [`Error::UnknownLabel`], [`Error::CodeTooLarge`], or
-    /// [`Error::BranchOutOfRange`] for the first earlier branch that cannot reach here (the
-    /// label is bound anyway, the other branches are patched, and `finish` fails).
-    pub fn bind(&mut self, l: Label) -> Result<()> {
-        self.buf.bind(l)
-    }
-
-    /// The offset `l` is bound to, if it is bound (and belongs to this assembler).
-    pub fn label_offset(&self, l: Label) -> Option<usize> {
-        self.buf.label_offset(l)
-    }
+    // `offset`, `bytes`, `new_label`, `bind`, `label_offset` and `finish` come with the shared
+    // CodeBuffer (`impl_encoder!` at the end of this file).
 
     /// Appends one raw instruction word (little-endian). Past 2 GiB nothing is appended and
     /// [`Assembler::finish`] fails with [`Error::CodeTooLarge`].
@@ -1295,22 +1260,4 @@ impl Assembler {
     }
 }
 
-impl Encoder for Assembler {
-    type Fixup = Fixup;
-
-    fn buffer(&self) -> &CodeBuffer<Fixup> {
-        &self.buf
-    }
-
-    fn buffer_mut(&mut self) -> &mut CodeBuffer<Fixup> {
-        &mut self.buf
-    }
-
-    fn into_buffer(self) -> CodeBuffer<Fixup> {
-        self.buf
-    }
-
-    fn align(&mut self, n: usize) {
-        Assembler::align(self, n);
-    }
-}
+crate::buffer::impl_encoder!(Assembler, Fixup);

@@ -34,7 +34,7 @@ mod encode;
 #[cfg(test)]
 mod tests;
 
-use crate::buffer::{CodeBuffer, Encoder, FixupKind, displacement};
+use crate::buffer::{CodeBuffer, FixupKind, displacement};
 use crate::{Error, Label, Result};
 use encode::{Inst, W32, W64};
 
@@ -282,7 +282,9 @@ impl Cond {
 pub enum Fixup {
     /// An 8-bit displacement (`EB`, `70+cc`).
     Rel8,
-    /// A 32-bit displacement (`E9`, `0F 80+cc`, `E8`).
+    /// A 32-bit displacement (`E9`, `0F 80+cc`, `E8`). It reaches anywhere in code of at most
+    /// [`MAX_CODE_SIZE`] bytes, so binding a label never fails with
+    /// [`Error::BranchOutOfRange`] here.
     Rel32,
 }
 
@@ -404,28 +406,9 @@ impl Assembler {
         }
     }
 
-    /// The offset of the next instruction (the number of bytes emitted so far).
-    pub fn offset(&self) -> usize {
-        self.buf.offset()
-    }
-
-    /// The code so far. Branches to labels not bound yet hold a zero displacement.
-    pub fn bytes(&self) -> &[u8] {
-        self.buf.bytes()
-    }
-
-    /// The finished code.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::UnboundLabel`] if a branch uses a label that was never bound;
-    /// [`Error::CodeTooLarge`] if the code outgrew [`MAX_CODE_SIZE`].
-    pub fn finish(self) -> Result<Vec<u8>> {
-        self.buf.finish()
-    }
-
     // ---------------------------------------------------------------------------------------
-    // Buffer and labels (the shared CodeBuffer).
+    // Buffer and labels: `offset`, `bytes`, `new_label`, `bind`, `label_offset` and `finish`
+    // come with the shared CodeBuffer (`impl_encoder!` at the end of this file).
 
     /// Appends one whole instruction, unless it would make the code too large. Returns whether
     /// it was appended.
@@ -436,27 +419,6 @@ impl Assembler {
     /// [`emit`](Self::emit) for fallible methods.
     fn put(&mut self, inst: Inst) -> Result<()> {
         self.buf.put(inst.bytes())
-    }
-
-    /// A new, unbound label.
-    pub fn new_label(&mut self) -> Label {
-        self.buf.new_label()
-    }
-
-    /// Binds `l` to the current offset and patches the branches that wait for it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::LabelBoundTwice`], [`Error::UnknownLabel`], [`Error::CodeTooLarge`]; the
-    /// assembler is unchanged on error. (Every rel32 fix-up reaches anywhere in the code, so
-    /// the shared buffer's [`Error::BranchOutOfRange`] cannot happen here.)
-    pub fn bind(&mut self, l: Label) -> Result<()> {
-        self.buf.bind(l)
-    }
-
-    /// The offset `l` is bound to, or `None` if it is not bound (or not this assembler's).
-    pub fn label_offset(&self, l: Label) -> Option<usize> {
-        self.buf.label_offset(l)
     }
 
     /// A branch to `l`: `short` (an opcode taking rel8) when given and the label is bound and
@@ -957,22 +919,4 @@ impl Imm {
     }
 }
 
-impl Encoder for Assembler {
-    type Fixup = Fixup;
-
-    fn buffer(&self) -> &CodeBuffer<Fixup> {
-        &self.buf
-    }
-
-    fn buffer_mut(&mut self) -> &mut CodeBuffer<Fixup> {
-        &mut self.buf
-    }
-
-    fn into_buffer(self) -> CodeBuffer<Fixup> {
-        self.buf
-    }
-
-    fn align(&mut self, n: usize) {
-        Assembler::align(self, n);
-    }
-}
+crate::buffer::impl_encoder!(Assembler, Fixup);
