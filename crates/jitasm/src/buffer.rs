@@ -146,7 +146,7 @@ impl<K: FixupKind> CodeBuffer<K> {
     }
 
     /// Whether `n` more bytes fit under the limit; if not, the buffer becomes too large.
-    pub fn reserve(&mut self, n: usize) -> bool {
+    pub fn ensure_room(&mut self, n: usize) -> bool {
         if self.too_large || n > self.limit - self.bytes.len() {
             self.too_large = true;
             return false;
@@ -158,7 +158,7 @@ impl<K: FixupKind> CodeBuffer<K> {
     /// Appends `bytes` whole, or nothing if they do not fit. Returns whether they were
     /// appended.
     pub fn emit(&mut self, bytes: &[u8]) -> bool {
-        if !self.reserve(bytes.len()) {
+        if !self.ensure_room(bytes.len()) {
             return false;
         }
         self.bytes.extend_from_slice(bytes);
@@ -185,7 +185,7 @@ impl<K: FixupKind> CodeBuffer<K> {
         if total == 0 {
             return true;
         }
-        if !self.reserve(total) {
+        if !self.ensure_room(total) {
             return false;
         }
         let start = self.bytes.len();
@@ -279,7 +279,7 @@ impl<K: FixupKind> CodeBuffer<K> {
         let start = self.bytes.len();
         let target = self.slot(l)?.bound;
         let at = start + field;
-        if !self.reserve(inst.len()) {
+        if !self.ensure_room(inst.len()) {
             return Err(Error::CodeTooLarge);
         }
         self.bytes.extend_from_slice(inst);

@@ -886,7 +886,7 @@ impl Assembler {
             return;
         }
         let mut pad = (n - self.offset() % n) % n;
-        if !self.buf.reserve(pad) {
+        if !self.buf.ensure_room(pad) {
             return;
         }
         while pad > 0 {
