@@ -1,13 +1,24 @@
 //! # jitasm: hand-written machine-code encoders
 //!
-//! Two assemblers, one per instruction set, with the same shape: a growable code buffer,
-//! [`Label`]s that may be used before they are bound, and fixups patched when a label is bound.
-//! Every method encodes one instruction form by hand (prefixes, ModRM/SIB, fields); nothing here
-//! runs code or touches executable memory. Encoding errors (an unbound label, a branch target
-//! out of range, an immediate that does not fit) are reported as [`Error`], never as wrong bytes.
+//! Two assemblers, one per instruction set, built the same way. Every method encodes one
+//! instruction form by hand (prefixes, ModRM/SIB, fields); nothing here runs code or touches
+//! executable memory. Encoding errors (an unbound label, a branch target out of range, an
+//! immediate that does not fit) are reported as [`Error`], never as wrong bytes or panics.
 //!
-//! - [`x64`]: x86-64 (REX, ModRM, SIB, displacements, rel8/rel32 branches).
-//! - [`a64`]: AArch64 (fixed 32-bit words, B/BL +-128 MiB, B.cond/CBZ +-1 MiB).
+//! The shape:
+//!
+//! - [`buffer::CodeBuffer`]: the one code buffer. It owns the bytes, the [`Label`]s (bound
+//!   offsets), the pending fix-ups and the size limit ([`MAX_CODE_SIZE`]), and holds the rules
+//!   for binding, patching and finishing. It is generic over a [`FixupKind`], the only
+//!   ISA-specific part: how a fix-up's field is written and how far it reaches.
+//! - [`Encoder`]: the trait for what every assembler has (`new_label`, `bind`, `label_offset`,
+//!   `offset`, `bytes`, `finish`, `align`; errors are [`Error`]), provided by the buffer.
+//! - [`x64`]: x86-64 (REX, ModRM, SIB, displacements); fix-ups [`x64::Fixup`] rel8/rel32.
+//! - [`a64`]: AArch64 (fixed 32-bit words); fix-ups [`a64::Fixup`]: B/BL imm26 (+-128 MiB),
+//!   B.cond/CBZ/CBNZ imm19 and ADR (+-1 MiB), TBZ/TBNZ imm14 (+-32 KiB).
+//!
+//! Each `Assembler` is a thin layer of instruction encodings over a `CodeBuffer`; it keeps the
+//! `Encoder` methods as inherent methods too, so callers need not import the trait.
 
 #![cfg_attr(
     not(test),
@@ -16,9 +27,11 @@
 #![forbid(unsafe_code)]
 
 pub mod a64;
+pub mod buffer;
 mod error;
 pub mod x64;
 
+pub use buffer::{CodeBuffer, Encoder, FixupKind, MAX_CODE_SIZE};
 pub use error::{Error, Result};
 
 /// A position in the code that branches can name before it is bound.

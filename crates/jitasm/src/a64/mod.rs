@@ -10,6 +10,10 @@
 //! itself when the label is already bound (and nothing is emitted), otherwise by
 //! [`Assembler::bind`] and again by [`Assembler::finish`].
 //!
+//! Labels, fix-ups and the 2 GiB size limit are the shared [`CodeBuffer`]'s: past the limit
+//! nothing more is appended, label-relative methods return [`Error::CodeTooLarge`] and so does
+//! [`Assembler::finish`].
+//!
 //! ```
 //! use jitasm::a64::{Assembler, X0, X1};
 //! let mut a = Assembler::new();
@@ -19,6 +23,7 @@
 //! # Ok::<(), jitasm::Error>(())
 //! ```
 
+use crate::buffer::{CodeBuffer, FixupKind, displacement};
 use crate::{Error, Label, Result};
 use core::fmt;
 
@@ -212,9 +217,10 @@ impl Shift {
     }
 }
 
-/// How a label-relative field is encoded in an instruction word.
+/// How a label-relative field is encoded in an instruction word (the fix-up's field is the
+/// whole word, and the offset is from the instruction's own address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub enum Fixup {
     /// B, BL: imm26 words at bit 0.
     Imm26,
     /// B.cond, CBZ, CBNZ: imm19 words at bit 5.
@@ -225,36 +231,35 @@ enum Kind {
     Adr,
 }
 
-impl Kind {
+impl Fixup {
     /// Reach in bytes either way (the target must lie in `-range..range`).
     const fn range(self) -> usize {
         match self {
-            Kind::Imm26 => 1 << 27,
-            Kind::Imm19 | Kind::Adr => 1 << 20,
-            Kind::Imm14 => 1 << 15,
+            Fixup::Imm26 => 1 << 27,
+            Fixup::Imm19 | Fixup::Adr => 1 << 20,
+            Fixup::Imm14 => 1 << 15,
+        }
+    }
+
+    fn out_of_range(self, at: usize, target: usize) -> Error {
+        Error::BranchOutOfRange {
+            at,
+            target,
+            range: self.range(),
         }
     }
 
     /// The word with the offset from `at` to `target` inserted (the field in `word` is zero).
-    fn patch(self, word: u32, at: usize, target: usize) -> Result<u32> {
-        let out_of_range = Error::BranchOutOfRange {
-            at,
-            target,
-            range: self.range(),
-        };
-        let (Ok(at_i), Ok(target_i)) = (i64::try_from(at), i64::try_from(target)) else {
-            return Err(out_of_range);
-        };
-        let delta = target_i - at_i;
+    fn insert(self, word: u32, at: usize, target: usize) -> Result<u32> {
         let range = self.range() as i64;
-        if delta < -range || delta >= range || delta % 4 != 0 {
-            return Err(out_of_range);
-        }
+        let delta = displacement(at, target)
+            .filter(|&d| (-range..range).contains(&d) && d % 4 == 0)
+            .ok_or_else(|| self.out_of_range(at, target))?;
         let field = match self {
-            Kind::Imm26 => ((delta >> 2) as u32) & 0x03ff_ffff,
-            Kind::Imm19 => (((delta >> 2) as u32) & 0x7_ffff) << 5,
-            Kind::Imm14 => (((delta >> 2) as u32) & 0x3fff) << 5,
-            Kind::Adr => {
+            Fixup::Imm26 => ((delta >> 2) as u32) & 0x03ff_ffff,
+            Fixup::Imm19 => (((delta >> 2) as u32) & 0x7_ffff) << 5,
+            Fixup::Imm14 => (((delta >> 2) as u32) & 0x3fff) << 5,
+            Fixup::Adr => {
                 let imm = delta as u32;
                 ((imm & 3) << 29) | (((imm >> 2) & 0x7_ffff) << 5)
             }
@@ -263,22 +268,21 @@ impl Kind {
     }
 }
 
-/// A branch whose label was not bound when it was emitted.
-#[derive(Clone, Copy, Debug)]
-struct Fixup {
-    at: usize,
-    kind: Kind,
-}
+impl FixupKind for Fixup {
+    fn width(self) -> usize {
+        4
+    }
 
-/// State of one label.
-#[derive(Clone, Debug, Default)]
-struct LabelState {
-    offset: Option<usize>,
-    pending: Vec<Fixup>,
+    fn patch(self, field: &mut [u8], at: usize, target: usize) -> Result<()> {
+        let word: &mut [u8; 4] = field
+            .try_into()
+            .map_err(|_| self.out_of_range(at, target))?;
+        *word = self
+            .insert(u32::from_le_bytes(*word), at, target)?
+            .to_le_bytes();
+        Ok(())
+    }
 }
-
-/// The largest code buffer [`Assembler::finish`] accepts (2 GiB - 1).
-const MAX_CODE: usize = i32::MAX as usize;
 
 /// `NOP`.
 const NOP: u32 = 0xd503_201f;
@@ -289,10 +293,7 @@ const NOP: u32 = 0xd503_201f;
 /// it was (except [`Assembler::bind`], which binds the label and patches what it can).
 #[derive(Clone, Debug, Default)]
 pub struct Assembler {
-    buf: Vec<u8>,
-    labels: Vec<LabelState>,
-    /// The first fixup that could not be patched at bind time, reported again by `finish`.
-    broken: Option<Error>,
+    buf: CodeBuffer<Fixup>,
 }
 
 /// Register 31 means XZR: accepts `X0..X30` and [`XZR`].
@@ -365,114 +366,17 @@ impl Assembler {
         Self::default()
     }
 
-    /// The current offset in bytes (where the next instruction goes).
-    pub fn offset(&self) -> usize {
-        self.buf.len()
-    }
+    // `offset`, `bytes`, `new_label`, `bind`, `label_offset` and `finish` come with the shared
+    // CodeBuffer (`impl_encoder!` at the end of this file).
 
-    /// The code emitted so far (unbound forward branches still have a zero offset field).
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf
-    }
-
-    /// The finished code.
-    ///
-    /// Errors: [`Error::BranchOutOfRange`] if a forward branch could not reach its label when it
-    /// was bound, [`Error::UnboundLabel`] if a branch names a label that was never bound,
-    /// [`Error::CodeTooLarge`] beyond 2 GiB.
-    pub fn finish(self) -> Result<Vec<u8>> {
-        if let Some(e) = self.broken {
-            return Err(e);
-        }
-        if let Some(i) = self.labels.iter().position(|l| !l.pending.is_empty()) {
-            return Err(Error::UnboundLabel(u32::try_from(i).unwrap_or(u32::MAX)));
-        }
-        if self.buf.len() > MAX_CODE {
-            return Err(Error::CodeTooLarge);
-        }
-        Ok(self.buf)
-    }
-
-    /// A new, unbound label.
-    pub fn new_label(&mut self) -> Label {
-        let i = u32::try_from(self.labels.len()).unwrap_or(u32::MAX);
-        self.labels.push(LabelState::default());
-        Label(i)
-    }
-
-    fn label_index(&self, l: Label) -> Result<usize> {
-        let i = l.0 as usize;
-        if i < self.labels.len() {
-            Ok(i)
-        } else {
-            Err(Error::UnknownLabel(l.0))
-        }
-    }
-
-    /// Binds `l` to the current offset and patches the branches that named it.
-    ///
-    /// Errors: [`Error::LabelBoundTwice`], [`Error::UnknownLabel`], or
-    /// [`Error::BranchOutOfRange`] for the first earlier branch that cannot reach here (the
-    /// label is bound anyway, the other branches are patched, and `finish` fails).
-    pub fn bind(&mut self, l: Label) -> Result<()> {
-        let i = self.label_index(l)?;
-        if self.labels[i].offset.is_some() {
-            return Err(Error::LabelBoundTwice(l.0));
-        }
-        let target = self.buf.len();
-        self.labels[i].offset = Some(target);
-        let pending = core::mem::take(&mut self.labels[i].pending);
-        let mut first = None;
-        for f in pending {
-            match f.kind.patch(self.word_at(f.at), f.at, target) {
-                Ok(w) => self.set_word(f.at, w),
-                Err(e) => {
-                    first.get_or_insert_with(|| e.clone());
-                    self.broken.get_or_insert(e);
-                }
-            }
-        }
-        first.map_or(Ok(()), Err)
-    }
-
-    /// The offset `l` is bound to, if it is bound (and belongs to this assembler).
-    pub fn label_offset(&self, l: Label) -> Option<usize> {
-        self.labels.get(l.0 as usize).and_then(|s| s.offset)
-    }
-
-    fn word_at(&self, at: usize) -> u32 {
-        let mut b = [0u8; 4];
-        if let Some(s) = self.buf.get(at..at + 4) {
-            b.copy_from_slice(s);
-        }
-        u32::from_le_bytes(b)
-    }
-
-    fn set_word(&mut self, at: usize, w: u32) {
-        if let Some(s) = self.buf.get_mut(at..at + 4) {
-            s.copy_from_slice(&w.to_le_bytes());
-        }
-    }
-
-    /// Appends one raw instruction word (little-endian).
+    /// Appends one raw instruction word (little-endian). Past 2 GiB nothing is appended and
+    /// [`Assembler::finish`] fails with [`Error::CodeTooLarge`].
     pub fn emit(&mut self, word: u32) {
-        self.buf.extend_from_slice(&word.to_le_bytes());
+        self.buf.emit(&word.to_le_bytes());
     }
 
-    fn branch(&mut self, word: u32, kind: Kind, l: Label) -> Result<()> {
-        let i = self.label_index(l)?;
-        let at = self.buf.len();
-        match self.labels[i].offset {
-            Some(target) => {
-                let w = kind.patch(word, at, target)?;
-                self.emit(w);
-            }
-            None => {
-                self.labels[i].pending.push(Fixup { at, kind });
-                self.emit(word);
-            }
-        }
-        Ok(())
+    fn branch(&mut self, word: u32, kind: Fixup, l: Label) -> Result<()> {
+        self.buf.emit_branch(&word.to_le_bytes(), 0, kind, l)
     }
 
     // ----- moves -------------------------------------------------------------------------
@@ -1027,29 +931,29 @@ impl Assembler {
     /// # Ok::<(), jitasm::Error>(())
     /// ```
     pub fn b(&mut self, l: Label) -> Result<()> {
-        self.branch(0x1400_0000, Kind::Imm26, l)
+        self.branch(0x1400_0000, Fixup::Imm26, l)
     }
 
     /// `BL label` (reach +-128 MiB); the return address goes to X30.
     pub fn bl(&mut self, l: Label) -> Result<()> {
-        self.branch(0x9400_0000, Kind::Imm26, l)
+        self.branch(0x9400_0000, Fixup::Imm26, l)
     }
 
     /// `B.cond label` (reach +-1 MiB).
     pub fn b_cond(&mut self, c: Cond, l: Label) -> Result<()> {
-        self.branch(0x5400_0000 | u32::from(c.code()), Kind::Imm19, l)
+        self.branch(0x5400_0000 | u32::from(c.code()), Fixup::Imm19, l)
     }
 
     /// `CBZ Xt, label` (reach +-1 MiB). Register 31 is XZR.
     pub fn cbz(&mut self, rt: Reg, l: Label) -> Result<()> {
         let t = zr(rt, "cbz")?;
-        self.branch(0xb400_0000 | t, Kind::Imm19, l)
+        self.branch(0xb400_0000 | t, Fixup::Imm19, l)
     }
 
     /// `CBNZ Xt, label` (reach +-1 MiB). Register 31 is XZR.
     pub fn cbnz(&mut self, rt: Reg, l: Label) -> Result<()> {
         let t = zr(rt, "cbnz")?;
-        self.branch(0xb500_0000 | t, Kind::Imm19, l)
+        self.branch(0xb500_0000 | t, Fixup::Imm19, l)
     }
 
     fn test_branch(
@@ -1069,7 +973,7 @@ impl Assembler {
         }
         let bit = u32::from(bit);
         let word = base | ((bit >> 5) << 31) | ((bit & 31) << 19) | t;
-        self.branch(word, Kind::Imm14, l)
+        self.branch(word, Fixup::Imm14, l)
     }
 
     /// `TBZ Xt, #bit, label`: branch if bit `bit` (`0..=63`) of `rt` is zero (reach +-32 KiB).
@@ -1087,7 +991,7 @@ impl Assembler {
     /// `ADR Xd, label`: the label's address (reach +-1 MiB). Register 31 is XZR.
     pub fn adr(&mut self, rd: Reg, l: Label) -> Result<()> {
         let d = zr(rd, "adr")?;
-        self.branch(0x1000_0000 | d, Kind::Adr, l)
+        self.branch(0x1000_0000 | d, Fixup::Adr, l)
     }
 
     /// `BLR Xn`: call the address in `rn`. Register 31 is XZR.
@@ -1342,28 +1246,18 @@ impl Assembler {
 
     /// `count` NOPs, appended in bulk (cheap even for millions of words).
     pub fn nops(&mut self, count: usize) {
-        if count == 0 {
-            return;
-        }
-        let start = self.buf.len();
-        let total = count.saturating_mul(4);
-        self.buf.reserve(total);
-        self.emit(NOP);
-        let mut done = 4;
-        while done < total {
-            let chunk = done.min(total - done);
-            self.buf.extend_from_within(start..start + chunk);
-            done += chunk;
-        }
+        self.buf.fill(&NOP.to_le_bytes(), count);
     }
 
     /// Pads with NOPs until the offset is a multiple of `n` (`n` is rounded up to a power of
     /// two, at least 4).
     pub fn align(&mut self, n: usize) {
         let n = n.max(4).checked_next_power_of_two().unwrap_or(4);
-        let rem = self.buf.len() % n;
+        let rem = self.offset() % n;
         if rem != 0 {
             self.nops((n - rem) / 4);
         }
     }
 }
+
+crate::buffer::impl_encoder!(Assembler, Fixup);

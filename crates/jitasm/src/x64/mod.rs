@@ -34,12 +34,13 @@ mod encode;
 #[cfg(test)]
 mod tests;
 
+use crate::buffer::{CodeBuffer, FixupKind, displacement};
 use crate::{Error, Label, Result};
 use encode::{Inst, W32, W64};
 
 /// The largest code buffer an [`Assembler`] produces, in bytes (just under 2 GiB, so that every
 /// rel32 branch within the buffer is in range).
-pub const MAX_CODE_SIZE: usize = i32::MAX as usize;
+pub use crate::buffer::MAX_CODE_SIZE;
 
 /// A 64-bit general-purpose register, numbered as in the instruction encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -275,24 +276,47 @@ impl Cond {
     }
 }
 
-/// The state of one label.
-#[derive(Clone, Debug, Default)]
-struct LabelSlot {
-    /// Where the label is bound.
-    bound: Option<usize>,
-    /// Offsets of rel32 fields that wait for the label (each relative to its own end).
-    pending: Vec<usize>,
+/// The x86-64 label-relative fields: a signed displacement from the end of the field (which
+/// ends the instruction, for every branch here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fixup {
+    /// An 8-bit displacement (`EB`, `70+cc`).
+    Rel8,
+    /// A 32-bit displacement (`E9`, `0F 80+cc`, `E8`). It reaches anywhere in code of at most
+    /// [`MAX_CODE_SIZE`] bytes, so binding a label never fails with
+    /// [`Error::BranchOutOfRange`] here.
+    Rel32,
+}
+
+impl FixupKind for Fixup {
+    fn width(self) -> usize {
+        match self {
+            Fixup::Rel8 => 1,
+            Fixup::Rel32 => 4,
+        }
+    }
+
+    fn patch(self, field: &mut [u8], at: usize, target: usize) -> Result<()> {
+        let (fits, range): (fn(i64) -> bool, usize) = match self {
+            Fixup::Rel8 => (|d| i8::try_from(d).is_ok(), 128),
+            Fixup::Rel32 => (|d| i32::try_from(d).is_ok(), MAX_CODE_SIZE),
+        };
+        let d = displacement(at + self.width(), target).filter(|&d| fits(d));
+        // The low bytes of the two's complement displacement, little-endian.
+        match d.map(i64::to_le_bytes) {
+            Some(le) if field.len() == self.width() => {
+                field.copy_from_slice(&le[..field.len()]);
+                Ok(())
+            }
+            _ => Err(Error::BranchOutOfRange { at, target, range }),
+        }
+    }
 }
 
 /// An x86-64 code buffer with labels. See the [module documentation](self).
 #[derive(Clone, Debug)]
 pub struct Assembler {
-    buf: Vec<u8>,
-    labels: Vec<LabelSlot>,
-    /// Maximum code size (always [`MAX_CODE_SIZE`] outside tests).
-    limit: usize,
-    /// Set once an instruction did not fit under `limit`; nothing is emitted afterwards.
-    too_large: bool,
+    buf: CodeBuffer<Fixup>,
 }
 
 impl Default for Assembler {
@@ -370,10 +394,7 @@ impl Assembler {
     /// An empty assembler whose buffer has room for `bytes` bytes.
     pub fn with_capacity(bytes: usize) -> Self {
         Assembler {
-            buf: Vec::with_capacity(bytes.min(MAX_CODE_SIZE)),
-            labels: Vec::new(),
-            limit: MAX_CODE_SIZE,
-            too_large: false,
+            buf: CodeBuffer::with_capacity(bytes),
         }
     }
 
@@ -381,162 +402,40 @@ impl Assembler {
     #[cfg(test)]
     fn with_limit(limit: usize) -> Self {
         Assembler {
-            limit,
-            ..Self::new()
+            buf: CodeBuffer::with_limit(limit),
         }
-    }
-
-    /// The offset of the next instruction (the number of bytes emitted so far).
-    pub fn offset(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// The code so far. Branches to labels not bound yet hold a zero displacement.
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf
-    }
-
-    /// The finished code.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::UnboundLabel`] if a branch uses a label that was never bound;
-    /// [`Error::CodeTooLarge`] if the code outgrew [`MAX_CODE_SIZE`].
-    pub fn finish(self) -> Result<Vec<u8>> {
-        if self.too_large {
-            return Err(Error::CodeTooLarge);
-        }
-        for (i, slot) in self.labels.iter().enumerate() {
-            if slot.bound.is_none() && !slot.pending.is_empty() {
-                return Err(Error::UnboundLabel(u32::try_from(i).unwrap_or(u32::MAX)));
-            }
-        }
-        Ok(self.buf)
     }
 
     // ---------------------------------------------------------------------------------------
-    // Buffer and labels.
+    // Buffer and labels: `offset`, `bytes`, `new_label`, `bind`, `label_offset` and `finish`
+    // come with the shared CodeBuffer (`impl_encoder!` at the end of this file).
 
     /// Appends one whole instruction, unless it would make the code too large. Returns whether
     /// it was appended.
     fn emit(&mut self, inst: Inst) -> bool {
-        let bytes = inst.bytes();
-        if self.too_large || bytes.len() > self.limit - self.buf.len() {
-            self.too_large = true;
-            return false;
-        }
-        self.buf.extend_from_slice(bytes);
-        true
+        self.buf.emit(inst.bytes())
     }
 
     /// [`emit`](Self::emit) for fallible methods.
     fn put(&mut self, inst: Inst) -> Result<()> {
-        if self.emit(inst) {
-            Ok(())
-        } else {
-            Err(Error::CodeTooLarge)
-        }
-    }
-
-    fn check_size(&self) -> Result<()> {
-        if self.too_large {
-            Err(Error::CodeTooLarge)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// A new, unbound label.
-    pub fn new_label(&mut self) -> Label {
-        match u32::try_from(self.labels.len()) {
-            Ok(i) if i < u32::MAX => {
-                self.labels.push(LabelSlot::default());
-                Label(i)
-            }
-            // Out of label numbers: a label that no method accepts (Error::UnknownLabel).
-            _ => Label(u32::MAX),
-        }
-    }
-
-    fn slot(&mut self, l: Label) -> Result<&mut LabelSlot> {
-        usize::try_from(l.0)
-            .ok()
-            .and_then(|i| self.labels.get_mut(i))
-            .ok_or(Error::UnknownLabel(l.0))
-    }
-
-    /// Binds `l` to the current offset and patches the branches that wait for it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::LabelBoundTwice`], [`Error::UnknownLabel`], [`Error::CodeTooLarge`]; the
-    /// assembler is unchanged on error.
-    pub fn bind(&mut self, l: Label) -> Result<()> {
-        self.check_size()?;
-        let target = self.buf.len();
-        let slot = self.slot(l)?;
-        if slot.bound.is_some() {
-            return Err(Error::LabelBoundTwice(l.0));
-        }
-        // Check every fixup before changing anything.
-        let pending = &slot.pending;
-        let mut patches = Vec::with_capacity(pending.len());
-        for &at in pending {
-            let rel = rel32(at + 4, target).ok_or(Error::BranchOutOfRange {
-                at,
-                target,
-                range: MAX_CODE_SIZE,
-            })?;
-            patches.push((at, rel));
-        }
-        slot.bound = Some(target);
-        slot.pending = Vec::new();
-        for (at, rel) in patches {
-            if let Some(field) = self.buf.get_mut(at..at + 4) {
-                field.copy_from_slice(&rel.to_le_bytes());
-            }
-        }
-        Ok(())
-    }
-
-    /// The offset `l` is bound to, or `None` if it is not bound (or not this assembler's).
-    pub fn label_offset(&self, l: Label) -> Option<usize> {
-        self.labels.get(usize::try_from(l.0).ok()?)?.bound
+        self.buf.put(inst.bytes())
     }
 
     /// A branch to `l`: `short` (an opcode taking rel8) when given and the label is bound and
     /// in reach, else `long` followed by rel32.
     fn branch(&mut self, short: Option<u8>, long: &[u8], l: Label) -> Result<()> {
-        self.check_size()?;
-        let at = self.buf.len();
-        let slot = self.slot(l)?;
-        let mut inst = Inst::default();
-        match slot.bound {
-            Some(target) => {
-                let rel8 = rel32(at + 2, target).and_then(|r| i8::try_from(r).ok());
-                if let (Some(op), Some(rel)) = (short, rel8) {
-                    inst.push(op);
-                    inst.imm8(rel);
-                    return self.put(inst);
-                }
-                let end = at + long.len() + 4;
-                let rel = rel32(end, target).ok_or(Error::BranchOutOfRange {
-                    at,
-                    target,
-                    range: MAX_CODE_SIZE,
-                })?;
-                inst.extend(long);
-                inst.imm32(rel);
-                self.put(inst)
-            }
-            None => {
-                inst.extend(long);
-                inst.imm32(0);
-                self.put(inst)?;
-                self.slot(l)?.pending.push(at + long.len());
-                Ok(())
+        if let (Some(op), Some(_)) = (short, self.buf.label_offset(l)) {
+            match self.buf.emit_branch(&[op, 0], 1, Fixup::Rel8, l) {
+                // Too far for rel8: the rel32 form below.
+                Err(Error::BranchOutOfRange { .. }) => {}
+                done => return done,
             }
         }
+        let mut inst = Inst::default();
+        inst.extend(long);
+        inst.imm32(0);
+        self.buf
+            .emit_branch(inst.bytes(), long.len(), Fixup::Rel32, l)
     }
 
     /// `jmp l`: `EB rel8` when `l` is bound and within reach, else `E9 rel32`.
@@ -589,7 +488,7 @@ impl Assembler {
 
     /// A memory form, `[REX] opcode ModRM [SIB] [disp]`, then `imm` bytes.
     fn rm(&mut self, w: bool, opcode: &[u8], reg: u8, m: Mem, imm: Imm) -> Result<()> {
-        self.check_size()?;
+        self.buf.check_size()?;
         let mut inst = encode::mem(w, opcode, reg, m)?;
         imm.append(&mut inst);
         self.put(inst)
@@ -986,9 +885,8 @@ impl Assembler {
         if n == 0 {
             return;
         }
-        let mut pad = (n - self.buf.len() % n) % n;
-        if pad > self.limit - self.buf.len() {
-            self.too_large = true;
+        let mut pad = (n - self.offset() % n) % n;
+        if !self.buf.ensure_room(pad) {
             return;
         }
         while pad > 0 {
@@ -1021,8 +919,4 @@ impl Imm {
     }
 }
 
-/// The rel32 from the end of a branch (`end`) to `target`, if it fits.
-fn rel32(end: usize, target: usize) -> Option<i32> {
-    let d = i64::try_from(target).ok()? - i64::try_from(end).ok()?;
-    i32::try_from(d).ok()
-}
+crate::buffer::impl_encoder!(Assembler, Fixup);
