@@ -231,7 +231,13 @@ pub fn memory(strategy: Strategy, layout: Layout) -> Option<JitMemory> {
         config
     };
     match JitMemory::new(config) {
-        Ok(m) => Some(m),
+        Ok(m) => {
+            if strategy == Strategy::PerThread && jitmem::selftest::pku_required() {
+                // Counted by ci/pku/run.sh: proof that the emulated-PKU VM made PerThread memory.
+                eprintln!("jitmem-test: made perthread/{layout}");
+            }
+            Some(m)
+        }
         Err(Error::Unsupported {
             strategy: s,
             reason,
