@@ -173,17 +173,8 @@ impl CodeBlock {
     /// # Errors
     /// [`Error::OutOfRange`] when `offset` is not inside the block.
     pub unsafe fn entry<F: FnPtr>(&self, offset: usize) -> Result<F> {
-        if offset >= self.len {
-            return Err(Error::OutOfRange {
-                start: offset,
-                end: offset.saturating_add(1),
-                len: self.len,
-            });
-        }
-        let address = self.rx.as_ptr().wrapping_add(offset).cast_const();
-        // SAFETY: the caller promises a published function of type F at this address, alive
-        // as long as the pointer is used.
-        Ok(unsafe { F::from_address(address) })
+        // SAFETY: forwarded from the caller; the range is the block's executable range.
+        unsafe { crate::fn_ptr::entry_at(self.rx, self.len, offset) }
     }
 
     /// Shrinks the block to `new_len` bytes (rounded up to 16, or to the page for Toggle, whose

@@ -133,16 +133,8 @@ impl ExecBuffer {
                 "the buffer is writable: call make_executable first",
             ));
         }
-        if offset >= self.len {
-            return Err(Error::OutOfRange {
-                start: offset,
-                end: offset.saturating_add(1),
-                len: self.len,
-            });
-        }
-        let address = self.ptr.as_ptr().wrapping_add(offset).cast_const();
-        // SAFETY: per the caller, a published function of type F lives at this address.
-        Ok(unsafe { F::from_address(address) })
+        // SAFETY: forwarded from the caller; the buffer is executable (checked).
+        unsafe { crate::fn_ptr::entry_at(self.ptr, self.len, offset) }
     }
 }
 

@@ -28,6 +28,29 @@ pub trait FnPtr: Copy + sealed::Sealed {
     unsafe fn from_address(address: *const u8) -> Self;
 }
 
+/// The function at `offset` of the code range `[base, base + len)`: the one checked way a
+/// code address becomes a function pointer (`CodeBlock::entry`, `ExecBuffer::entry`).
+///
+/// # Safety
+/// As `CodeBlock::entry`: a complete, published function of type `F` lives at `offset`, and
+/// stays mapped and unchanged while the pointer is used.
+pub(crate) unsafe fn entry_at<F: FnPtr>(
+    base: std::ptr::NonNull<u8>,
+    len: usize,
+    offset: usize,
+) -> crate::Result<F> {
+    if offset >= len {
+        return Err(crate::Error::OutOfRange {
+            start: offset,
+            end: offset.saturating_add(1),
+            len,
+        });
+    }
+    let address = base.as_ptr().wrapping_add(offset).cast_const();
+    // SAFETY: inside the range (checked); per the caller, a function of type F.
+    Ok(unsafe { F::from_address(address) })
+}
+
 macro_rules! fn_ptrs {
     ($($abi:literal: [$($arg:ident)*];)*) => {$(
         impl<R, $($arg),*> sealed::Sealed for extern $abi fn($($arg),*) -> R {}

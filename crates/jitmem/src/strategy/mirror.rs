@@ -40,17 +40,7 @@ impl StrategyRules for Mirror {
         min
     }
 
-    fn acquire(&self, _start: usize, _end: usize) -> Result<()> {
-        Ok(())
-    }
-
-    fn release(&self, _start: usize, _end: usize) -> Result<()> {
-        Ok(())
-    }
-
-    fn always_writable(&self) -> bool {
-        true
-    }
+    super::always_writable!();
 
     fn child_keeps_memory(&self) -> bool {
         false

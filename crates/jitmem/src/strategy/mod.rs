@@ -95,6 +95,27 @@ impl Rules {
     }
 }
 
+/// The rights part of [`StrategyRules`] for a strategy whose writable address is always
+/// writable (Mirror's RW view, Rwx's pages): a scope acquires and releases nothing, and a trap
+/// fill is a plain store. Spelled out per strategy with this macro, not defaulted in the trait,
+/// so that a strategy that needs rights cannot forget them.
+macro_rules! always_writable {
+    () => {
+        fn acquire(&self, _start: usize, _end: usize) -> Result<()> {
+            Ok(())
+        }
+
+        fn release(&self, _start: usize, _end: usize) -> Result<()> {
+            Ok(())
+        }
+
+        fn always_writable(&self) -> bool {
+            true
+        }
+    };
+}
+use always_writable;
+
 /// Forwards each listed method of [`StrategyRules`] to the strategy in the enum.
 macro_rules! dispatch {
     ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {

@@ -133,37 +133,88 @@ pub fn scaled(n: usize) -> usize {
     if slow() { (n / 10).max(1) } else { n }
 }
 
-/// Runs `body` in a child process for every strategy x layout this machine supports (each pair
-/// in its own child, named in `JITMEM_TEST_PAIR`), and asserts each child exits cleanly. In
-/// the child, runs `body` for its pair and returns `None`; in the parent, returns the pairs
-/// that ran.
-pub fn in_child_per_pair(test: &str, body: impl Fn(JitMemory)) -> Option<Vec<String>> {
-    if is_child(test) {
-        let pair = std::env::var("JITMEM_TEST_PAIR").unwrap();
-        let (s, l) = pair.split_once('/').unwrap();
-        let strategy = Strategy::from_name(s).unwrap();
-        let layout = LAYOUTS.into_iter().find(|l2| l2.name() == l).unwrap();
-        body(memory(strategy, layout).unwrap());
-        println!("child ok {pair}");
+/// In the child started by [`per_pair`] for `test`: the memory of its pair (named in
+/// `JITMEM_TEST_PAIR`) and the pair's name. None in the parent.
+fn child_pair(test: &str) -> Option<(JitMemory, String)> {
+    if !is_child(test) {
         return None;
     }
+    let pair = std::env::var("JITMEM_TEST_PAIR").unwrap();
+    let (s, l) = pair.split_once('/').unwrap();
+    let strategy = Strategy::from_name(s).unwrap();
+    let layout = LAYOUTS.into_iter().find(|l2| l2.name() == l).unwrap();
+    Some((memory(strategy, layout).unwrap(), pair))
+}
+
+/// In the parent: runs `test` in a child process for every strategy x layout this machine
+/// supports and `wanted` accepts, and checks each child's output with `check`. Returns the
+/// pairs that ran.
+fn per_pair(
+    test: &str,
+    wanted: impl Fn(Strategy, Layout) -> bool,
+    check: impl Fn(&str, &Output),
+) -> Vec<String> {
     let mut ran = Vec::new();
     for strategy in Strategy::CONCRETE {
         for layout in LAYOUTS {
-            if memory(strategy, layout).is_none() {
+            if !wanted(strategy, layout) || memory(strategy, layout).is_none() {
                 continue;
             }
             let pair = format!("{}/{}", strategy.name(), layout.name());
-            let out = run_child(test, &[("JITMEM_TEST_PAIR", &pair)]);
-            let (signal, text) = child_signal(&out);
+            check(&pair, &run_child(test, &[("JITMEM_TEST_PAIR", &pair)]));
+            ran.push(pair);
+        }
+    }
+    ran
+}
+
+/// Runs `body` in a child process for every strategy x layout this machine supports (each pair
+/// in its own child), and asserts each child exits cleanly. In the child, runs `body` for its
+/// pair and returns `None`; in the parent, returns the pairs that ran.
+pub fn in_child_per_pair(test: &str, body: impl Fn(JitMemory)) -> Option<Vec<String>> {
+    if let Some((memory, pair)) = child_pair(test) {
+        body(memory);
+        println!("child ok {pair}");
+        return None;
+    }
+    Some(per_pair(
+        test,
+        |_, _| true,
+        |pair, out| {
+            let (signal, text) = child_signal(out);
             assert!(
                 out.status.success() && text.contains(&format!("child ok {pair}")),
                 "{test} {pair}: signal {signal:?}\n{text}"
             );
-            ran.push(pair);
-        }
+        },
+    ))
+}
+
+/// Runs `body` in a child process for every strategy x layout this machine supports except
+/// those `expected` maps to `None`, and asserts each child died of the fault `expected` names
+/// (the body must fault; if it returns, the child prints "no fault" and the test fails).
+pub fn fault_per_pair(
+    test: &str,
+    expected: impl Fn(Strategy, Layout) -> Option<i32>,
+    body: impl Fn(JitMemory),
+) {
+    if let Some((memory, pair)) = child_pair(test) {
+        body(memory);
+        println!("no fault in {pair}");
+        return;
     }
-    Some(ran)
+    let ran = per_pair(
+        test,
+        |s, l| expected(s, l).is_some(),
+        |pair, out| {
+            let (s, l) = pair.split_once('/').unwrap();
+            let strategy = Strategy::from_name(s).unwrap();
+            let layout = LAYOUTS.into_iter().find(|l2| l2.name() == l).unwrap();
+            let (signal, text) = child_signal(out);
+            assert_eq!(signal, expected(strategy, layout), "{test} {pair}: {text}");
+        },
+    );
+    assert!(ran.len() >= 6, "{test}: only {} pairs ran", ran.len());
 }
 
 /// The fault that killed the child ([`ACCESS_FAULT`], [`TRAP_FAULT`]...), with its output for
@@ -296,40 +347,4 @@ pub fn patch(block: &mut jitmem::CodeBlock, value: u32, live: bool) {
     } else {
         scope.publish().unwrap();
     }
-}
-
-/// Runs `body` in a child process for every strategy x layout this machine supports except
-/// those `expected` maps to `None`, and asserts each child died of the fault `expected` names
-/// (the body must fault; if it returns, the child prints "no fault" and the test fails).
-pub fn fault_per_pair(
-    test: &str,
-    expected: impl Fn(Strategy, Layout) -> Option<i32>,
-    body: impl Fn(JitMemory),
-) {
-    if is_child(test) {
-        let pair = std::env::var("JITMEM_TEST_PAIR").unwrap();
-        let (s, l) = pair.split_once('/').unwrap();
-        let strategy = Strategy::from_name(s).unwrap();
-        let layout = LAYOUTS.into_iter().find(|l2| l2.name() == l).unwrap();
-        body(memory(strategy, layout).unwrap());
-        println!("no fault in {pair}");
-        return;
-    }
-    let mut ran = 0;
-    for strategy in Strategy::CONCRETE {
-        for layout in LAYOUTS {
-            let Some(want) = expected(strategy, layout) else {
-                continue;
-            };
-            if memory(strategy, layout).is_none() {
-                continue;
-            }
-            let pair = format!("{}/{}", strategy.name(), layout.name());
-            let out = run_child(test, &[("JITMEM_TEST_PAIR", &pair)]);
-            let (signal, text) = child_signal(&out);
-            assert_eq!(signal, Some(want), "{test} {pair}: {text}");
-            ran += 1;
-        }
-    }
-    assert!(ran >= 6, "{test}: only {ran} pairs ran");
 }
