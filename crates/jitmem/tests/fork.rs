@@ -25,7 +25,7 @@ fn fork_scenario(strategy: Strategy, layout: Layout) {
         assert_eq!(libc::pipe(to_parent.as_mut_ptr()), 0);
         assert_eq!(libc::pipe(to_child.as_mut_ptr()), 0);
     }
-    let rw = block.as_ptr() as usize + block.writable_offset() as usize;
+    let rw = (block.as_ptr() as usize).wrapping_add_signed(block.writable_offset());
     let page = memory.page_size();
     // qemu-user ignores MADV_DONTFORK and does not map guest mappings 1:1: checked natively.
     let native = std::env::var_os("JITMEM_UNDER_QEMU").is_none();

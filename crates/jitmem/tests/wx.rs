@@ -121,9 +121,11 @@ fn calling_code_in_a_shrunk_tail_traps() {
                 scope[page..page + 16].copy_from_slice(&jitmem::isa::return_constant(3));
                 scope.publish().unwrap();
             }
-            // SAFETY: deliberately stale after the shrink below, which must trap.
+            // SAFETY: deliberately stale after the shrink below, which must trap. (Not called
+            // before the shrink: qemu-user would keep its translation of the old code, since it
+            // does not see writes made through another mapping; without the trap fill the call
+            // returns 3 and the test fails.)
             let f: extern "C" fn() -> u32 = unsafe { block.entry(page).unwrap() };
-            assert_eq!(f(), 3);
             block.shrink(16).unwrap();
             println!("returned {}", f());
         },
