@@ -38,23 +38,31 @@ impl Region {
     ) -> Result<Region> {
         let generation = fork::generation();
         let child_keeps = crate::memory::child_keeps_memory(strategy);
+        // The platform refusing the strategy outright (not a failed call): say which strategy.
+        let refused = |e: Error| match sys::refusal(&e) {
+            Some(reason) => Error::Unsupported {
+                strategy,
+                reason: reason.to_owned(),
+            },
+            None => e,
+        };
         let (rx, rw, mirror) = match strategy {
             Strategy::Toggle => {
-                let p = sys::map_private(len, Prot::RX)?;
+                let p = sys::map_private(len, Prot::RX).map_err(refused)?;
                 (p, p, None)
             }
             Strategy::Rwx => {
-                let p = sys::map_private(len, Prot::RWX)?;
+                let p = sys::map_private(len, Prot::RWX).map_err(refused)?;
                 (p, p, None)
             }
             Strategy::PerThread => {
                 let key = sys::per_thread_key()
                     .map_err(|reason| Error::Unsupported { strategy, reason })?;
-                let p = sys::map_per_thread(len, key)?;
+                let p = sys::map_per_thread(len, key).map_err(refused)?;
                 (p, p, None)
             }
             Strategy::Mirror => {
-                let views = sys::map_mirror(len, options)?;
+                let views = sys::map_mirror(len, options).map_err(refused)?;
                 let record = Arc::new(MirrorRecord::new(views.rx, len, used));
                 // Built before registering so that a failure to register unmaps both views.
                 let region = Region {
