@@ -16,10 +16,12 @@ use std::sync::OnceLock;
 use super::Os;
 use super::codesign::{self, JIT_WRITE_ALLOWLIST_FREEZE_LATE};
 use crate::error::{Error, Result};
+#[cfg(target_os = "macos")]
+use crate::sys::error_chain;
 use crate::sys::posix::non_null_map;
 #[cfg(target_os = "macos")]
 use crate::sys::posix::{page_size, unmap};
-use crate::sys::{JitWriteCallback, Rights, error_chain, refused};
+use crate::sys::{JitWriteCallback, Rights, refused};
 
 impl Rights for Os {
     /// `MAP_JIT` memory across `fork()` is not documented by Apple (XNU treats JIT regions
