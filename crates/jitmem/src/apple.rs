@@ -95,15 +95,7 @@ pub fn has_entitlement(key: &str) -> std::io::Result<bool> {
     crate::sys::has_entitlement(key)
 }
 
-/// A callback for [`jit_write_with_callback`]: `int (*)(void *ctx)`, libpthread's
-/// `pthread_jit_write_callback_t`. It runs with the calling thread's `MAP_JIT` pages writable
-/// (and not executable) and returns a result code that is passed through unchanged.
-///
-/// Apple's contract for it (`pthread.h`): assume an attacker controls `ctx`, validate it with
-/// as little attackable state as possible, and on bad input trap or return a failure code;
-/// never unwind or `longjmp` out of it (a panic inside an `extern "C" fn` aborts, which is
-/// fine).
-pub type JitWriteCallback = extern "C" fn(ctx: *mut c_void) -> c_int;
+pub use crate::sys::JitWriteCallback;
 
 /// Runs `callback(ctx)` with write access to `MAP_JIT` memory through
 /// `pthread_jit_write_with_callback_np`, and returns its result.

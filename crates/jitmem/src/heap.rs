@@ -199,7 +199,7 @@ impl Heap {
     }
 
     fn add_chunk(&mut self, core: &Core, len: usize) -> Result<()> {
-        let region = core.rules.map(len, 0, core.options)?;
+        let region = core.rules.map_region(len, 0, core.options)?;
         let pool = self
             .ranges
             .add_pool(region.rx().as_ptr() as usize, len)
@@ -252,7 +252,7 @@ impl Shard {
             let rounded = round_up(len, core.page)
                 .filter(|n| *n <= isize::MAX as usize)
                 .ok_or(Error::TooLarge { len })?;
-            let region = core.rules.map(rounded, rounded, core.options)?;
+            let region = core.rules.map_region(rounded, rounded, core.options)?;
             core.per_allocation.blocks.fetch_add(1, Ordering::Relaxed);
             core.per_allocation
                 .bytes

@@ -78,20 +78,6 @@ pub unsafe fn clear_cache(ptr: *const u8, len: usize) {
     unsafe { crate::sys::clear_cache(ptr, len) }
 }
 
-/// The ISA's own cache-maintenance sequence, for platforms without a system call for it.
-///
-/// # Safety
-/// The range is mapped (readable) memory.
-#[cfg_attr(
-    not(target_os = "linux"),
-    allow(dead_code, reason = "other OSes have a system call")
-)]
-#[inline]
-pub(crate) unsafe fn isa_clear_cache(ptr: *const u8, len: usize) {
-    // SAFETY: forwarded from the caller.
-    unsafe { arch::clear_cache(ptr, len) }
-}
-
 /// Makes every thread of the process discard instructions it may have fetched before the last
 /// [`clear_cache`]: on Linux `membarrier(PRIVATE_EXPEDITED_SYNC_CORE)` (registered on first
 /// use). Cost: a system call and an inter-processor interrupt to each CPU running one of our
@@ -101,81 +87,6 @@ pub fn pipeline_flush_mt() -> Result<()> {
     crate::sys::pipeline_flush_mt()?;
     PIPELINE_FLUSHES.set(PIPELINE_FLUSHES.get().wrapping_add(1));
     Ok(())
-}
-
-/// Decodes AArch64's `CTR_EL0`: (smallest data cache line, smallest instruction cache line,
-/// IDC: no data clean needed for coherence, DIC: no instruction invalidation needed). Lines are
-/// `4 << DminLine` (bits 19:16) and `4 << IminLine` (bits 3:0) bytes (Arm ARM, D23.2 CTR_EL0).
-#[cfg_attr(
-    not(target_arch = "aarch64"),
-    allow(
-        dead_code,
-        reason = "used by AArch64's cache maintenance; tested everywhere"
-    )
-)]
-pub(crate) fn decode_ctr(ctr: u64) -> (usize, usize, bool, bool) {
-    let dline = 4usize << ((ctr >> 16) & 0xF);
-    let iline = 4usize << (ctr & 0xF);
-    (dline, iline, ctr & (1 << 28) != 0, ctr & (1 << 29) != 0)
-}
-
-#[cfg(target_arch = "x86_64")]
-mod arch {
-    use std::sync::atomic::{Ordering, compiler_fence};
-
-    pub(super) unsafe fn clear_cache(_ptr: *const u8, _len: usize) {
-        compiler_fence(Ordering::SeqCst);
-    }
-}
-
-#[cfg(target_arch = "aarch64")]
-mod arch {
-    /// `CTR_EL0`, readable from EL0 on Linux (the kernel traps and emulates it where needed).
-    fn cache_type() -> u64 {
-        let ctr: u64;
-        // SAFETY: reading CTR_EL0 has no side effects.
-        unsafe {
-            std::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags))
-        };
-        ctr
-    }
-
-    /// (data line size, instruction line size, IDC, DIC) from `CTR_EL0`.
-    pub(crate) fn line_sizes() -> (usize, usize, bool, bool) {
-        super::decode_ctr(cache_type())
-    }
-
-    pub(super) unsafe fn clear_cache(ptr: *const u8, len: usize) {
-        let (dline, iline, idc, dic) = line_sizes();
-        let start = ptr as usize;
-        let end = start.saturating_add(len);
-        if !idc {
-            let mut addr = start & !(dline - 1);
-            while addr < end {
-                // SAFETY: the caller guarantees the range is mapped; dc cvau on a mapped line.
-                unsafe {
-                    std::arch::asm!("dc cvau, {}", in(reg) addr, options(nostack, preserves_flags))
-                };
-                addr += dline;
-            }
-        }
-        // SAFETY: a barrier has no memory-safety preconditions.
-        unsafe { std::arch::asm!("dsb ish", options(nostack, preserves_flags)) };
-        if !dic {
-            let mut addr = start & !(iline - 1);
-            while addr < end {
-                // SAFETY: as above, ic ivau on a mapped line.
-                unsafe {
-                    std::arch::asm!("ic ivau, {}", in(reg) addr, options(nostack, preserves_flags))
-                };
-                addr += iline;
-            }
-            // SAFETY: a barrier has no memory-safety preconditions.
-            unsafe { std::arch::asm!("dsb ish", options(nostack, preserves_flags)) };
-        }
-        // SAFETY: an instruction barrier has no memory-safety preconditions.
-        unsafe { std::arch::asm!("isb", options(nostack, preserves_flags)) };
-    }
 }
 
 #[cfg(test)]
@@ -197,19 +108,5 @@ mod tests {
         assert_eq!(super::publish_count(), before + 1);
         let other = std::thread::spawn(super::publish_count).join().unwrap();
         assert_eq!(other, 0, "a new thread starts at zero");
-    }
-
-    /// Known `CTR_EL0` values decode to their line sizes and flags on every host (the AArch64
-    /// maintenance loops use this decoding).
-    #[test]
-    fn ctr_el0_decodes() {
-        // Cortex-A72: 64-byte lines, neither IDC nor DIC.
-        assert_eq!(super::decode_ctr(0x8444_C004), (64, 64, false, false));
-        // 32-byte lines.
-        assert_eq!(super::decode_ctr(0x8433_C003), (32, 32, false, false));
-        // Neoverse N1 style: IDC and DIC set (no maintenance loop needed).
-        assert_eq!(super::decode_ctr(0xB444_C004), (64, 64, true, true));
-        // Different data and instruction lines.
-        assert_eq!(super::decode_ctr(0x8445_C003), (128, 32, false, false));
     }
 }

@@ -12,8 +12,10 @@ pub const TRAP: &[u8] = &[0xCC];
 /// `brk #0` on AArch64 (4-byte aligned; blocks are at least 16-byte granular).
 #[cfg(target_arch = "aarch64")]
 pub const TRAP: &[u8] = &0xD420_0000u32.to_le_bytes();
+/// No JIT on other instruction sets (the platform layer refuses executable memory there), so no
+/// freed code is ever filled: a zero byte, an invalid instruction on most ISAs.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-compile_error!("jitmem supports x86-64 and AArch64");
+pub const TRAP: &[u8] = &[0];
 
 /// Fills `code` with trap instructions. `code` starts on an instruction boundary.
 pub fn fill_traps(code: &mut [u8]) {

@@ -89,7 +89,11 @@ impl JitMemory {
         let core = Core::new(choice, options, config.default_align)?;
         let shards: Vec<Arc<Shard>> = match core.layout {
             Layout::PerAllocation => {
-                drop(core.rules.map(page, page, options).map_err(unsupported)?);
+                drop(
+                    core.rules
+                        .map_region(page, page, options)
+                        .map_err(unsupported)?,
+                );
                 vec![Shard::new(&core, None)?]
             }
             Layout::Arena { size } => {

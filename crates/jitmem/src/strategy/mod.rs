@@ -83,6 +83,24 @@ pub(crate) enum Rules {
 }
 
 impl Rules {
+    /// Maps a region (see [`StrategyRules::map`]); a platform that refuses the strategy
+    /// outright (not a failed call) gives `Error::Unsupported` naming it.
+    pub(crate) fn map_region(
+        &self,
+        len: usize,
+        used: usize,
+        options: sys::MapOptions,
+    ) -> Result<Region> {
+        self.map(len, used, options)
+            .map_err(|e| match sys::refusal(&e) {
+                Some(reason) => Error::Unsupported {
+                    strategy: self.strategy(),
+                    reason: reason.to_owned(),
+                },
+                None => e,
+            })
+    }
+
     /// The rules of `strategy` (not `Auto`, which the probe resolves first).
     pub(crate) fn new(strategy: Strategy) -> Result<Rules> {
         Ok(match strategy {

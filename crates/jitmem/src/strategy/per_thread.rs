@@ -30,7 +30,7 @@ pub(crate) struct PerThread {
 
 impl PerThread {
     pub(super) fn new() -> Result<Self> {
-        let token = sys::per_thread_key().map_err(|reason| Error::Unsupported {
+        let token = sys::thread_rights_token().map_err(|reason| Error::Unsupported {
             strategy: Strategy::PerThread,
             reason,
         })?;
@@ -87,9 +87,9 @@ mod thread_rights {
     pub(super) fn acquire(token: u32) -> Result<()> {
         let depth = DEPTH.get();
         if depth == 0 {
-            // SAFETY: the token came from sys::per_thread_key (PerThread is only built from
+            // SAFETY: the token came from sys::thread_rights_token (PerThread is only built from
             // it); release pairs with this on the same thread (the scope is !Send).
-            SAVED.set(unsafe { sys::per_thread_begin(token) });
+            SAVED.set(unsafe { sys::grant_thread_write_rights(token) });
         }
         DEPTH.set(depth + 1);
         Ok(())
@@ -104,8 +104,8 @@ mod thread_rights {
         }
         DEPTH.set(depth - 1);
         if depth == 1 {
-            // SAFETY: pairs with the per_thread_begin of the outermost scope on this thread.
-            unsafe { sys::per_thread_end(token, SAVED.get()) };
+            // SAFETY: pairs with the grant_thread_write_rights of the outermost scope on this thread.
+            unsafe { sys::withdraw_thread_write_rights(token, SAVED.get()) };
         }
         Ok(())
     }

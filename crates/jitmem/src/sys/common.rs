@@ -8,15 +8,20 @@ pub(crate) struct Prot(u8);
 
 impl Prot {
     #[cfg_attr(
-        target_vendor = "apple",
-        expect(dead_code, reason = "Apple never maps inaccessible memory")
+        not(all(
+            any(target_os = "linux", windows),
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        )),
+        allow(
+            dead_code,
+            reason = "Apple never maps inaccessible memory, unsupported targets map nothing"
+        )
     )]
     pub(crate) const NONE: Prot = Prot(0);
     pub(crate) const RW: Prot = Prot(0b011);
     pub(crate) const RX: Prot = Prot(0b101);
     pub(crate) const RWX: Prot = Prot(0b111);
 
-    #[cfg_attr(windows, allow(dead_code, reason = "Windows maps protections by name"))]
     pub(crate) fn read(self) -> bool {
         self.0 & 0b001 != 0
     }
@@ -27,6 +32,20 @@ impl Prot {
 
     pub(crate) fn exec(self) -> bool {
         self.0 & 0b100 != 0
+    }
+}
+
+/// `rwx` style, as in `/proc/self/maps`: `r-x`, `rw-`, `---`.
+impl std::fmt::Display for Prot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bit = |on: bool, c: char| if on { c } else { '-' };
+        write!(
+            f,
+            "{}{}{}",
+            bit(self.read(), 'r'),
+            bit(self.write(), 'w'),
+            bit(self.exec(), 'x')
+        )
     }
 }
 
@@ -102,18 +121,18 @@ pub(crate) struct ProbeFacts {
     pub(crate) rwx: Result<(), String>,
 }
 
-/// Probe trial: maps one page with `first`, then (if given) changes it to `then`, and unmaps
-/// it. `Err` says why the platform refused.
-pub(crate) fn try_map(first: Prot, then: Option<Prot>) -> Result<(), String> {
-    let page = super::page_size();
-    let ptr = super::map_private(page, first).map_err(|e| error_chain(&e))?;
+/// Probe trial on the platform `M`: maps one page with `first`, then (if given) changes it to
+/// `then`, and unmaps it. `Err` says why the platform refused.
+pub(crate) fn try_map<M: super::Memory>(first: Prot, then: Option<Prot>) -> Result<(), String> {
+    let page = M::page_size();
+    let ptr = M::map_private(page, first).map_err(|e| error_chain(&e))?;
     let result = match then {
         // SAFETY: the fresh mapping above, known to no one else.
-        Some(prot) => unsafe { super::protect(ptr, page, prot) }.map_err(|e| error_chain(&e)),
+        Some(prot) => unsafe { M::protect(ptr, page, prot) }.map_err(|e| error_chain(&e)),
         None => Ok(()),
     };
     // SAFETY: the fresh mapping above, no longer used.
-    let _ = unsafe { super::unmap(ptr, page) };
+    let _ = unsafe { M::unmap(ptr, page) };
     result
 }
 
@@ -128,16 +147,3 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
-
-/// Waits while `*word == value`: a short sleep (platforms without a futex jitmem uses; the
-/// lock that calls this spins first, and contention on a heap is brief).
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn wait_while_equal(word: &std::sync::atomic::AtomicU32, value: u32) {
-    if word.load(std::sync::atomic::Ordering::Relaxed) == value {
-        std::thread::sleep(std::time::Duration::from_micros(20));
-    }
-}
-
-/// Nothing to wake: [`wait_while_equal`] polls.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn wake_one(_word: &std::sync::atomic::AtomicU32) {}

@@ -1,42 +1,544 @@
 //! The platform layer: the one place that names operating systems.
 //!
-//! Every platform module offers the same functions, and everything above speaks in strategies,
-//! layouts and ranges:
+//! Everything above speaks in strategies, layouts and ranges; everything here speaks in pages,
+//! views and system calls. The interface is a set of small traits, one per concern, each
+//! documenting its contract once (the `# Safety` of its `unsafe` functions included):
 //!
-//! | function | what it does |
+//! | trait | functions | used for |
+//! |---|---|---|
+//! | [`Memory`] | `page_size`, `map_private`, `protect`, `unmap` | Toggle, Rwx, `ExecBuffer`, probe pages |
+//! | [`Mirror`] | `map_mirror`, `unmap_view`, `mirror_backing` | two views of the same pages (Mirror) |
+//! | [`Rights`] | `thread_rights_token`, `map_per_thread`, `grant_thread_write_rights`, `withdraw_thread_write_rights`, `PER_THREAD_SURVIVES_FORK` | per-thread write rights (PerThread) |
+//! | [`Icache`] | `clear_cache`, `pipeline_flush_mt` | instruction-cache coherence |
+//! | [`Fork`] | `register_atfork`, `snapshot_for_fork`, `discard_snapshot`, `install_snapshot_after_fork` | fork safety of mirrors |
+//! | [`Introspect`] | `mappings`, `mapping_count`, `mapping_limit` | the process's memory map |
+//! | [`Wait`] | `wait_while_equal`, `wake_one` | sleeping on a contended lock word |
+//! | [`Probe`] | `probe_facts` | what the probe reports |
+//!
+//! Each backend is a folder with one file per concern (`memory.rs`, `mirror.rs`, `rights.rs`,
+//! `icache.rs`, `fork.rs`, `introspect.rs`, `wait.rs`, `probe.rs`), each file holding that
+//! concern's `impl Trait for Os`, and a `mod.rs` that declares `pub(crate) struct Os` and
+//! `impl Platform for Os {}`:
+//!
+//! | backend | targets |
 //! |---|---|
-//! | `page_size` | the page size |
-//! | `map_private`, `protect`, `unmap` | private memory for Toggle and Rwx, and `ExecBuffer` |
-//! | `map_mirror`, `unmap_view`, `mirror_backing` | two views of the same pages (Mirror) |
-//! | `per_thread_key`, `map_per_thread`, `per_thread_begin`, `per_thread_end` | per-thread write rights (PerThread) |
-//! | `clear_cache`, `pipeline_flush_mt` | instruction-cache coherence |
-//! | `register_atfork`, `snapshot_for_fork`, `install_snapshot_after_fork`, `discard_snapshot` | fork safety of mirrors |
-//! | `mappings`, `mapping_count`, `mapping_limit` | introspection |
-//! | `probe_facts` | what the probe reports |
+//! | `linux/` | Linux on x86-64 and AArch64 |
+//! | `apple/` | macOS and iOS on x86-64 and AArch64 |
+//! | `windows/` | Windows on x86-64 and AArch64 |
+//! | `unsupported.rs` | every other target (Linux on riscv64, s390x, wasm32, ...): it compiles, and answers every call with an "unsupported" error that says why, so that crates built on jitmem build there and run without a JIT |
 //!
-//! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): the platform layer: system calls on memory the crate owns.
+//! POSIX code shared by Linux and Apple is in `posix.rs`, platform-neutral types in
+//! `common.rs`, the ISA's cache-maintenance sequence in `arch.rs`.
+//!
+//! **The compile-time check.** [`Platform`] has every concern trait as a supertrait, and every
+//! concern trait's items have no default: a backend whose `Os` lacks a concern, or a function of
+//! one, fails to compile at its `impl Platform for Os {}`, and the selected backend must be a
+//! `Platform` (the `const _` below) or nothing compiles. The rest of the crate calls the free
+//! functions of this module (`sys::page_size()`, ...), thin forwarders to `Os`.
+//!
+//! **Dependencies.** Code under `sys/` uses only `crate::error` from the crate (and std, libc,
+//! windows-sys, mach2). A platform that refuses a strategy outright says so with [`refused`]
+//! (`Error::Os` with an `ErrorKind::Unsupported` source); the layers that know the strategy
+//! turn that into `Error::Unsupported` ([`refusal`] recognises it).
+//!
+//! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): the platform layer makes
+//! system calls on memory the crate owns.
 
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+
+use crate::error::{Error, Result};
+
+mod arch;
 mod common;
 pub(crate) use common::*;
 pub use common::{Mapping, MirrorBacking};
 
-#[cfg(unix)]
+#[cfg(any(
+    all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ),
+    all(
+        target_vendor = "apple",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ),
+))]
 mod posix;
 
-#[cfg(target_os = "linux")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 mod linux;
-#[cfg(target_os = "linux")]
-pub(crate) use linux::*;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+use linux as backend;
 
-#[cfg(windows)]
-mod windows;
-#[cfg(windows)]
-pub(crate) use windows::*;
-
-#[cfg(target_vendor = "apple")]
+#[cfg(all(
+    target_vendor = "apple",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 mod apple;
-#[cfg(target_vendor = "apple")]
-pub(crate) use apple::*;
+#[cfg(all(
+    target_vendor = "apple",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+use apple as backend;
+#[cfg(all(
+    target_vendor = "apple",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub(crate) use apple::{
+    code_signing_flags, debugger_attached, freeze_jit_write_callbacks, has_entitlement,
+    jit_granted_by_debugger, jit_write_with_callback,
+};
 
-#[cfg(not(any(target_os = "linux", windows, target_vendor = "apple")))]
-compile_error!("jitmem supports Linux, Windows, macOS and iOS");
+#[cfg(all(windows, any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod windows;
+#[cfg(all(windows, any(target_arch = "x86_64", target_arch = "aarch64")))]
+use windows as backend;
+
+/// Every other target. Also compiled into the host's unit tests, which check its answers.
+#[cfg(any(
+    test,
+    not(any(all(
+        any(target_os = "linux", target_vendor = "apple", windows),
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ),))
+))]
+mod unsupported;
+#[cfg(not(any(all(
+    any(target_os = "linux", target_vendor = "apple", windows),
+    any(target_arch = "x86_64", target_arch = "aarch64")
+),)))]
+use unsupported as backend;
+#[cfg(all(
+    target_vendor = "apple",
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
+pub(crate) use unsupported::{
+    code_signing_flags, debugger_attached, freeze_jit_write_callbacks, has_entitlement,
+    jit_granted_by_debugger, jit_write_with_callback,
+};
+
+/// The platform this crate was built for: the selected backend's `Os`.
+pub(crate) use backend::Os;
+
+// ---------------------------------------------------------------------------------------------
+// The interface.
+
+/// A complete platform: every concern implemented. Each backend says `impl Platform for Os {}`,
+/// which compiles only if its `Os` implements every supertrait.
+pub(crate) trait Platform:
+    Memory + Mirror + Rights + Icache + Fork + Introspect + Wait + Probe
+{
+}
+
+/// The selected backend is a complete [`Platform`].
+const _: () = {
+    const fn is_platform<P: Platform>() {}
+    is_platform::<Os>();
+};
+
+/// Private memory: Toggle and Rwx regions, `ExecBuffer`, the probe's trial pages.
+///
+/// Mapping functions are safe: they create new mappings nobody else knows about. Functions that
+/// change or remove existing mappings are `unsafe`: the caller owns what it passes.
+pub(crate) trait Memory {
+    /// The page size of this process, read once: the unit of every mapping and protection
+    /// change. A power of two.
+    fn page_size() -> usize;
+
+    /// Maps `len` bytes (a non-zero page multiple) of fresh private memory with `prot`, at an
+    /// address the system picks; physical pages are used only when touched. Never `MAP_JIT` on
+    /// Apple, so the result may be given to [`Memory::protect`].
+    fn map_private(len: usize, prot: Prot) -> Result<NonNull<u8>>;
+
+    /// Changes the protection of `[ptr, ptr + len)` (page-aligned, inside one mapping).
+    ///
+    /// # Safety
+    /// The caller owns the range (it was mapped by this crate, never as PerThread memory, and is
+    /// still mapped) and nothing relies on the old protection (no other thread runs code there
+    /// when execute is removed).
+    unsafe fn protect(ptr: NonNull<u8>, len: usize, prot: Prot) -> Result<()>;
+
+    /// Unmaps the mapping `[ptr, ptr + len)` made by [`Memory::map_private`] (or
+    /// [`Rights::map_per_thread`]). Windows releases whole allocations only, so `ptr` and `len`
+    /// are exactly what was mapped.
+    ///
+    /// # Safety
+    /// The caller owns the whole mapping and nothing refers to it any more.
+    unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> Result<()>;
+}
+
+/// Two views of the same pages: the Mirror strategy.
+pub(crate) trait Mirror {
+    /// Maps `len` bytes (a non-zero page multiple) twice: a read-write view and a read-execute
+    /// view of the same pages. The executable view can never be made writable, and a `fork()`
+    /// child never inherits the writable one.
+    fn map_mirror(len: usize, options: MapOptions) -> Result<MirrorViews>;
+
+    /// Removes one view of a mirror: exactly a view [`Mirror::map_mirror`] returned, whole.
+    ///
+    /// # Safety
+    /// The caller owns the view and nothing refers to it any more.
+    unsafe fn unmap_view(ptr: NonNull<u8>, len: usize) -> Result<()>;
+
+    /// What holds the pages of mirrors, once one has been made in this process.
+    fn mirror_backing() -> Option<MirrorBacking>;
+}
+
+/// Per-thread write rights: the PerThread strategy.
+pub(crate) trait Rights {
+    /// Whether a `fork()` child may keep using PerThread memory made before the fork.
+    const PER_THREAD_SURVIVES_FORK: bool;
+
+    /// The key under which PerThread memory is mapped, decided once per process; `Err` says, in
+    /// words a user can act on, why this process has no per-thread write rights.
+    fn thread_rights_token() -> std::result::Result<u32, String>;
+
+    /// Maps `len` bytes of fresh memory executable by every thread and writable only by a
+    /// thread inside [`Rights::grant_thread_write_rights`] for `key`.
+    fn map_per_thread(len: usize, key: u32) -> Result<NonNull<u8>>;
+
+    /// Grants the calling thread write access to the memory under `key`; returns what
+    /// [`Rights::withdraw_thread_write_rights`] needs to withdraw it.
+    ///
+    /// # Safety
+    /// `key` came from [`Rights::thread_rights_token`]; the caller pairs this with
+    /// `withdraw_thread_write_rights` on the same thread, and takes responsibility for the rights it grants.
+    unsafe fn grant_thread_write_rights(key: u32) -> u32;
+
+    /// Withdraws what [`Rights::grant_thread_write_rights`] granted: never leaves write access behind.
+    ///
+    /// # Safety
+    /// As for `grant_thread_write_rights`, whose return value `saved` is.
+    unsafe fn withdraw_thread_write_rights(key: u32, saved: u32);
+}
+
+/// Instruction-cache coherence.
+pub(crate) trait Icache {
+    /// Makes `[ptr, ptr + len)` coherent between data writes and instruction fetch.
+    ///
+    /// # Safety
+    /// The range is mapped and readable.
+    unsafe fn clear_cache(ptr: *const u8, len: usize);
+
+    /// Makes every thread of the process discard instructions it may have fetched before the
+    /// last [`Icache::clear_cache`].
+    fn pipeline_flush_mt() -> Result<()>;
+}
+
+/// What happens to mirrors across `fork()`. A platform without `fork()` implements these as
+/// no-ops that are never reached.
+pub(crate) trait Fork {
+    /// Registers `prepare`, `parent` and `child` to run around every `fork()`.
+    fn register_atfork(
+        prepare: unsafe extern "C" fn(),
+        parent: unsafe extern "C" fn(),
+        child: unsafe extern "C" fn(),
+    ) -> Result<()>;
+
+    /// Before a `fork()` (in the parent): a private copy of the first `used` bytes of the
+    /// executable view at `rx`, the child's future code; `None` if it could not be made.
+    ///
+    /// # Safety
+    /// `[rx, rx + used)` is mapped and readable (a mirror view made by this crate).
+    unsafe fn snapshot_for_fork(rx: NonNull<u8>, used: usize) -> Option<NonNull<u8>>;
+
+    /// In the parent after a `fork()`: drops a snapshot.
+    ///
+    /// # Safety
+    /// `snapshot` came from `snapshot_for_fork(_, used)` and is not used again.
+    unsafe fn discard_snapshot(snapshot: NonNull<u8>, used: usize);
+
+    /// In a `fork()` child (the only thread; system calls and `memcpy` only): replaces the
+    /// executable view `[rx, rx + len)` by a private read-execute copy of `snapshot`'s `used`
+    /// bytes, the rest inaccessible; without a snapshot the whole view becomes inaccessible.
+    /// Returns whether it all worked.
+    ///
+    /// # Safety
+    /// `[rx, rx + len)` is a mapping this crate made; `used <= len`, both page multiples;
+    /// `snapshot` came from `snapshot_for_fork(rx, used)`.
+    unsafe fn install_snapshot_after_fork(
+        snapshot: Option<NonNull<u8>>,
+        rx: NonNull<u8>,
+        len: usize,
+        used: usize,
+    ) -> bool;
+}
+
+/// The process's memory map.
+pub(crate) trait Introspect {
+    /// Every mapping of this process.
+    fn mappings() -> io::Result<Vec<Mapping>>;
+
+    /// How many mappings this process has.
+    fn mapping_count() -> io::Result<usize>;
+
+    /// `(mappings now, limit)` where the system limits the number of mappings per process
+    /// (Linux's `vm.max_map_count`), to recognise that limit behind a failed mapping.
+    fn mapping_limit() -> Option<(usize, usize)>;
+}
+
+/// Sleeping on a lock word (`sync.rs`'s fork-aware lock).
+pub(crate) trait Wait {
+    /// Waits while `*word == value`: returns when woken, spuriously, or at once if the value
+    /// differs. The caller re-checks.
+    fn wait_while_equal(word: &AtomicU32, value: u32);
+
+    /// Wakes one thread waiting in [`Wait::wait_while_equal`] on `word`.
+    fn wake_one(word: &AtomicU32);
+}
+
+/// What the probe reports.
+pub(crate) trait Probe {
+    /// Every primitive tried for real on one page, the settings that explain a refusal, and
+    /// which strategies can work.
+    fn probe_facts() -> ProbeFacts;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals.
+
+/// The source of an error made by [`refused`]: the platform refuses something outright.
+#[derive(Debug)]
+struct Refusal(String);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// "This platform refuses `op`, because `reason`": `Error::Os` with an
+/// `io::ErrorKind::Unsupported` source whose message is `reason`. Not a failed call (that keeps
+/// its OS error): a refusal of the whole strategy or primitive, which the layer that knows the
+/// strategy turns into `Error::Unsupported` (see [`refusal`]).
+#[cfg_attr(
+    target_os = "linux",
+    allow(
+        dead_code,
+        reason = "Linux refuses PerThread through thread_rights_token's reason only"
+    )
+)]
+pub(crate) fn refused(op: &'static str, reason: impl Into<String>) -> Error {
+    Error::Os {
+        op,
+        source: io::Error::new(io::ErrorKind::Unsupported, Refusal(reason.into())),
+    }
+}
+
+/// The reason of an error made by [`refused`], `None` for any other error (an OS error of kind
+/// `Unsupported`, such as `ENOSYS`, is not a refusal).
+pub(crate) fn refusal(e: &Error) -> Option<&str> {
+    match e {
+        Error::Os { source, .. } => source
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<Refusal>())
+            .map(|r| r.0.as_str()),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The functions the rest of the crate calls: forwarders to `Os`.
+
+/// [`Memory::page_size`].
+#[inline]
+pub(crate) fn page_size() -> usize {
+    <Os as Memory>::page_size()
+}
+
+/// [`Memory::map_private`].
+#[inline]
+pub(crate) fn map_private(len: usize, prot: Prot) -> Result<NonNull<u8>> {
+    <Os as Memory>::map_private(len, prot)
+}
+
+/// [`Memory::protect`].
+///
+/// # Safety
+/// As [`Memory::protect`].
+#[inline]
+pub(crate) unsafe fn protect(ptr: NonNull<u8>, len: usize, prot: Prot) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { <Os as Memory>::protect(ptr, len, prot) }
+}
+
+/// [`Memory::unmap`].
+///
+/// # Safety
+/// As [`Memory::unmap`].
+#[inline]
+pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { <Os as Memory>::unmap(ptr, len) }
+}
+
+/// [`Mirror::map_mirror`].
+#[inline]
+pub(crate) fn map_mirror(len: usize, options: MapOptions) -> Result<MirrorViews> {
+    <Os as Mirror>::map_mirror(len, options)
+}
+
+/// [`Mirror::unmap_view`].
+///
+/// # Safety
+/// As [`Mirror::unmap_view`].
+#[inline]
+pub(crate) unsafe fn unmap_view(ptr: NonNull<u8>, len: usize) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { <Os as Mirror>::unmap_view(ptr, len) }
+}
+
+/// [`Mirror::mirror_backing`].
+#[inline]
+pub(crate) fn mirror_backing() -> Option<MirrorBacking> {
+    <Os as Mirror>::mirror_backing()
+}
+
+/// [`Rights::PER_THREAD_SURVIVES_FORK`].
+pub(crate) const PER_THREAD_SURVIVES_FORK: bool = <Os as Rights>::PER_THREAD_SURVIVES_FORK;
+
+/// [`Rights::thread_rights_token`].
+#[inline]
+pub(crate) fn thread_rights_token() -> std::result::Result<u32, String> {
+    <Os as Rights>::thread_rights_token()
+}
+
+/// [`Rights::map_per_thread`].
+#[inline]
+pub(crate) fn map_per_thread(len: usize, key: u32) -> Result<NonNull<u8>> {
+    <Os as Rights>::map_per_thread(len, key)
+}
+
+/// [`Rights::grant_thread_write_rights`].
+///
+/// # Safety
+/// As [`Rights::grant_thread_write_rights`].
+#[inline]
+pub(crate) unsafe fn grant_thread_write_rights(key: u32) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe { <Os as Rights>::grant_thread_write_rights(key) }
+}
+
+/// [`Rights::withdraw_thread_write_rights`].
+///
+/// # Safety
+/// As [`Rights::withdraw_thread_write_rights`].
+#[inline]
+pub(crate) unsafe fn withdraw_thread_write_rights(key: u32, saved: u32) {
+    // SAFETY: forwarded from the caller.
+    unsafe { <Os as Rights>::withdraw_thread_write_rights(key, saved) }
+}
+
+/// [`Icache::clear_cache`].
+///
+/// # Safety
+/// As [`Icache::clear_cache`].
+#[inline]
+pub(crate) unsafe fn clear_cache(ptr: *const u8, len: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { <Os as Icache>::clear_cache(ptr, len) }
+}
+
+/// [`Icache::pipeline_flush_mt`].
+#[inline]
+pub(crate) fn pipeline_flush_mt() -> Result<()> {
+    <Os as Icache>::pipeline_flush_mt()
+}
+
+/// [`Fork::register_atfork`].
+pub(crate) fn register_atfork(
+    prepare: unsafe extern "C" fn(),
+    parent: unsafe extern "C" fn(),
+    child: unsafe extern "C" fn(),
+) -> Result<()> {
+    <Os as Fork>::register_atfork(prepare, parent, child)
+}
+
+/// [`Fork::snapshot_for_fork`].
+///
+/// # Safety
+/// As [`Fork::snapshot_for_fork`].
+pub(crate) unsafe fn snapshot_for_fork(rx: NonNull<u8>, used: usize) -> Option<NonNull<u8>> {
+    // SAFETY: forwarded from the caller.
+    unsafe { <Os as Fork>::snapshot_for_fork(rx, used) }
+}
+
+/// [`Fork::discard_snapshot`].
+///
+/// # Safety
+/// As [`Fork::discard_snapshot`].
+pub(crate) unsafe fn discard_snapshot(snapshot: NonNull<u8>, used: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { <Os as Fork>::discard_snapshot(snapshot, used) }
+}
+
+/// [`Fork::install_snapshot_after_fork`].
+///
+/// # Safety
+/// As [`Fork::install_snapshot_after_fork`].
+pub(crate) unsafe fn install_snapshot_after_fork(
+    snapshot: Option<NonNull<u8>>,
+    rx: NonNull<u8>,
+    len: usize,
+    used: usize,
+) -> bool {
+    // SAFETY: forwarded from the caller.
+    unsafe { <Os as Fork>::install_snapshot_after_fork(snapshot, rx, len, used) }
+}
+
+/// [`Introspect::mappings`].
+pub(crate) fn mappings() -> io::Result<Vec<Mapping>> {
+    <Os as Introspect>::mappings()
+}
+
+/// [`Introspect::mapping_count`].
+pub(crate) fn mapping_count() -> io::Result<usize> {
+    <Os as Introspect>::mapping_count()
+}
+
+/// [`Introspect::mapping_limit`].
+#[allow(
+    dead_code,
+    reason = "part of the interface; only the POSIX mapping-error path asks for it"
+)]
+pub(crate) fn mapping_limit() -> Option<(usize, usize)> {
+    <Os as Introspect>::mapping_limit()
+}
+
+/// [`Wait::wait_while_equal`].
+#[inline]
+pub(crate) fn wait_while_equal(word: &AtomicU32, value: u32) {
+    <Os as Wait>::wait_while_equal(word, value)
+}
+
+/// [`Wait::wake_one`].
+#[inline]
+pub(crate) fn wake_one(word: &AtomicU32) {
+    <Os as Wait>::wake_one(word)
+}
+
+/// [`Probe::probe_facts`].
+pub(crate) fn probe_facts() -> ProbeFacts {
+    <Os as Probe>::probe_facts()
+}
+
+/// A callback for `jitmem::apple::jit_write_with_callback`: `int (*)(void *ctx)`, libpthread's
+/// `pthread_jit_write_callback_t`. It runs with the calling thread's `MAP_JIT` pages writable
+/// (and not executable) and returns a result code that is passed through unchanged.
+///
+/// Apple's contract for it (`pthread.h`): assume an attacker controls `ctx`, validate it with
+/// as little attackable state as possible, and on bad input trap or return a failure code;
+/// never unwind or `longjmp` out of it (a panic inside an `extern "C" fn` aborts, which is
+/// fine).
+#[cfg(target_vendor = "apple")]
+pub type JitWriteCallback = extern "C" fn(ctx: *mut std::ffi::c_void) -> std::ffi::c_int;

@@ -21,9 +21,31 @@ use mach2::vm_prot::{VM_PROT_EXECUTE, VM_PROT_NONE, VM_PROT_READ, VM_PROT_WRITE}
 use mach2::vm_statistics::VM_FLAGS_ANYWHERE;
 use mach2::vm_types::{mach_vm_address_t, mach_vm_size_t};
 
+use super::Os;
 use super::mach::kern_error;
 use crate::error::{Error, Result};
-use crate::sys::{MapOptions, MirrorBacking, MirrorViews, Prot, map_private, unmap};
+use crate::sys::posix::{map_private, unmap};
+use crate::sys::{MapOptions, Mirror, MirrorBacking, MirrorViews, Prot, error_chain};
+
+impl Mirror for Os {
+    fn map_mirror(len: usize, options: MapOptions) -> Result<MirrorViews> {
+        map_mirror(len, options)
+    }
+
+    /// # Safety
+    /// The contract of [`Mirror::unmap_view`].
+    unsafe fn unmap_view(ptr: NonNull<u8>, len: usize) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { unmap_view(ptr, len) }
+    }
+
+    /// Always `mach_vm_remap` on Apple, once a mirror has been made.
+    fn mirror_backing() -> Option<MirrorBacking> {
+        MIRROR_MADE
+            .load(Ordering::Relaxed)
+            .then_some(MirrorBacking::MachRemap)
+    }
+}
 
 /// Set once a mirror has been made in this process.
 static MIRROR_MADE: AtomicBool = AtomicBool::new(false);
@@ -45,7 +67,7 @@ static MIRROR_MADE: AtomicBool = AtomicBool::new(false);
 /// On iOS this works only once JIT has been granted by a debugger (`CS_DEBUGGED`); on macOS
 /// only without the hardened runtime, or with `allow-unsigned-executable-memory`.
 #[doc(alias = "mach_vm_remap")]
-pub(crate) fn map_mirror(len: usize, options: MapOptions) -> Result<MirrorViews> {
+fn map_mirror(len: usize, options: MapOptions) -> Result<MirrorViews> {
     let rx = map_private(len, Prot::RX)?;
     match remap_writable(rx, len, options) {
         Ok(rw) => {
@@ -150,7 +172,7 @@ fn protect_views(
 /// # Safety
 /// The caller owns the view and nothing refers to it any more.
 #[doc(alias = "mach_vm_deallocate")]
-pub(crate) unsafe fn unmap_view(ptr: NonNull<u8>, len: usize) -> Result<()> {
+unsafe fn unmap_view(ptr: NonNull<u8>, len: usize) -> Result<()> {
     // SAFETY: mach_task_self reads the task's own port name.
     let task = unsafe { mach_task_self() };
     // SAFETY: the caller owns the range and gives it up.
@@ -163,17 +185,10 @@ pub(crate) unsafe fn unmap_view(ptr: NonNull<u8>, len: usize) -> Result<()> {
     Ok(())
 }
 
-/// The mirror backing, once a mirror has been made: always `mach_vm_remap` on Apple.
-pub(crate) fn mirror_backing() -> Option<MirrorBacking> {
-    MIRROR_MADE
-        .load(Ordering::Relaxed)
-        .then_some(MirrorBacking::MachRemap)
-}
-
 /// A one-page mirror for the probe, made and removed (no TXM handshake: it never touches the
 /// pages, neither writing nor executing).
 pub(super) fn try_mirror(page: usize) -> std::result::Result<(), String> {
-    let views = map_mirror(page, MapOptions::default()).map_err(|e| crate::sys::error_chain(&e))?;
+    let views = map_mirror(page, MapOptions::default()).map_err(|e| error_chain(&e))?;
     // SAFETY: the fresh views above, unused.
     let _ = unsafe { unmap_view(views.rw, page) };
     // SAFETY: as above.
@@ -196,10 +211,11 @@ mod txm {
     #[cfg(all(target_os = "ios", target_arch = "aarch64", not(target_abi = "sim")))]
     pub(super) fn announce(rx: NonNull<u8>, len: usize) -> Result<()> {
         if let Ok(false) = super::super::codesign::debugger_attached() {
-            return Err(crate::error::Error::Unsupported {
-                strategy: crate::config::Strategy::Mirror,
-                reason: "the TXM handshake (brk #0x69) needs an attached debugger, and none is attached (P_TRACED is clear): it would die of SIGTRAP. Attach the JIT enabler first, or turn Config::txm_handshake off on devices without TXM".to_owned(),
-            });
+            // A refusal: `Region::map` makes it `Error::Unsupported` for the Mirror strategy.
+            return Err(crate::sys::refused(
+                "the TXM handshake (brk #0x69)",
+                "the TXM handshake (brk #0x69) needs an attached debugger, and none is attached (P_TRACED is clear): it would die of SIGTRAP. Attach the JIT enabler first, or turn Config::txm_handshake off on devices without TXM",
+            ));
         }
         // SAFETY: `brk #0x69` traps to the attached debugger (checked above), which reads x0 and
         // x1 and resumes at the next instruction. The instruction itself touches no memory of

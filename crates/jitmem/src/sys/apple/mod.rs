@@ -9,8 +9,8 @@
 //! the XNU and libpthread sources cited next to each call.
 //!
 //! # How each strategy is built
-//! - **Toggle** and **Rwx**: plain private anonymous memory ([`map_private`]) and `mprotect`
-//!   ([`protect`]). A hardened-runtime macOS process needs the
+//! - **Toggle** and **Rwx**: plain private anonymous memory (`map_private`) and `mprotect`
+//!   (`protect`). A hardened-runtime macOS process needs the
 //!   `com.apple.security.cs.allow-unsigned-executable-memory` entitlement for this; an iOS app
 //!   needs JIT granted by a debugger (`CS_DEBUGGED`, seed 000's Legacy mode). Apple silicon
 //!   refuses RWX without `MAP_JIT`, so Rwx is available on Intel Macs only.
@@ -27,9 +27,9 @@
 //! # Invariant: `MAP_JIT` pages are never `mprotect`ed
 //! Apple's porting guide and seed 003 are explicit: the write/execute state of `MAP_JIT` memory
 //! is per thread and changes only through `pthread_jit_write_protect_np`; `mprotect` on it fails
-//! or breaks it. By construction only PerThread regions are `MAP_JIT` ([`map_per_thread`]);
-//! Toggle, Rwx and `ExecBuffer` memory comes from [`map_private`], which never passes `MAP_JIT`,
-//! and only those ever reach [`protect`] (Toggle's write scopes, `ExecBuffer`'s state changes).
+//! or breaks it. By construction only PerThread regions are `MAP_JIT` (`map_per_thread`);
+//! Toggle, Rwx and `ExecBuffer` memory comes from `map_private`, which never passes `MAP_JIT`,
+//! and only those ever reach `protect` (Toggle's write scopes, `ExecBuffer`'s state changes).
 //! PerThread rights never call `protect`: they are `Rights::ProtectionKey`, not
 //! `Rights::Toggle`. Keep it so: a new caller of `protect` must never be handed a PerThread
 //! region.
@@ -42,13 +42,13 @@
 //! letting one thread write a region another thread executes: if you patch live code, prefer
 //! Mirror. A compile thread that wants to stay in write mode (seed 003's "background JIT
 //! thread") just keeps one write scope open: inner scopes only count, and the outermost scope's
-//! end switches the thread back to execute mode. `per_thread_end` always ends in execute mode:
+//! end switches the thread back to execute mode. `withdraw_thread_write_rights` always ends in execute mode:
 //! there is no API to read a thread's current mode, so jitmem never "restores" write mode it
 //! cannot see, just as Linux never leaves write access behind.
 //!
 //! A process with the `com.apple.security.cs.jit-write-allowlist` entitlement may not call
 //! `pthread_jit_write_protect_np` at all (libpthread terminates it), so PerThread is refused
-//! there and [`crate::apple::jit_write_with_callback`] is the way to write `MAP_JIT` memory.
+//! there and `jitmem::apple::jit_write_with_callback` is the way to write `MAP_JIT` memory.
 //!
 //! # fork()
 //! Mirrors behave as on Linux: the RW view is `VM_INHERIT_NONE`, and the atfork handlers put a
@@ -65,55 +65,22 @@
 //! arguments are valid.
 
 mod codesign;
-mod jit;
+mod fork;
+mod icache;
+mod introspect;
 mod mach;
+mod memory;
 mod mirror;
 mod probe;
+mod rights;
+mod wait;
 
-pub(crate) use super::posix::{
-    discard_snapshot, install_snapshot_after_fork, map_private, page_size, protect,
-    register_atfork, snapshot_for_fork, unmap,
-};
 pub(crate) use codesign::{
     code_signing_flags, debugger_attached, has_entitlement, jit_granted_by_debugger,
 };
-pub(crate) use jit::{
-    freeze_jit_write_callbacks, jit_write_with_callback, map_per_thread, per_thread_begin,
-    per_thread_end, per_thread_key,
-};
-pub(crate) use mach::{mapping_count, mapping_limit, mappings, pipeline_flush_mt};
-pub(crate) use mirror::{map_mirror, mirror_backing, unmap_view};
-pub(crate) use probe::probe_facts;
+pub(crate) use rights::{freeze_jit_write_callbacks, jit_write_with_callback};
 
-/// `MAP_JIT` memory across `fork()` is not documented by Apple (XNU treats JIT regions
-/// specially, and the child's per-thread JIT write state is not specified), so jitmem does not
-/// let a fork child use PerThread memory made before the fork: `Error::ForkedChild`, and
-/// dropping it in the child leaves the mapping alone.
-pub(crate) const PER_THREAD_SURVIVES_FORK: bool = false;
+/// macOS or iOS, implementing every concern of the platform interface (one file each).
+pub(crate) struct Os;
 
-unsafe extern "C" {
-    /// `void sys_icache_invalidate(void *start, size_t len);` from `<libkern/OSCacheControl.h>`
-    /// (libSystem): "prepares memory for execution, typically by invalidating the instruction
-    /// cache for the indicated range. This should be called after writing machine instructions
-    /// to memory, and before executing them. On IA32 processors this function is a NOP"
-    /// (`cache(3)`, and the porting guide's last step). The `libc` crate does not declare it.
-    fn sys_icache_invalidate(start: *mut libc::c_void, len: libc::size_t);
-}
-
-/// Makes `[ptr, ptr + len)` coherent for instruction fetch: `sys_icache_invalidate`, Apple's
-/// supported routine (on Apple silicon it cleans the data cache and invalidates the instruction
-/// cache by address for every core; on Intel it does nothing, the caches are coherent).
-///
-/// Call it after the thread is back in execute mode (the porting guide's order:
-/// `pthread_jit_write_protect_np(1)`, then `sys_icache_invalidate`), which is what a scope's
-/// `publish` does: rights are withdrawn first, then the cache is made coherent.
-///
-/// # Safety
-/// The range is mapped and readable.
-#[doc(alias = "sys_icache_invalidate")]
-#[inline]
-pub(crate) unsafe fn clear_cache(ptr: *const u8, len: usize) {
-    // SAFETY: the caller guarantees the range is mapped; the routine only performs cache
-    // maintenance on it (it takes a `void *` but does not write through it).
-    unsafe { sys_icache_invalidate(ptr.cast_mut().cast(), len) };
-}
+impl super::Platform for Os {}

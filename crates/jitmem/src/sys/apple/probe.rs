@@ -3,10 +3,21 @@
 //! thread-state pipeline flush), and the code-signing state that explains a refusal (hardened
 //! runtime, entitlements, `CS_DEBUGGED`, an attached debugger).
 
+use super::Os;
 use super::codesign::{self, CS_DEBUGGED, CS_RUNTIME};
-use super::mach::pipeline_flush_mt;
 use super::mirror::try_mirror;
-use crate::sys::{ProbeFacts, Prot, error_chain, page_size, per_thread_key};
+use crate::sys::{
+    Probe, ProbeFacts, Prot, error_chain, page_size, pipeline_flush_mt, thread_rights_token,
+    try_map,
+};
+
+impl Probe for Os {
+    /// Every primitive tried for real on one page, and the code-signing state that explains a
+    /// refusal.
+    fn probe_facts() -> ProbeFacts {
+        probe_facts()
+    }
+}
 
 /// "macOS 14.4.1 (Darwin 23.4.0, arm64)", "iOS 18.1 (Darwin 24.1.0, iPhone15,2)".
 fn system() -> String {
@@ -43,12 +54,12 @@ fn explain(flags: Option<u32>) -> &'static str {
 /// Tries to map a page read-write-execute without `MAP_JIT` (Apple silicon refuses: W^X is
 /// enforced unless the memory is `MAP_JIT`).
 fn try_rwx(why: &str) -> Result<(), String> {
-    crate::sys::try_map(Prot::RWX, None).map_err(|e| format!("{e}{why}"))
+    try_map::<Os>(Prot::RWX, None).map_err(|e| format!("{e}{why}"))
 }
 
 /// Tries to map a page read-write, then make it read-execute.
 fn try_mprotect_exec(why: &str) -> Result<(), String> {
-    crate::sys::try_map(Prot::RW, Some(Prot::RX)).map_err(|e| format!("{e}{why}"))
+    try_map::<Os>(Prot::RW, Some(Prot::RX)).map_err(|e| format!("{e}{why}"))
 }
 
 /// On an iOS device, whether the strategies the trials found may really run code. The trials
@@ -74,13 +85,13 @@ fn ios_device_refusal(flags: Option<u32>) -> Option<String> {
 }
 
 /// What the probe needs from macOS or iOS.
-pub(crate) fn probe_facts() -> ProbeFacts {
+fn probe_facts() -> ProbeFacts {
     let flags = codesign::code_signing_flags().ok();
     let why = explain(flags);
     let rwx = try_rwx(why);
     let mprotect_exec = try_mprotect_exec(why);
     let mirror = try_mirror(page_size()).map_err(|e| format!("{e}{why}"));
-    let per_thread = per_thread_key().map(|_| ());
+    let per_thread = thread_rights_token().map(|_| ());
     let flush = pipeline_flush_mt().map_err(|e| error_chain(&e));
     let refused = ios_device_refusal(flags);
     let translated = codesign::sysctl_i32(c"sysctl.proc_translated");

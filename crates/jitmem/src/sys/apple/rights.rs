@@ -10,16 +10,55 @@
 //! `pthread_jit_write_freeze_callbacks_np`: macOS 12.1).
 
 use std::ffi::{CStr, c_int, c_void};
-use std::io;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 
+use super::Os;
 use super::codesign::{self, JIT_WRITE_ALLOWLIST_FREEZE_LATE};
-use crate::apple::JitWriteCallback;
 use crate::error::{Error, Result};
+#[cfg(target_os = "macos")]
+use crate::sys::error_chain;
 use crate::sys::posix::non_null_map;
 #[cfg(target_os = "macos")]
-use crate::sys::{page_size, unmap};
+use crate::sys::posix::{page_size, unmap};
+use crate::sys::{JitWriteCallback, Rights, refused};
+
+impl Rights for Os {
+    /// `MAP_JIT` memory across `fork()` is not documented by Apple (XNU treats JIT regions
+    /// specially, and the child's per-thread JIT write state is not specified), so jitmem does
+    /// not let a fork child use PerThread memory made before the fork: `Error::ForkedChild`,
+    /// and dropping it in the child leaves the mapping alone.
+    const PER_THREAD_SURVIVES_FORK: bool = false;
+
+    fn thread_rights_token() -> std::result::Result<u32, String> {
+        thread_rights_token()
+    }
+
+    fn map_per_thread(len: usize, key: u32) -> Result<NonNull<u8>> {
+        map_per_thread(len, key)
+    }
+
+    /// `pthread_jit_write_protect_np(0)` on Apple silicon Macs.
+    ///
+    /// # Safety
+    /// The contract of [`Rights::grant_thread_write_rights`]; and no `MAP_JIT` code runs on this thread
+    /// until [`Rights::withdraw_thread_write_rights`].
+    #[inline]
+    unsafe fn grant_thread_write_rights(key: u32) -> u32 {
+        // SAFETY: forwarded from the caller.
+        unsafe { grant_thread_write_rights(key) }
+    }
+
+    /// `pthread_jit_write_protect_np(1)` on Apple silicon Macs.
+    ///
+    /// # Safety
+    /// The contract of [`Rights::withdraw_thread_write_rights`].
+    #[inline]
+    unsafe fn withdraw_thread_write_rights(key: u32, saved: u32) {
+        // SAFETY: forwarded from the caller.
+        unsafe { withdraw_thread_write_rights(key, saved) }
+    }
+}
 
 static KEY: OnceLock<std::result::Result<u32, String>> = OnceLock::new();
 
@@ -32,7 +71,7 @@ static KEY: OnceLock<std::result::Result<u32, String>> = OnceLock::new();
 /// SPI, not available to apps), when the process has the `jit-write-allowlist` entitlement
 /// (which forbids the call), and when a `MAP_JIT` mapping is refused (a hardened-runtime
 /// process without `com.apple.security.cs.allow-jit`).
-pub(crate) fn per_thread_key() -> std::result::Result<u32, String> {
+fn thread_rights_token() -> std::result::Result<u32, String> {
     KEY.get_or_init(per_thread_support).clone()
 }
 
@@ -82,7 +121,7 @@ fn try_map_jit() -> std::result::Result<(), String> {
             Ok(())
         }
         Err(e) => {
-            let mut text = crate::sys::error_chain(&e);
+            let mut text = error_chain(&e);
             if codesign::code_signing_flags().is_ok_and(|f| f & codesign::CS_RUNTIME != 0) {
                 text.push_str(" (hardened runtime: MAP_JIT needs the com.apple.security.cs.allow-jit entitlement, see docs/apple.md)");
             }
@@ -113,16 +152,16 @@ fn map_jit(len: usize) -> Result<NonNull<u8>> {
 }
 
 /// Maps fresh `MAP_JIT` memory for PerThread. Never `mprotect` it (see the module docs of
-/// `sys::apple`): its state is per thread, changed by [`per_thread_begin`] and
-/// [`per_thread_end`] only.
+/// `sys::apple`): its state is per thread, changed by [`grant_thread_write_rights`] and
+/// [`withdraw_thread_write_rights`] only.
 #[doc(alias = "MAP_JIT")]
-pub(crate) fn map_per_thread(len: usize, _key: u32) -> Result<NonNull<u8>> {
+fn map_per_thread(len: usize, _key: u32) -> Result<NonNull<u8>> {
     map_jit(len)
 }
 
-/// What [`per_thread_begin`] reports as the thread's previous mode: execute (write-protected),
+/// What [`grant_thread_write_rights`] reports as the thread's previous mode: execute (write-protected),
 /// the mode every thread starts in. The real previous mode cannot be read (there is no getter);
-/// `rights.rs` calls `per_thread_begin` only for a thread's outermost scope.
+/// `rights.rs` calls `grant_thread_write_rights` only for a thread's outermost scope.
 #[cfg_attr(
     not(all(target_os = "macos", target_arch = "aarch64")),
     expect(dead_code, reason = "PerThread is refused off Apple silicon Macs")
@@ -134,13 +173,13 @@ const EXECUTE_MODE: u32 = 1;
 /// the mode the thread is assumed to have been in ([`EXECUTE_MODE`]).
 ///
 /// # Safety
-/// `key` came from [`per_thread_key`]; the caller pairs this with [`per_thread_end`] on the same
+/// `key` came from [`thread_rights_token`]; the caller pairs this with [`withdraw_thread_write_rights`] on the same
 /// thread and runs no `MAP_JIT` code on this thread in between.
 #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
 #[doc(alias = "pthread_jit_write_protect_np")]
 #[inline]
-pub(crate) unsafe fn per_thread_begin(_key: u32) -> u32 {
-    // SAFETY: per_thread_key succeeded, so the call is supported and allowed in this process;
+unsafe fn grant_thread_write_rights(_key: u32) -> u32 {
+    // SAFETY: thread_rights_token succeeded, so the call is supported and allowed in this process;
     // it changes this thread's view of MAP_JIT pages only.
     unsafe { libc::pthread_jit_write_protect_np(0) };
     EXECUTE_MODE
@@ -150,30 +189,30 @@ pub(crate) unsafe fn per_thread_begin(_key: u32) -> u32 {
 /// write access is never left behind.
 ///
 /// # Safety
-/// As for [`per_thread_begin`], whose return value `_saved` is.
+/// As for [`grant_thread_write_rights`], whose return value `_saved` is.
 #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
 #[inline]
-pub(crate) unsafe fn per_thread_end(_key: u32, _saved: u32) {
-    // SAFETY: as in per_thread_begin.
+unsafe fn withdraw_thread_write_rights(_key: u32, _saved: u32) {
+    // SAFETY: as in grant_thread_write_rights.
     unsafe { libc::pthread_jit_write_protect_np(1) };
 }
 
-/// Never reached off Apple silicon Macs: [`per_thread_key`] refuses, so no
+/// Never reached off Apple silicon Macs: [`thread_rights_token`] refuses, so no
 /// `Rights::ProtectionKey` exists to call it.
 ///
 /// # Safety
 /// Never called: there is no key.
 #[cfg(not(all(target_os = "macos", target_arch = "aarch64")))]
-pub(crate) unsafe fn per_thread_begin(_key: u32) -> u32 {
+unsafe fn grant_thread_write_rights(_key: u32) -> u32 {
     0
 }
 
-/// See [`per_thread_begin`].
+/// See [`grant_thread_write_rights`].
 ///
 /// # Safety
 /// Never called: there is no key.
 #[cfg(not(all(target_os = "macos", target_arch = "aarch64")))]
-pub(crate) unsafe fn per_thread_end(_key: u32, _saved: u32) {}
+unsafe fn withdraw_thread_write_rights(_key: u32, _saved: u32) {}
 
 // ---------------------------------------------------------------------------------------------
 // pthread_jit_write_with_callback_np: resolved at run time, because it is missing before macOS
@@ -209,13 +248,7 @@ fn freeze_fn() -> Option<FreezeCallbacks> {
 }
 
 fn unavailable(op: &'static str, what: &str) -> Error {
-    Error::Os {
-        op,
-        source: io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("{what} is not available on this system"),
-        ),
-    }
+    refused(op, format!("{what} is not available on this system"))
 }
 
 /// `pthread_jit_write_with_callback_np(callback, ctx)`: the thread's `MAP_JIT` pages become
@@ -223,7 +256,9 @@ fn unavailable(op: &'static str, what: &str) -> Error {
 /// returned.
 ///
 /// # Safety
-/// As [`crate::apple::jit_write_with_callback`].
+/// As `jitmem::apple::jit_write_with_callback`: `ctx` is what `callback` expects, the call is
+/// not nested in another callback, the thread is in execute mode, and with the allow-list
+/// entitlement `callback` is allow-listed.
 #[doc(alias = "pthread_jit_write_with_callback_np")]
 pub(crate) unsafe fn jit_write_with_callback(
     callback: JitWriteCallback,
