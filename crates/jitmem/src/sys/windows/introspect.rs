@@ -193,7 +193,12 @@ mod tests {
             maps.iter().any(|m| m.perms.ends_with('i')),
             "images are listed"
         );
-        assert_eq!(mapping_count().unwrap(), maps.len());
+        // Other tests of this binary map and unmap on other threads: the two counts agree on
+        // one of a few back-to-back tries.
+        assert!(
+            (0..20).any(|_| mapping_count().unwrap() == mappings().unwrap().len()),
+            "mapping_count disagrees with mappings()"
+        );
         // SAFETY: test-owned allocation.
         unsafe { unmap(ptr, 2 * page).unwrap() };
     }
