@@ -135,7 +135,10 @@ impl Error {
     /// Wraps the calling thread's last OS error (`errno`).
     #[cfg_attr(
         not(any(target_arch = "x86_64", target_arch = "aarch64")),
-        expect(dead_code, reason = "only the OS backends use it; other targets have none")
+        expect(
+            dead_code,
+            reason = "only the OS backends use it; other targets have none"
+        )
     )]
     pub(crate) fn last_os(op: &'static str) -> Self {
         Error::Os {

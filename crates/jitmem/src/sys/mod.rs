@@ -50,6 +50,68 @@ use std::sync::atomic::AtomicU32;
 
 use crate::error::{Error, Result};
 
+/// `impl Fork for Os` of a platform without `fork()` or without mirrors (Windows, the
+/// unsupported backend): no handlers are needed, none of the hooks is ever reached.
+#[cfg_attr(
+    all(unix, any(target_arch = "x86_64", target_arch = "aarch64"), not(test)),
+    allow(
+        unused_macros,
+        reason = "used by the Windows and unsupported backends only"
+    )
+)]
+macro_rules! impl_no_fork {
+    ($why:literal) => {
+        impl $crate::sys::Fork for Os {
+            #[doc = concat!("Does nothing and succeeds: ", $why, ".")]
+            fn register_atfork(
+                _prepare: unsafe extern "C" fn(),
+                _parent: unsafe extern "C" fn(),
+                _child: unsafe extern "C" fn(),
+            ) -> $crate::error::Result<()> {
+                Ok(())
+            }
+
+            /// Never called: makes no snapshot.
+            ///
+            /// # Safety
+            /// None needed: it touches no memory.
+            unsafe fn snapshot_for_fork(
+                _rx: std::ptr::NonNull<u8>,
+                _used: usize,
+            ) -> Option<std::ptr::NonNull<u8>> {
+                None
+            }
+
+            /// Never called: does nothing.
+            ///
+            /// # Safety
+            /// None needed: it touches no memory.
+            unsafe fn discard_snapshot(_snapshot: std::ptr::NonNull<u8>, _used: usize) {}
+
+            /// Never called: does nothing and reports failure.
+            ///
+            /// # Safety
+            /// None needed: it touches no memory.
+            unsafe fn install_snapshot_after_fork(
+                _snapshot: Option<std::ptr::NonNull<u8>>,
+                _rx: std::ptr::NonNull<u8>,
+                _len: usize,
+                _used: usize,
+            ) -> bool {
+                false
+            }
+        }
+    };
+}
+#[cfg_attr(
+    all(unix, any(target_arch = "x86_64", target_arch = "aarch64"), not(test)),
+    allow(
+        unused_imports,
+        reason = "used by the Windows and unsupported backends only"
+    )
+)]
+pub(crate) use impl_no_fork;
+
 mod arch;
 mod common;
 pub(crate) use common::*;

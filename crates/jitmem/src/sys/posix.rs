@@ -229,3 +229,92 @@ pub(crate) fn register_atfork(
     }
     Ok(())
 }
+
+/// `impl Memory for Os` and `impl Fork for Os` of a POSIX backend (Linux, Apple): the
+/// functions above, once. Each backend's `memory.rs` and `fork.rs` invoke the matching macro.
+macro_rules! impl_memory {
+    () => {
+        impl $crate::sys::Memory for Os {
+            #[inline]
+            fn page_size() -> usize {
+                $crate::sys::posix::page_size()
+            }
+
+            fn map_private(
+                len: usize,
+                prot: $crate::sys::Prot,
+            ) -> $crate::error::Result<std::ptr::NonNull<u8>> {
+                $crate::sys::posix::map_private(len, prot)
+            }
+
+            /// `mprotect`.
+            ///
+            /// # Safety
+            /// The contract of [`Memory::protect`]($crate::sys::Memory::protect).
+            unsafe fn protect(
+                ptr: std::ptr::NonNull<u8>,
+                len: usize,
+                prot: $crate::sys::Prot,
+            ) -> $crate::error::Result<()> {
+                // SAFETY: forwarded from the caller.
+                unsafe { $crate::sys::posix::protect(ptr, len, prot) }
+            }
+
+            /// `munmap`.
+            ///
+            /// # Safety
+            /// The contract of [`Memory::unmap`]($crate::sys::Memory::unmap).
+            unsafe fn unmap(ptr: std::ptr::NonNull<u8>, len: usize) -> $crate::error::Result<()> {
+                // SAFETY: forwarded from the caller.
+                unsafe { $crate::sys::posix::unmap(ptr, len) }
+            }
+        }
+    };
+}
+pub(crate) use impl_memory;
+
+/// See [`impl_memory`]: the POSIX fork hooks (`pthread_atfork`, private snapshots).
+macro_rules! impl_fork {
+    () => {
+        impl $crate::sys::Fork for Os {
+            fn register_atfork(
+                prepare: unsafe extern "C" fn(),
+                parent: unsafe extern "C" fn(),
+                child: unsafe extern "C" fn(),
+            ) -> $crate::error::Result<()> {
+                $crate::sys::posix::register_atfork(prepare, parent, child)
+            }
+
+            /// # Safety
+            /// The contract of [`Fork::snapshot_for_fork`]($crate::sys::Fork::snapshot_for_fork).
+            unsafe fn snapshot_for_fork(
+                rx: std::ptr::NonNull<u8>,
+                used: usize,
+            ) -> Option<std::ptr::NonNull<u8>> {
+                // SAFETY: forwarded from the caller.
+                unsafe { $crate::sys::posix::snapshot_for_fork(rx, used) }
+            }
+
+            /// # Safety
+            /// The contract of [`Fork::discard_snapshot`]($crate::sys::Fork::discard_snapshot).
+            unsafe fn discard_snapshot(snapshot: std::ptr::NonNull<u8>, used: usize) {
+                // SAFETY: forwarded from the caller.
+                unsafe { $crate::sys::posix::discard_snapshot(snapshot, used) }
+            }
+
+            /// # Safety
+            /// The contract of
+            /// [`Fork::install_snapshot_after_fork`]($crate::sys::Fork::install_snapshot_after_fork).
+            unsafe fn install_snapshot_after_fork(
+                snapshot: Option<std::ptr::NonNull<u8>>,
+                rx: std::ptr::NonNull<u8>,
+                len: usize,
+                used: usize,
+            ) -> bool {
+                // SAFETY: forwarded from the caller.
+                unsafe { $crate::sys::posix::install_snapshot_after_fork(snapshot, rx, len, used) }
+            }
+        }
+    };
+}
+pub(crate) use impl_fork;

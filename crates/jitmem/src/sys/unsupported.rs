@@ -15,8 +15,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{
-    Fork, Icache, Introspect, MapOptions, Mapping, Memory, Mirror, MirrorBacking, MirrorViews,
-    Probe, ProbeFacts, Prot, Rights, Wait, refused, try_map,
+    Icache, Introspect, MapOptions, Mapping, Memory, Mirror, MirrorBacking, MirrorViews, Probe,
+    ProbeFacts, Prot, Rights, Wait, refused, try_map,
 };
 use crate::error::Result;
 
@@ -134,43 +134,7 @@ impl Icache for Os {
     }
 }
 
-impl Fork for Os {
-    /// Refused (never reached: only a mirror registers fork handlers).
-    fn register_atfork(
-        _prepare: unsafe extern "C" fn(),
-        _parent: unsafe extern "C" fn(),
-        _child: unsafe extern "C" fn(),
-    ) -> Result<()> {
-        Err(refused("register fork handlers", reason()))
-    }
-
-    /// Never called (no mirror): makes no snapshot.
-    ///
-    /// # Safety
-    /// The contract of [`Fork::snapshot_for_fork`].
-    unsafe fn snapshot_for_fork(_rx: NonNull<u8>, _used: usize) -> Option<NonNull<u8>> {
-        None
-    }
-
-    /// Never called (no mirror): does nothing.
-    ///
-    /// # Safety
-    /// The contract of [`Fork::discard_snapshot`].
-    unsafe fn discard_snapshot(_snapshot: NonNull<u8>, _used: usize) {}
-
-    /// Never called (no mirror): does nothing and reports failure.
-    ///
-    /// # Safety
-    /// The contract of [`Fork::install_snapshot_after_fork`].
-    unsafe fn install_snapshot_after_fork(
-        _snapshot: Option<NonNull<u8>>,
-        _rx: NonNull<u8>,
-        _len: usize,
-        _used: usize,
-    ) -> bool {
-        false
-    }
-}
+crate::sys::impl_no_fork!("no memory is ever mapped here, so a fork has nothing to protect");
 
 impl Introspect for Os {
     /// Refused: the memory map is not read here.
