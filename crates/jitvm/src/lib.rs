@@ -41,6 +41,7 @@ pub mod bytecode;
 pub mod disasm;
 mod error;
 pub mod interp;
+mod ir;
 pub mod jit;
 pub mod program;
 pub mod text;
