@@ -183,27 +183,20 @@ pub fn call<E: Engine>(
         return Ok(v);
     }
     let mut frames = Vec::new();
-    if count {
-        exec::<E, true>(
-            program,
-            engine,
-            limits,
-            &mut stack,
-            &mut frames,
-            func,
-            depth,
-        )
+    let exec = if count {
+        exec::<E, true>
     } else {
-        exec::<E, false>(
-            program,
-            engine,
-            limits,
-            &mut stack,
-            &mut frames,
-            func,
-            depth,
-        )
-    }
+        exec::<E, false>
+    };
+    exec(
+        program,
+        engine,
+        limits,
+        &mut stack,
+        &mut frames,
+        func,
+        depth,
+    )
 }
 
 /// A suspended caller.
