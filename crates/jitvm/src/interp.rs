@@ -330,6 +330,15 @@ fn exec<E: Engine, const COUNT: bool>(
             }};
         }
 
+        // Writes the value of `$result` to `$dst`, or traps with its error.
+        macro_rules! write_or_trap {
+            ($dst:expr, $result:expr) => {
+                match $result {
+                    Ok(v) => wr(regs, $dst, v),
+                    Err(kind) => trap!(kind),
+                }
+            };
+        }
         // Branches to `$t` unless `$holds`.
         macro_rules! branch_unless {
             ($holds:expr, $t:expr) => {{
@@ -365,22 +374,10 @@ fn exec<E: Engine, const COUNT: bool>(
                 Op::SubRI { dst, a, k } => wr(regs, dst, rd(regs, a).wrapping_sub(k)),
                 Op::MulRR { dst, a, b } => wr(regs, dst, rd(regs, a).wrapping_mul(rd(regs, b))),
                 Op::MulRI { dst, a, k } => wr(regs, dst, rd(regs, a).wrapping_mul(k)),
-                Op::DivRR { dst, a, b } => match div(rd(regs, a), rd(regs, b)) {
-                    Ok(v) => wr(regs, dst, v),
-                    Err(kind) => trap!(kind),
-                },
-                Op::DivRI { dst, a, k } => match div(rd(regs, a), k) {
-                    Ok(v) => wr(regs, dst, v),
-                    Err(kind) => trap!(kind),
-                },
-                Op::ModRR { dst, a, b } => match rem(rd(regs, a), rd(regs, b)) {
-                    Ok(v) => wr(regs, dst, v),
-                    Err(kind) => trap!(kind),
-                },
-                Op::ModRI { dst, a, k } => match rem(rd(regs, a), k) {
-                    Ok(v) => wr(regs, dst, v),
-                    Err(kind) => trap!(kind),
-                },
+                Op::DivRR { dst, a, b } => write_or_trap!(dst, div(rd(regs, a), rd(regs, b))),
+                Op::DivRI { dst, a, k } => write_or_trap!(dst, div(rd(regs, a), k)),
+                Op::ModRR { dst, a, b } => write_or_trap!(dst, rem(rd(regs, a), rd(regs, b))),
+                Op::ModRI { dst, a, k } => write_or_trap!(dst, rem(rd(regs, a), k)),
                 Op::LtRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) < rd(regs, b))),
                 Op::LtRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) < k)),
                 Op::LeRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) <= rd(regs, b))),
