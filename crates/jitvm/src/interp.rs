@@ -182,21 +182,11 @@ pub fn call<E: Engine>(
     {
         return Ok(v);
     }
-    let mut frames = Vec::new();
-    let exec = if count {
-        exec::<E, true>
+    if count {
+        exec::<E, true>(program, engine, limits, stack, func, depth)
     } else {
-        exec::<E, false>
-    };
-    exec(
-        program,
-        engine,
-        limits,
-        &mut stack,
-        &mut frames,
-        func,
-        depth,
-    )
+        exec::<E, false>(program, engine, limits, stack, func, depth)
+    }
 }
 
 /// A suspended caller.
@@ -244,12 +234,12 @@ fn exec<E: Engine, const COUNT: bool>(
     program: &Program,
     engine: &mut E,
     limits: &Limits,
-    stack: &mut Vec<i64>,
-    frames: &mut Vec<Frame>,
+    mut stack: Vec<i64>,
     entry: FuncId,
     entry_depth: u32,
 ) -> Result<i64, Stop> {
     let funcs = program.functions();
+    let mut frames: Vec<Frame> = Vec::new();
     let mut icount: u64 = 0;
     let mut func = entry;
     let mut pc = 0usize;
