@@ -1,6 +1,6 @@
 //! The interpreter.
 //!
-//! The verifier lowers every function once to a register form (see `lower.rs`): each frame is
+//! The verifier lowers every function once to a register form (see `ir`): each frame is
 //! a window of `locals + max_stack` slots of one value stack shared by all frames of a run, and
 //! the stack code becomes three-address operations on those slots, with compare-and-branch and
 //! store-retargeting fused in. The loop below is one `match` per operation over that array.
@@ -34,360 +34,8 @@
 
 use std::io::{self, Write};
 
+use crate::ir::{Op, Reg};
 use crate::program::{Counters, Engine, FuncId, Limits, Program, Stop, Trap, TrapKind};
-
-mod lower;
-
-pub(crate) use lower::lower;
-
-/// A frame slot: locals first, then the operand stack.
-pub(crate) type Reg = u32;
-
-/// One operation of the register form. `RR` forms read two slots, `RI` a slot and a constant;
-/// `Jn*` branch to `t` unless the compare holds; `t` is an operation index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Op {
-    /// Nothing (carries the count of instructions that emitted nothing).
-    Nop,
-    Imm {
-        dst: Reg,
-        k: i64,
-    },
-    Mov {
-        dst: Reg,
-        src: Reg,
-    },
-    Neg {
-        dst: Reg,
-        src: Reg,
-    },
-    AddRR {
-        dst: Reg,
-        a: Reg,
-        b: Reg,
-    },
-    AddRI {
-        dst: Reg,
-        a: Reg,
-        k: i64,
-    },
-    /// `a + b + k` (fused `add_ii` then `add_ii`/`sub_ii` of a constant).
-    AddRRI {
-        dst: Reg,
-        a: Reg,
-        b: Reg,
-        k: i64,
-    },
-    SubRR {
-        dst: Reg,
-        a: Reg,
-        b: Reg,
-    },
-    SubRI {
-        dst: Reg,
-        a: Reg,
-        k: i64,
-    },
-    MulRR {
-        dst: Reg,
-        a: Reg,
-        b: Reg,
-    },
-    MulRI {
-        dst: Reg,
-        a: Reg,
-        k: i64,
-    },
-    DivRR {
-        dst: Reg,
-        a: Reg,
-        b: Reg,
-    },
-    DivRI {
-        dst: Reg,
-        a: Reg,
-        k: i64,
-    },
-    ModRR {
-        dst: Reg,
-        a: Reg,
-        b: Reg,
-    },
-    ModRI {
-        dst: Reg,
-        a: Reg,
-        k: i64,
-    },
-    LtRR {
-        dst: Reg,
-        a: Reg,
-        b: Reg,
-    },
-    LtRI {
-        dst: Reg,
-        a: Reg,
-        k: i64,
-    },
-    LeRR {
-        dst: Reg,
-        a: Reg,
-        b: Reg,
-    },
-    LeRI {
-        dst: Reg,
-        a: Reg,
-        k: i64,
-    },
-    GtRR {
-        dst: Reg,
-        a: Reg,
-        b: Reg,
-    },
-    GtRI {
-        dst: Reg,
-        a: Reg,
-        k: i64,
-    },
-    GeRR {
-        dst: Reg,
-        a: Reg,
-        b: Reg,
-    },
-    GeRI {
-        dst: Reg,
-        a: Reg,
-        k: i64,
-    },
-    EqRR {
-        dst: Reg,
-        a: Reg,
-        b: Reg,
-    },
-    EqRI {
-        dst: Reg,
-        a: Reg,
-        k: i64,
-    },
-    NeRR {
-        dst: Reg,
-        a: Reg,
-        b: Reg,
-    },
-    NeRI {
-        dst: Reg,
-        a: Reg,
-        k: i64,
-    },
-    JnLtRR {
-        a: Reg,
-        b: Reg,
-        t: u32,
-    },
-    JnLtRI {
-        a: Reg,
-        k: i64,
-        t: u32,
-    },
-    JnLeRR {
-        a: Reg,
-        b: Reg,
-        t: u32,
-    },
-    JnLeRI {
-        a: Reg,
-        k: i64,
-        t: u32,
-    },
-    JnGtRR {
-        a: Reg,
-        b: Reg,
-        t: u32,
-    },
-    JnGtRI {
-        a: Reg,
-        k: i64,
-        t: u32,
-    },
-    JnGeRR {
-        a: Reg,
-        b: Reg,
-        t: u32,
-    },
-    JnGeRI {
-        a: Reg,
-        k: i64,
-        t: u32,
-    },
-    JnEqRR {
-        a: Reg,
-        b: Reg,
-        t: u32,
-    },
-    JnEqRI {
-        a: Reg,
-        k: i64,
-        t: u32,
-    },
-    JnNeRR {
-        a: Reg,
-        b: Reg,
-        t: u32,
-    },
-    JnNeRI {
-        a: Reg,
-        k: i64,
-        t: u32,
-    },
-    /// Forward jump.
-    Jump {
-        t: u32,
-    },
-    /// Backward jump (one step).
-    JumpBack {
-        t: u32,
-    },
-    /// Backward jump to the `loop_header` at source instruction index `at`, whose operation
-    /// is at `t - 1`: one step, then the loop header's work, then on at `t`.
-    LoopBack {
-        t: u32,
-        at: u32,
-    },
-    /// Forward branch if slot `c` is zero.
-    Jz {
-        c: Reg,
-        t: u32,
-    },
-    /// Backward branch if slot `c` is zero (one step when taken).
-    JzBack {
-        c: Reg,
-        t: u32,
-    },
-    /// `loop_header` at source instruction index `at`.
-    LoopHeader {
-        at: u32,
-    },
-    /// Call `func`; its frame (and first argument) starts at slot `base`.
-    Call {
-        func: FuncId,
-        base: Reg,
-    },
-    Ret {
-        src: Reg,
-    },
-    RetImm {
-        k: i64,
-    },
-    Print {
-        src: Reg,
-    },
-    Halt,
-}
-
-impl Op {
-    /// The slot an arithmetic or compare operation writes.
-    pub(crate) fn dst(&self) -> Option<Reg> {
-        let mut op = *self;
-        op.dst_mut().map(|dst| *dst)
-    }
-
-    /// Redirects the written slot (see [`Op::dst`]).
-    pub(crate) fn set_dst(&mut self, to: Reg) {
-        if let Some(dst) = self.dst_mut() {
-            *dst = to;
-        }
-    }
-
-    fn dst_mut(&mut self) -> Option<&mut Reg> {
-        match self {
-            Op::Neg { dst, .. }
-            | Op::AddRR { dst, .. }
-            | Op::AddRI { dst, .. }
-            | Op::AddRRI { dst, .. }
-            | Op::SubRR { dst, .. }
-            | Op::SubRI { dst, .. }
-            | Op::MulRR { dst, .. }
-            | Op::MulRI { dst, .. }
-            | Op::DivRR { dst, .. }
-            | Op::DivRI { dst, .. }
-            | Op::ModRR { dst, .. }
-            | Op::ModRI { dst, .. }
-            | Op::LtRR { dst, .. }
-            | Op::LtRI { dst, .. }
-            | Op::LeRR { dst, .. }
-            | Op::LeRI { dst, .. }
-            | Op::GtRR { dst, .. }
-            | Op::GtRI { dst, .. }
-            | Op::GeRR { dst, .. }
-            | Op::GeRI { dst, .. }
-            | Op::EqRR { dst, .. }
-            | Op::EqRI { dst, .. }
-            | Op::NeRR { dst, .. }
-            | Op::NeRI { dst, .. } => Some(dst),
-            _ => None,
-        }
-    }
-
-    /// The jump target of a jump or branch.
-    pub(crate) fn target(&self) -> Option<u32> {
-        match *self {
-            Op::JnLtRR { t, .. }
-            | Op::JnLtRI { t, .. }
-            | Op::JnLeRR { t, .. }
-            | Op::JnLeRI { t, .. }
-            | Op::JnGtRR { t, .. }
-            | Op::JnGtRI { t, .. }
-            | Op::JnGeRR { t, .. }
-            | Op::JnGeRI { t, .. }
-            | Op::JnEqRR { t, .. }
-            | Op::JnEqRI { t, .. }
-            | Op::JnNeRR { t, .. }
-            | Op::JnNeRI { t, .. }
-            | Op::Jump { t }
-            | Op::JumpBack { t }
-            | Op::LoopBack { t, .. }
-            | Op::Jz { t, .. }
-            | Op::JzBack { t, .. } => Some(t),
-            _ => None,
-        }
-    }
-
-    /// Redirects the jump target (see [`Op::target`]).
-    pub(crate) fn set_target(&mut self, to: u32) {
-        match self {
-            Op::JnLtRR { t, .. }
-            | Op::JnLtRI { t, .. }
-            | Op::JnLeRR { t, .. }
-            | Op::JnLeRI { t, .. }
-            | Op::JnGtRR { t, .. }
-            | Op::JnGtRI { t, .. }
-            | Op::JnGeRR { t, .. }
-            | Op::JnGeRI { t, .. }
-            | Op::JnEqRR { t, .. }
-            | Op::JnEqRI { t, .. }
-            | Op::JnNeRR { t, .. }
-            | Op::JnNeRI { t, .. }
-            | Op::Jump { t }
-            | Op::JumpBack { t }
-            | Op::LoopBack { t, .. }
-            | Op::Jz { t, .. }
-            | Op::JzBack { t, .. } => *t = to,
-            _ => {}
-        }
-    }
-}
-
-/// A function in the interpreter's register form (built by the verifier).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Lowered {
-    pub(crate) ops: Vec<Op>,
-    /// Source instructions each operation accounts for.
-    pub(crate) counts: Vec<u32>,
-    /// Per operation: byte offset of the instruction a trap is reported at, and how many of
-    /// `counts` to take back when it traps (instructions fused in after the trapping one).
-    pub(crate) traps: Vec<(u32, u32)>,
-    /// Slots of a frame: locals + max_stack.
-    pub(crate) frame: u32,
-}
 
 /// An engine without a JIT: every call and loop is interpreted, `print` writes `{v}\n` to `W`.
 #[derive(Debug)]
@@ -534,27 +182,10 @@ pub fn call<E: Engine>(
     {
         return Ok(v);
     }
-    let mut frames = Vec::new();
     if count {
-        exec::<E, true>(
-            program,
-            engine,
-            limits,
-            &mut stack,
-            &mut frames,
-            func,
-            depth,
-        )
+        exec::<E, true>(program, engine, limits, stack, func, depth)
     } else {
-        exec::<E, false>(
-            program,
-            engine,
-            limits,
-            &mut stack,
-            &mut frames,
-            func,
-            depth,
-        )
+        exec::<E, false>(program, engine, limits, stack, func, depth)
     }
 }
 
@@ -603,12 +234,12 @@ fn exec<E: Engine, const COUNT: bool>(
     program: &Program,
     engine: &mut E,
     limits: &Limits,
-    stack: &mut Vec<i64>,
-    frames: &mut Vec<Frame>,
+    mut stack: Vec<i64>,
     entry: FuncId,
     entry_depth: u32,
 ) -> Result<i64, Stop> {
     let funcs = program.functions();
+    let mut frames: Vec<Frame> = Vec::new();
     let mut icount: u64 = 0;
     let mut func = entry;
     let mut pc = 0usize;
@@ -689,6 +320,25 @@ fn exec<E: Engine, const COUNT: bool>(
             }};
         }
 
+        // Writes the value of `$result` to `$dst`, or traps with its error.
+        macro_rules! write_or_trap {
+            ($dst:expr, $result:expr) => {
+                match $result {
+                    Ok(v) => wr(regs, $dst, v),
+                    Err(kind) => trap!(kind),
+                }
+            };
+        }
+        // Branches to `$t` unless `$holds`.
+        macro_rules! branch_unless {
+            ($holds:expr, $t:expr) => {{
+                if !($holds) {
+                    pc = $t as usize;
+                    continue;
+                }
+            }};
+        }
+
         loop {
             let Some(op) = ops.get(pc) else {
                 // Unreachable for a verified program (no path falls off the end).
@@ -714,22 +364,10 @@ fn exec<E: Engine, const COUNT: bool>(
                 Op::SubRI { dst, a, k } => wr(regs, dst, rd(regs, a).wrapping_sub(k)),
                 Op::MulRR { dst, a, b } => wr(regs, dst, rd(regs, a).wrapping_mul(rd(regs, b))),
                 Op::MulRI { dst, a, k } => wr(regs, dst, rd(regs, a).wrapping_mul(k)),
-                Op::DivRR { dst, a, b } => match div(rd(regs, a), rd(regs, b)) {
-                    Ok(v) => wr(regs, dst, v),
-                    Err(kind) => trap!(kind),
-                },
-                Op::DivRI { dst, a, k } => match div(rd(regs, a), k) {
-                    Ok(v) => wr(regs, dst, v),
-                    Err(kind) => trap!(kind),
-                },
-                Op::ModRR { dst, a, b } => match rem(rd(regs, a), rd(regs, b)) {
-                    Ok(v) => wr(regs, dst, v),
-                    Err(kind) => trap!(kind),
-                },
-                Op::ModRI { dst, a, k } => match rem(rd(regs, a), k) {
-                    Ok(v) => wr(regs, dst, v),
-                    Err(kind) => trap!(kind),
-                },
+                Op::DivRR { dst, a, b } => write_or_trap!(dst, div(rd(regs, a), rd(regs, b))),
+                Op::DivRI { dst, a, k } => write_or_trap!(dst, div(rd(regs, a), k)),
+                Op::ModRR { dst, a, b } => write_or_trap!(dst, rem(rd(regs, a), rd(regs, b))),
+                Op::ModRI { dst, a, k } => write_or_trap!(dst, rem(rd(regs, a), k)),
                 Op::LtRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) < rd(regs, b))),
                 Op::LtRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) < k)),
                 Op::LeRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) <= rd(regs, b))),
@@ -744,78 +382,18 @@ fn exec<E: Engine, const COUNT: bool>(
                 Op::NeRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) != k)),
                 // The `continue`s on taken branches keep them branches: a conditional move
                 // of `pc` would put the compare on the critical path of the next dispatch.
-                Op::JnLtRR { a, b, t } => {
-                    if rd(regs, a) >= rd(regs, b) {
-                        pc = t as usize;
-                        continue;
-                    }
-                }
-                Op::JnLtRI { a, k, t } => {
-                    if rd(regs, a) >= k {
-                        pc = t as usize;
-                        continue;
-                    }
-                }
-                Op::JnLeRR { a, b, t } => {
-                    if rd(regs, a) > rd(regs, b) {
-                        pc = t as usize;
-                        continue;
-                    }
-                }
-                Op::JnLeRI { a, k, t } => {
-                    if rd(regs, a) > k {
-                        pc = t as usize;
-                        continue;
-                    }
-                }
-                Op::JnGtRR { a, b, t } => {
-                    if rd(regs, a) <= rd(regs, b) {
-                        pc = t as usize;
-                        continue;
-                    }
-                }
-                Op::JnGtRI { a, k, t } => {
-                    if rd(regs, a) <= k {
-                        pc = t as usize;
-                        continue;
-                    }
-                }
-                Op::JnGeRR { a, b, t } => {
-                    if rd(regs, a) < rd(regs, b) {
-                        pc = t as usize;
-                        continue;
-                    }
-                }
-                Op::JnGeRI { a, k, t } => {
-                    if rd(regs, a) < k {
-                        pc = t as usize;
-                        continue;
-                    }
-                }
-                Op::JnEqRR { a, b, t } => {
-                    if rd(regs, a) != rd(regs, b) {
-                        pc = t as usize;
-                        continue;
-                    }
-                }
-                Op::JnEqRI { a, k, t } => {
-                    if rd(regs, a) != k {
-                        pc = t as usize;
-                        continue;
-                    }
-                }
-                Op::JnNeRR { a, b, t } => {
-                    if rd(regs, a) == rd(regs, b) {
-                        pc = t as usize;
-                        continue;
-                    }
-                }
-                Op::JnNeRI { a, k, t } => {
-                    if rd(regs, a) == k {
-                        pc = t as usize;
-                        continue;
-                    }
-                }
+                Op::JnLtRR { a, b, t } => branch_unless!(rd(regs, a) < rd(regs, b), t),
+                Op::JnLtRI { a, k, t } => branch_unless!(rd(regs, a) < k, t),
+                Op::JnLeRR { a, b, t } => branch_unless!(rd(regs, a) <= rd(regs, b), t),
+                Op::JnLeRI { a, k, t } => branch_unless!(rd(regs, a) <= k, t),
+                Op::JnGtRR { a, b, t } => branch_unless!(rd(regs, a) > rd(regs, b), t),
+                Op::JnGtRI { a, k, t } => branch_unless!(rd(regs, a) > k, t),
+                Op::JnGeRR { a, b, t } => branch_unless!(rd(regs, a) >= rd(regs, b), t),
+                Op::JnGeRI { a, k, t } => branch_unless!(rd(regs, a) >= k, t),
+                Op::JnEqRR { a, b, t } => branch_unless!(rd(regs, a) == rd(regs, b), t),
+                Op::JnEqRI { a, k, t } => branch_unless!(rd(regs, a) == k, t),
+                Op::JnNeRR { a, b, t } => branch_unless!(rd(regs, a) != rd(regs, b), t),
+                Op::JnNeRI { a, k, t } => branch_unless!(rd(regs, a) != k, t),
                 Op::Jump { t } => pc = t as usize,
                 Op::JumpBack { t } => {
                     step!();

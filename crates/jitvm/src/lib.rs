@@ -8,6 +8,17 @@
 //! - [`verify`]: the verifier, the only producer of [`Program`].
 //! - [`interp`]: the interpreter ([`interp::run`], [`interp::call`], [`PlainEngine`]).
 //! - [`disasm`]: the listing with byte offsets and stack depths.
+//! - [`jit`]: the template JIT; [`tier`]: the engine that tiers up into it; [`vm`]: a whole run.
+//!
+//! # Features
+//!
+//! - `disasm`: `jit::disasm`, listings of compiled code (iced-x86, yaxpeax-arm).
+//! - `bench`: the `bench` module, the benchmark workloads and the report of `jitvm bench`
+//!   (which runs `lua5.4` and `luajit` when they are installed).
+//! - `cli` (default): the `jitvm` binary (clap), with both of the above.
+//!
+//! Without them (`default-features = false`) the library depends only on `jitmem`, `jitasm`
+//! and `thiserror`.
 //!
 //! ```
 //! let module = jitvm::text::parse("func main args=0 locals=0\n load_imm 6\n load_imm 7\n mul_ii\n return\nend\n")?;
@@ -23,12 +34,14 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod binary;
 pub mod bytecode;
 pub mod disasm;
 mod error;
 pub mod interp;
+mod ir;
 pub mod jit;
 pub mod program;
 pub mod text;

@@ -87,7 +87,7 @@ pub struct Function {
     pub(crate) is_target: Vec<bool>,
     pub(crate) max_stack: u32,
     /// The interpreter's register form of `code` (built by the verifier).
-    pub(crate) lowered: crate::interp::Lowered,
+    pub(crate) lowered: crate::ir::Lowered,
 }
 
 impl Function {

@@ -16,15 +16,17 @@
 //!
 //! # Why sharing the engine with compiled code is sound
 //!
-//! Compiled code calls back into Rust (the `print` and bridge helpers of `jit::runtime`), and
+//! Compiled code calls back into Rust (the `print` and bridge helpers of `jit::runtime`, which
+//! reach the engine only through its `RuntimeHost` boundary, implemented here by `State`), and
 //! the bridge runs the interpreter, which may tier up, compile and enter compiled code again:
 //! the engine is re-entered while an outer call into compiled code is suspended. So:
 //!
 //! - Everything the helpers touch (output, counters, the context, the JIT cache, statistics)
 //!   is one `State`, allocated once with [`Box::into_raw`] in [`JitEngine::new`] and freed
 //!   in [`JitEngine`]'s `Drop`. That raw pointer is the only way to it: [`JitEngine`] and the
-//!   helpers' `EngineRef` hold copies of it (the context holds one too, written once in
-//!   `new`), never a reference.
+//!   `EngineRef` handles hold copies of it, and so does the context (its host, stored once in
+//!   `new` by `Ctx::connect`, which the helpers pass to the `RuntimeHost` functions as a raw
+//!   pointer, and those make an `EngineRef` of it), never a reference.
 //! - Rust code takes a `&mut State` (or `&State`) only briefly, between calls into compiled
 //!   code: every such reference is dead before `Entry::call` runs compiled code, which may
 //!   re-enter through a helper and take its own. So no two live references to the state ever
@@ -44,8 +46,8 @@ use std::time::{Duration, Instant};
 
 use jitmem::{CodeBlock, JitMemory};
 
-use crate::jit::runtime::{Ctx, Entry, Runtime, bridge_helper, decode_stop, print_helper, publish};
-use crate::jit::{CodegenOptions, Isa, JitError, compile_for, native_reg_args, native_runtime};
+use crate::jit::runtime::{Ctx, Entry, Runtime, RuntimeHost, STACK_MARGIN, decode_stop, publish};
+use crate::jit::{CodegenOptions, Isa, JitError, compile_for, native_runtime};
 use crate::program::{Counters, Engine, FuncId, Limits, Program, Stop, Trap, TrapKind};
 
 /// Where `print` writes (any writer).
@@ -109,9 +111,6 @@ pub struct JitStats {
     /// the module documentation); the first such failure is in [`JitEngine::notice`].
     pub skipped: u32,
 }
-
-/// Margin of native stack kept free for helpers and the bridge's Rust frames.
-const STACK_MARGIN: usize = 128 * 1024;
 
 /// The function table compiled callers call through (one address per function): its own raw
 /// allocation, so that compiled code's pointer to it (in the context) stays valid while Rust
@@ -246,19 +245,18 @@ impl<W: Output> JitEngine<W> {
         if config.mode != JitMode::Off {
             match start(program, limits, config) {
                 Ok(jit) => {
-                    state.ctx.table = jit.table.as_ptr();
-                    state.ctx.print_fn = print_helper::<W> as *const () as usize;
-                    state.ctx.bridge_fn = bridge_helper::<W> as *const () as usize;
-                    state.ctx.unwind = jit.runtime.unwind();
+                    state.ctx.attach(&jit.runtime, jit.table.as_ptr());
                     state.jit = Some(jit);
                 }
                 Err(why) => state.notice = Some(format!("JIT unavailable, interpreting: {why}")),
             }
         }
         let raw = Box::into_raw(state);
-        // SAFETY: `raw` is the live allocation just made; this write goes through it, and the
-        // context's copy of the pointer is what the helpers use to find the state.
-        unsafe { (*raw).ctx.engine = raw.cast() };
+        // SAFETY: `raw` is the live allocation just made and nothing else refers to it; the
+        // brief `&mut` to the context is derived from it and dead after this statement. The
+        // context keeps a copy of `raw` (not of a reference) as its host: the helpers pass
+        // that copy to `State`'s `RuntimeHost` functions.
+        unsafe { (*raw).ctx.connect(raw) };
         let mut engine = JitEngine {
             state: raw,
             _owns: PhantomData,
@@ -512,32 +510,19 @@ impl<W: Output> State<W> {
     }
 }
 
-/// A handle on a [`JitEngine`]'s state: what the helpers compiled code calls make from the
-/// context, and what the [`Engine`] methods run on. A copy of the state pointer, owning
-/// nothing (see the module documentation).
-pub(crate) struct EngineRef<W: Output> {
+/// A handle on a [`JitEngine`]'s state: what the [`Engine`] methods run on, and what the
+/// `RuntimeHost` functions make of the host pointer compiled code's helpers pass them. A copy
+/// of the state pointer, owning nothing (see the module documentation).
+struct EngineRef<W: Output> {
     state: *mut State<W>,
 }
 
 impl<W: Output> EngineRef<W> {
-    /// The handle on the engine whose context `ctx` is.
-    ///
-    /// # Safety
-    /// `ctx` must be the context of a live `JitEngine<W>` (its `engine` field set by
-    /// [`JitEngine::new`]), passed by compiled code that engine entered and that has not
-    /// returned yet; the handle must not outlive that call.
-    pub(crate) unsafe fn from_ctx(ctx: *mut Ctx) -> EngineRef<W> {
-        // SAFETY: the caller guarantees a live context; reading a field through the raw
-        // pointer takes no reference.
-        let state = unsafe { (*ctx).engine }.cast::<State<W>>();
-        EngineRef { state }
-    }
-
     /// The state, exclusively, while this borrow of the handle lives (never across a call into
     /// compiled code).
     fn state(&mut self) -> &mut State<W> {
-        // SAFETY: the state is alive (see `from_ctx`, or `JitEngine::handle`); every
-        // reference to it is taken briefly and dropped before compiled code runs, and
+        // SAFETY: the state is alive (see `RuntimeHost for State`, or `JitEngine::handle`);
+        // every reference to it is taken briefly and dropped before compiled code runs, and
         // compiled code, which is suspended while Rust code runs, is the only other user;
         // so this is the only live reference.
         unsafe { &mut *self.state }
@@ -582,55 +567,33 @@ impl<W: Output> EngineRef<W> {
             None => Ok(None),
         }
     }
+}
 
-    /// The bridge: compiled code calls `callee`, which is not compiled; run it here.
-    ///
-    /// # Safety
-    /// `regs` must point to the ABI's register arguments as the bridge stub saved them, and
-    /// `stack` to the caller's stack-argument area, together holding `callee`'s arguments.
-    pub(crate) unsafe fn bridge(
-        &mut self,
+/// Compiled code's way into the engine (see the module documentation): each call makes an
+/// [`EngineRef`] from the host pointer, a copy of the state pointer the context holds. The
+/// caller guarantees the state is alive (the engine that connected it is running compiled
+/// code), which is what `EngineRef` needs.
+impl<W: Output> RuntimeHost for State<W> {
+    unsafe fn print(host: *mut Self, value: i64) {
+        EngineRef { state: host }.print(value);
+    }
+
+    unsafe fn call_interpreted(
+        host: *mut Self,
         program: &Program,
         callee: FuncId,
-        regs: *const i64,
-        stack: *const i64,
+        args: &[i64],
     ) -> Result<i64, Stop> {
-        let marker = 0u8;
-        let here = std::ptr::from_ref(&marker) as u64;
-        let (stack_limit, depth_left, limits, count) = {
-            let state = self.state();
+        let mut engine = EngineRef { state: host };
+        let (limits, count, depth_left) = {
+            let state = engine.state();
             let count = state.jit.as_ref().is_some_and(|j| j.options.count);
-            (
-                state.ctx.stack_limit,
-                state.ctx.depth_left,
-                state.limits,
-                count,
-            )
+            (state.limits, count, state.ctx.depth_left)
         };
-        if here < stack_limit.saturating_add(STACK_MARGIN as u64 / 2) {
-            return Err(Stop::Trap(Trap {
-                kind: TrapKind::NativeStack,
-                func: callee,
-                offset: 0,
-            }));
-        }
-        let nargs = program.function(callee).map_or(0, |f| f.args() as usize);
-        let in_regs = native_reg_args();
-        let args: Vec<i64> = (0..nargs)
-            .map(|i| {
-                if i < in_regs {
-                    // SAFETY: the caller guarantees `in_regs` saved register arguments.
-                    unsafe { *regs.add(i) }
-                } else {
-                    // SAFETY: the caller guarantees the remaining arguments on the stack.
-                    unsafe { *stack.add(i - in_regs) }
-                }
-            })
-            .collect();
         let depth = limits
             .max_depth
             .saturating_sub(u32::try_from(depth_left).unwrap_or(u32::MAX));
-        crate::interp::call(program, self, &limits, callee, &args, depth, count)
+        crate::interp::call(program, &mut engine, &limits, callee, args, depth, count)
     }
 }
 

@@ -18,7 +18,6 @@ use std::collections::HashSet;
 
 use crate::bytecode::{DecodeInsnError, Flow, Module, Opcode, Operand, decode_insn};
 use crate::error::{Error, Result};
-use crate::interp;
 use crate::program::{FuncId, Function, Insn, MAX_LOCALS, MAX_STACK, Program};
 
 /// Verifies `module` and builds the [`Program`] the interpreter and the JIT run.
@@ -61,7 +60,7 @@ pub fn verify(module: &Module) -> Result<Program> {
         funcs.push(verify_function(module, f, &args)?);
     }
     for f in &mut funcs {
-        f.lowered = interp::lower(f, &args);
+        f.lowered = crate::ir::lower(f, &args);
     }
     let main = FuncId::try_from(main).map_err(|_| Error::MissingMain)?;
     if let Some(f) = funcs.get(main as usize)
@@ -296,7 +295,7 @@ fn verify_function(
         depth,
         is_target,
         max_stack,
-        lowered: interp::Lowered::default(),
+        lowered: crate::ir::Lowered::default(),
     })
 }
 

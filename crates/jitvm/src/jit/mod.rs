@@ -1,11 +1,12 @@
 //! The baseline template JIT: one ISA-neutral code generator over one macro-assembler per
 //! instruction set.
 //!
-//! The ISA is chosen here and only here ([`NativeIsa`]); both backends build on every host, so
+//! The ISA is chosen here and only here ([`Isa::native`]); both backends build on every host, so
 //! `jitvm disasm --native` and the encoder tests work everywhere, but only the host's runs.
 
 pub(crate) mod a64;
 pub(crate) mod codegen;
+#[cfg(feature = "disasm")]
 pub mod disasm;
 pub(crate) mod masm;
 pub(crate) mod runtime;

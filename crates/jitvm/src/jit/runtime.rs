@@ -1,6 +1,16 @@
 //! The run-time side of compiled code: the context it reads through its context register, the
 //! stop codes it unwinds with, the runtime stubs in executable memory and the helpers it calls.
 //!
+//! # The runtime boundary
+//!
+//! Compiled code reaches the engine running it only through the helpers here, and the helpers
+//! reach it only through [`RuntimeHost`]: the engine connects itself to its context once
+//! ([`Ctx::connect`], which stores the host pointer and the helpers made for that host's type
+//! together), and a helper turns the context back into that host in one place (`host_of`).
+//! Everything about the native side of a call (the native-stack check before the bridge, where
+//! the ABI put the arguments, stop codes) stays here; everything about the engine (output,
+//! running the interpreter, tiering) stays behind the trait.
+//!
 //! # Safety
 //! This is the JIT's code-entry point: the only module that runs generated code. It relies on
 //! the code generator's contract: compiled code and the stubs use the context only at the
@@ -13,9 +23,14 @@ use std::mem::offset_of;
 
 use jitmem::{CodeBlock, JitMemory};
 
-use super::JitError;
 use super::masm::{MacroAssembler, RuntimeStubs};
+use super::{JitError, native_reg_args};
 use crate::{Counters, FuncId, Program, Stop, Trap, TrapKind};
+
+/// Native stack kept free below the limit compiled code checks in its prologues, for the
+/// helpers and the bridge's Rust frames; the bridge itself refuses to start an interpreted
+/// call with less than half of it left.
+pub(crate) const STACK_MARGIN: usize = 128 * 1024;
 
 /// The stop code of `halt`.
 pub(crate) const HALT_CODE: u64 = u64::MAX;
@@ -79,8 +94,9 @@ pub(crate) struct Ctx {
     pub bridge_fn: usize,
     /// The unwind stub.
     pub unwind: usize,
-    /// The engine running this program (for the helpers).
-    pub engine: *mut c_void,
+    /// The [`RuntimeHost`] of the helpers in `print_fn` and `bridge_fn` (see
+    /// [`Ctx::connect`]), type-erased.
+    pub host: *mut c_void,
     /// The program being run (for the helpers).
     pub program: *const Program,
 }
@@ -122,10 +138,69 @@ impl Ctx {
             print_fn: 0,
             bridge_fn: 0,
             unwind: 0,
-            engine: std::ptr::null_mut(),
+            host: std::ptr::null_mut(),
             program: std::ptr::null(),
         }
     }
+
+    /// Points the context at the runtime's stubs and at the function table compiled callers
+    /// call through.
+    pub(crate) fn attach(&mut self, runtime: &Runtime, table: *const usize) {
+        self.table = table;
+        self.unwind = runtime.unwind();
+    }
+
+    /// Connects `host` to the context: compiled code run with this context calls `host`'s
+    /// [`RuntimeHost`] functions through the helpers, which are made for `H` here, with the
+    /// pointer stored here, so the helpers and the pointer always agree on its type.
+    ///
+    /// `host` is only stored, never dereferenced here; it must stay valid (and be reached only
+    /// through raw pointers or brief references, see [`RuntimeHost`]) for as long as compiled
+    /// code runs with this context.
+    pub(crate) fn connect<H: RuntimeHost>(&mut self, host: *mut H) {
+        self.host = host.cast();
+        self.print_fn = print_helper::<H> as *const () as usize;
+        self.bridge_fn = bridge_helper::<H> as *const () as usize;
+    }
+}
+
+/// The engine side of the runtime boundary: what compiled code's helpers call.
+///
+/// The functions take the host as the raw pointer given to [`Ctx::connect`], never as a
+/// reference: the bridge runs the interpreter, which may enter compiled code again, which may
+/// call a helper again with the same host, so an implementation takes a reference to its state
+/// only briefly, and never across a call into compiled code (see `tier`, the implementation,
+/// for why that is sound).
+pub(crate) trait RuntimeHost {
+    /// `print` from compiled code: write the value and a newline.
+    ///
+    /// # Safety
+    /// `host` is the pointer connected to the context of the compiled code calling, whose run
+    /// (inside the host's engine) has not returned.
+    unsafe fn print(host: *mut Self, value: i64);
+
+    /// The bridge: compiled code calls `callee`, which is not compiled, with `args`; run it
+    /// (as a new frame below the compiled frames, which leave [`Ctx::depth_left`] frames to the
+    /// depth limit) and return its result or why the run stops.
+    ///
+    /// # Safety
+    /// As for [`RuntimeHost::print`]; `program` is the program compiled code runs.
+    unsafe fn call_interpreted(
+        host: *mut Self,
+        program: &Program,
+        callee: FuncId,
+        args: &[i64],
+    ) -> Result<i64, Stop>;
+}
+
+/// The host connected to `ctx` (the one place the helpers turn the context into it).
+///
+/// # Safety
+/// `ctx` must be a live context connected to a host of type `H` ([`Ctx::connect`]).
+unsafe fn host_of<H: RuntimeHost>(ctx: *mut Ctx) -> *mut H {
+    // SAFETY: the caller guarantees a live context; reading a field through the raw pointer
+    // takes no reference.
+    unsafe { (*ctx).host }.cast::<H>()
 }
 
 /// The trampoline's signature: `(ctx, array entry, locals) -> result`.
@@ -187,7 +262,7 @@ impl Entry {
     ///
     /// # Safety
     /// The [`Runtime`] this came from must still be alive (its block holds the trampoline).
-    /// `ctx` must point to a live context whose table, helpers, engine and program are set up
+    /// `ctx` must point to a live context whose table, helpers, host and program are set up
     /// for the code at `entry`, which must be an array entry of a function compiled for this
     /// runtime and still allocated; `locals` must hold that function's locals. No reference to
     /// the context or to the engine state the helpers reach through it may be live across
@@ -213,26 +288,24 @@ pub(crate) fn publish(memory: &JitMemory, code: &[u8]) -> Result<CodeBlock, JitE
 
 /// Declares a helper that compiled code calls, in the convention compiled code uses.
 macro_rules! jit_helper {
-    ($(#[$meta:meta])* fn $name:ident<$w:ident>($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+    ($(#[$meta:meta])* fn $name:ident<$h:ident>($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
         $(#[$meta])*
         #[cfg(target_arch = "x86_64")]
-        pub(crate) extern "sysv64" fn $name<$w: crate::tier::Output>($($arg: $ty),*) -> $ret $body
+        extern "sysv64" fn $name<$h: RuntimeHost>($($arg: $ty),*) -> $ret $body
         $(#[$meta])*
         #[cfg(not(target_arch = "x86_64"))]
-        pub(crate) extern "C" fn $name<$w: crate::tier::Output>($($arg: $ty),*) -> $ret $body
+        extern "C" fn $name<$h: RuntimeHost>($($arg: $ty),*) -> $ret $body
     };
 }
 
 jit_helper! {
     /// `print` from compiled code.
-    fn print_helper<W>(ctx: *mut Ctx, value: i64) -> u64 {
+    fn print_helper<H>(ctx: *mut Ctx, value: i64) -> u64 {
         let run = std::panic::catch_unwind(|| {
-            // SAFETY: compiled code passes the context it runs with, which lives in the engine
-            // state of a `JitEngine<W>` (the one that entered it; see `tier`'s module
-            // documentation), and that engine is inside one of its methods until compiled
-            // code returns.
-            let mut engine = unsafe { crate::tier::EngineRef::<W>::from_ctx(ctx) };
-            crate::Engine::print(&mut engine, value);
+            // SAFETY: compiled code passes the context it runs with, connected to a host of
+            // type `H` (this helper is in it only through `Ctx::connect::<H>`), whose engine is
+            // inside one of its methods until compiled code returns.
+            unsafe { H::print(host_of::<H>(ctx), value) };
         });
         if run.is_err() {
             // SAFETY: as above, the context is live; no reference to it is held here.
@@ -243,23 +316,37 @@ jit_helper! {
 }
 
 jit_helper! {
-    /// The bridge stub's helper: runs `callee` in the interpreter. `regs` holds the register
+    /// The bridge stub's helper: runs `callee` through the host. `regs` holds the register
     /// arguments, `stack` the stack-passed ones.
-    fn bridge_helper<W>(ctx: *mut Ctx, callee: u64, regs: *const i64, stack: *const i64) -> i64 {
+    fn bridge_helper<H>(ctx: *mut Ctx, callee: u64, regs: *const i64, stack: *const i64) -> i64 {
         let run = std::panic::catch_unwind(|| {
-            // SAFETY: as in `print_helper`.
-            let mut engine = unsafe { crate::tier::EngineRef::<W>::from_ctx(ctx) };
-            // SAFETY: the program was set in the context by the engine before it entered
+            let callee = callee as FuncId;
+            // SAFETY: as in `print_helper`, the context is live; its fields are read through
+            // the raw pointer. The program was set in it by the engine before it entered
             // compiled code, from a `&Program` that outlives the run; it is only read.
-            let program = unsafe { &*(*ctx).program };
-            // SAFETY: the bridge stub stored the register arguments at `regs` and passes the
-            // caller's stack-argument area at `stack`, which holds the rest of `callee`'s
-            // arguments (the verifier checked the count, the code generator pushed them).
-            let result = unsafe { engine.bridge(program, callee as FuncId, regs, stack) };
+            let (host, program, stack_limit) =
+                unsafe { (host_of::<H>(ctx), &*(*ctx).program, (*ctx).stack_limit) };
+            let marker = 0u8;
+            let here = std::ptr::from_ref(&marker) as u64;
+            let result = if here < stack_limit.saturating_add(STACK_MARGIN as u64 / 2) {
+                Err(Stop::Trap(Trap {
+                    kind: TrapKind::NativeStack,
+                    func: callee,
+                    offset: 0,
+                }))
+            } else {
+                // SAFETY: the bridge stub stored the register arguments at `regs` and passes
+                // the caller's stack-argument area at `stack`, which holds the rest of
+                // `callee`'s arguments (the verifier checked the count, the code generator
+                // pushed them).
+                let args = unsafe { bridge_args(program, callee, regs, stack) };
+                // SAFETY: as in `print_helper`.
+                unsafe { H::call_interpreted(host, program, callee, &args) }
+            };
             match result {
                 Ok(v) => v,
                 Err(stop) => {
-                    // SAFETY: as above; `bridge` holds no reference into the state any more.
+                    // SAFETY: as above; the host holds no reference into its state any more.
                     unsafe { (*ctx).stop = encode_stop(stop) };
                     0
                 }
@@ -271,6 +358,33 @@ jit_helper! {
             0
         })
     }
+}
+
+/// `callee`'s arguments as the bridge stub passes them: the first in the saved argument
+/// registers, the rest in the caller's stack-argument area.
+///
+/// # Safety
+/// `regs` must point to the ABI's register arguments as the bridge stub saved them, and
+/// `stack` to the caller's stack-argument area, together holding `callee`'s arguments.
+unsafe fn bridge_args(
+    program: &Program,
+    callee: FuncId,
+    regs: *const i64,
+    stack: *const i64,
+) -> Vec<i64> {
+    let nargs = program.function(callee).map_or(0, |f| f.args() as usize);
+    let in_regs = native_reg_args();
+    (0..nargs)
+        .map(|i| {
+            if i < in_regs {
+                // SAFETY: the caller guarantees `in_regs` saved register arguments.
+                unsafe { *regs.add(i) }
+            } else {
+                // SAFETY: the caller guarantees the remaining arguments on the stack.
+                unsafe { *stack.add(i - in_regs) }
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -99,63 +99,55 @@ impl Bin {
             Bin::Div | Bin::Mod => return None,
         })
     }
+}
 
-    fn rr(self, dst: Reg, a: Reg, b: Reg) -> Op {
-        match self {
-            Bin::Add => Op::AddRR { dst, a, b },
-            Bin::Sub => Op::SubRR { dst, a, b },
-            Bin::Mul => Op::MulRR { dst, a, b },
-            Bin::Div => Op::DivRR { dst, a, b },
-            Bin::Mod => Op::ModRR { dst, a, b },
-            Bin::Lt => Op::LtRR { dst, a, b },
-            Bin::Le => Op::LeRR { dst, a, b },
-            Bin::Gt => Op::GtRR { dst, a, b },
-            Bin::Ge => Op::GeRR { dst, a, b },
-            Bin::Eq => Op::EqRR { dst, a, b },
-            Bin::Ne => Op::NeRR { dst, a, b },
+/// The operations each [`Bin`] lowers to: register-register, register-constant and, for the
+/// compares, the two compare-and-branch forms (branch unless the compare holds).
+macro_rules! forms {
+    (@some) => { None };
+    (@some $op:expr) => { Some($op) };
+    ($($bin:ident => $rr:ident, $ri:ident $(, $jn_rr:ident, $jn_ri:ident)?;)*) => {
+        impl Bin {
+            fn rr(self, dst: Reg, a: Reg, b: Reg) -> Op {
+                match self {
+                    $(Bin::$bin => Op::$rr { dst, a, b },)*
+                }
+            }
+
+            fn ri(self, dst: Reg, a: Reg, k: i64) -> Op {
+                match self {
+                    $(Bin::$bin => Op::$ri { dst, a, k },)*
+                }
+            }
+
+            /// Branch to `t` unless the compare holds (`jump_if_false` after the compare).
+            fn branch_rr(self, a: Reg, b: Reg, t: u32) -> Option<Op> {
+                match self {
+                    $(Bin::$bin => forms!(@some $(Op::$jn_rr { a, b, t })?),)*
+                }
+            }
+
+            fn branch_ri(self, a: Reg, k: i64, t: u32) -> Option<Op> {
+                match self {
+                    $(Bin::$bin => forms!(@some $(Op::$jn_ri { a, k, t })?),)*
+                }
+            }
         }
-    }
+    };
+}
 
-    fn ri(self, dst: Reg, a: Reg, k: i64) -> Op {
-        match self {
-            Bin::Add => Op::AddRI { dst, a, k },
-            Bin::Sub => Op::SubRI { dst, a, k },
-            Bin::Mul => Op::MulRI { dst, a, k },
-            Bin::Div => Op::DivRI { dst, a, k },
-            Bin::Mod => Op::ModRI { dst, a, k },
-            Bin::Lt => Op::LtRI { dst, a, k },
-            Bin::Le => Op::LeRI { dst, a, k },
-            Bin::Gt => Op::GtRI { dst, a, k },
-            Bin::Ge => Op::GeRI { dst, a, k },
-            Bin::Eq => Op::EqRI { dst, a, k },
-            Bin::Ne => Op::NeRI { dst, a, k },
-        }
-    }
-
-    /// Branch to `t` unless the compare holds (`jump_if_false` after the compare).
-    fn branch_rr(self, a: Reg, b: Reg, t: u32) -> Option<Op> {
-        Some(match self {
-            Bin::Lt => Op::JnLtRR { a, b, t },
-            Bin::Le => Op::JnLeRR { a, b, t },
-            Bin::Gt => Op::JnGtRR { a, b, t },
-            Bin::Ge => Op::JnGeRR { a, b, t },
-            Bin::Eq => Op::JnEqRR { a, b, t },
-            Bin::Ne => Op::JnNeRR { a, b, t },
-            _ => return None,
-        })
-    }
-
-    fn branch_ri(self, a: Reg, k: i64, t: u32) -> Option<Op> {
-        Some(match self {
-            Bin::Lt => Op::JnLtRI { a, k, t },
-            Bin::Le => Op::JnLeRI { a, k, t },
-            Bin::Gt => Op::JnGtRI { a, k, t },
-            Bin::Ge => Op::JnGeRI { a, k, t },
-            Bin::Eq => Op::JnEqRI { a, k, t },
-            Bin::Ne => Op::JnNeRI { a, k, t },
-            _ => return None,
-        })
-    }
+forms! {
+    Add => AddRR, AddRI;
+    Sub => SubRR, SubRI;
+    Mul => MulRR, MulRI;
+    Div => DivRR, DivRI;
+    Mod => ModRR, ModRI;
+    Lt => LtRR, LtRI, JnLtRR, JnLtRI;
+    Le => LeRR, LeRI, JnLeRR, JnLeRI;
+    Gt => GtRR, GtRI, JnGtRR, JnGtRI;
+    Ge => GeRR, GeRI, JnGeRR, JnGeRI;
+    Eq => EqRR, EqRI, JnEqRR, JnEqRI;
+    Ne => NeRR, NeRI, JnNeRR, JnNeRI;
 }
 
 struct Lowerer<'a> {
