@@ -279,26 +279,35 @@ mod tests {
     #[test]
     fn mirrors_are_refused_rather_than_weakened() {
         let page = page_size();
-        let count = || mapping_count().unwrap();
-        // qemu-user does not map guest mappings 1:1 to host ones: count natively only.
+        // qemu-user does not map guest mappings 1:1 to host ones: count natively only. Other
+        // tests of this binary map and unmap on other threads, so a leak is what shows on
+        // every one of a few tries (their mappings come and go; a leaked one stays).
         let exact = std::env::var_os("JITMEM_UNDER_QEMU").is_none();
+        let leaves_nothing_mapped = |make: fn(usize) -> Result<MirrorViews>, needle: &str| {
+            (0..20).any(|_| {
+                let before = mapping_count().unwrap();
+                let e = make(page).err().expect("refused");
+                assert!(e.to_string().contains(needle), "{e}");
+                mapping_count().unwrap() == before
+            })
+        };
         inject::REOPEN_FAILS.set(true);
-        let before = count();
-        let e = memfd_mirror(page).err().expect("refused");
-        assert!(e.to_string().contains("O_RDONLY"), "{e}");
-        assert!(!exact || count() == before, "nothing left mapped");
+        assert!(
+            leaves_nothing_mapped(memfd_mirror, "O_RDONLY") || !exact,
+            "nothing left mapped"
+        );
         inject::REOPEN_FAILS.set(false);
 
         inject::DONTFORK_FAILS.set(true);
         let mut makers: Vec<fn(usize) -> Result<MirrorViews>> = vec![memfd_mirror];
-        if std::env::var_os("JITMEM_UNDER_QEMU").is_none() {
+        if exact {
             makers.push(shared_anon_mirror);
         }
         for make in makers {
-            let before = count();
-            let e = make(page).err().expect("refused");
-            assert!(e.to_string().contains("MADV_DONTFORK"), "{e}");
-            assert!(!exact || count() == before, "both views unmapped");
+            assert!(
+                leaves_nothing_mapped(make, "MADV_DONTFORK") || !exact,
+                "both views unmapped"
+            );
         }
         inject::DONTFORK_FAILS.set(false);
         let views = memfd_mirror(page).unwrap();
