@@ -2,23 +2,16 @@
 //! interpreter, in the JIT with every function compiled up front, and in tiered mode (threshold
 //! 1: compiled on first call; threshold 3: loops enter compiled code by on-stack replacement).
 
-use std::path::PathBuf;
+mod common;
 
 use jitvm::interp::{self, PlainEngine};
 use jitvm::tier::JitMode;
 use jitvm::vm::{self, Ended, RunOptions};
-use jitvm::{Limits, Program, Stop};
+use jitvm::{Limits, Program};
 
 fn programs() -> Vec<(String, Program)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("programs");
     let mut out = Vec::new();
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jvm"))
-        .collect();
-    paths.sort();
-    for path in paths {
+    for path in common::program_paths() {
         let source = std::fs::read_to_string(&path).unwrap();
         let module = jitvm::text::parse(&source).unwrap();
         let program = jitvm::verify::verify(&module).unwrap();
@@ -28,17 +21,6 @@ fn programs() -> Vec<(String, Program)> {
         ));
     }
     out
-}
-
-/// The interpreter alone: the reference.
-fn interpret(program: &Program, limits: &Limits) -> (Vec<u8>, Ended) {
-    let mut engine = PlainEngine::new(Vec::new());
-    let ended = match interp::run(program, &mut engine, limits, false) {
-        Ok(v) => Ended::Returned(v),
-        Err(Stop::Halt) => Ended::Halted,
-        Err(Stop::Trap(t)) => Ended::Trapped(t),
-    };
-    (engine.into_output(), ended)
 }
 
 fn jit(program: &Program, limits: &Limits, mode: JitMode) -> (Vec<u8>, Ended) {
@@ -82,7 +64,7 @@ fn example_programs_agree() {
                 max_steps: 1000,
             },
         ] {
-            let expected = interpret(&program, &limits);
+            let expected = common::interpret(&program, &limits);
             for mode in MODES {
                 let got = jit(&program, &limits, mode);
                 assert_eq!(
@@ -194,7 +176,7 @@ fn every_template_on_edge_values_in_every_operand_form() {
                     );
                     let program =
                         jitvm::verify::verify(&jitvm::text::parse(&body).unwrap()).unwrap();
-                    let expected = interpret(&program, &limits);
+                    let expected = common::interpret(&program, &limits);
                     let got = jit(&program, &limits, JitMode::Eager);
                     assert_eq!(got, expected, "{op} with {a}, {b} in form {i}:\n{body}");
                 }
@@ -213,7 +195,7 @@ fn every_strategy_and_layout_runs_the_jit() {
     for strategy in [Strategy::Toggle, Strategy::Mirror] {
         for layout in [Layout::PerAllocation, Layout::Pooled] {
             for (name, program) in programs() {
-                let expected = interpret(&program, &limits);
+                let expected = common::interpret(&program, &limits);
                 for mode in [JitMode::Eager, JitMode::Tiered { threshold: 1 }] {
                     let options = RunOptions {
                         jit: mode,

@@ -6,12 +6,13 @@
 //! Every program terminates: the step limit bounds loops and recursion, the depth limit bounds
 //! recursion depth. `JITVM_GENERATED_CASES` sets the number of programs (default 10,000).
 
+mod common;
+
 use std::fmt::Write as _;
 
-use jitvm::interp::{self, PlainEngine};
+use jitvm::Limits;
 use jitvm::tier::JitMode;
-use jitvm::vm::{self, Ended, RunOptions};
-use jitvm::{Limits, Program, Stop};
+use jitvm::vm::{self, RunOptions};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -241,16 +242,6 @@ fn generate(seed: u64) -> String {
     text
 }
 
-fn interpret(program: &Program, limits: &Limits) -> (Vec<u8>, Ended) {
-    let mut engine = PlainEngine::new(Vec::new());
-    let ended = match interp::run(program, &mut engine, limits, false) {
-        Ok(v) => Ended::Returned(v),
-        Err(Stop::Halt) => Ended::Halted,
-        Err(Stop::Trap(t)) => Ended::Trapped(t),
-    };
-    (engine.into_output(), ended)
-}
-
 fn check(seed: u64) -> Result<(), TestCaseError> {
     let source = generate(seed);
     let module = jitvm::text::parse(&source)
@@ -262,7 +253,7 @@ fn check(seed: u64) -> Result<(), TestCaseError> {
         max_depth: 40,
         max_steps: 300,
     };
-    let expected = interpret(&program, &limits);
+    let expected = common::interpret(&program, &limits);
     for mode in [
         JitMode::Eager,
         JitMode::Tiered { threshold: 1 },

@@ -5,8 +5,9 @@
 //! `; args: ...` (extra `jitvm run` options: `--max-steps N`, `--max-depth N`, `--exit-code`).
 //! Each program runs in-process through the library and through the built binary.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use jitvm::{Limits, PlainEngine, Stop, interp};
 
@@ -25,13 +26,7 @@ fn programs_dir() -> PathBuf {
 
 fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(programs_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jvm"))
-        .collect();
-    paths.sort();
-    for path in paths {
+    for path in common::program_paths() {
         let source = std::fs::read_to_string(&path).unwrap();
         let stdout = std::fs::read_to_string(path.with_extension("out"))
             .unwrap_or_else(|_| panic!("{} has no .out file", path.display()));
@@ -97,25 +92,10 @@ fn programs_in_process() {
     }
 }
 
-/// The `jitvm` binary; under an emulator (`JITMEM_TEST_RUNNER`, e.g. "qemu-aarch64 -L /")
-/// it runs through it, as cargo runs the tests themselves.
-fn jitvm() -> Command {
-    let runner = std::env::var("JITMEM_TEST_RUNNER").unwrap_or_default();
-    let mut words = runner.split_whitespace();
-    match words.next() {
-        Some(program) => {
-            let mut command = Command::new(program);
-            command.args(words).arg(env!("CARGO_BIN_EXE_jitvm"));
-            command
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_jitvm")),
-    }
-}
-
 #[test]
 fn programs_through_the_binary() {
     for case in cases() {
-        let out = jitvm()
+        let out = common::jitvm()
             .arg("run")
             .arg(&case.path)
             .args(&case.args)
@@ -140,7 +120,7 @@ fn binary_file_runs_like_text() {
     for name in ["gcd", "trap_div_zero"] {
         let text = programs_dir().join(format!("{name}.jvm"));
         let bin = dir.join(format!("{name}.jvmb"));
-        let st = jitvm()
+        let st = common::jitvm()
             .arg("asm")
             .arg(&text)
             .arg("-o")
@@ -149,8 +129,8 @@ fn binary_file_runs_like_text() {
             .unwrap();
         assert!(st.success());
         assert!(jitvm::binary::is_binary(&std::fs::read(&bin).unwrap()));
-        let a = jitvm().arg("run").arg(&text).output().unwrap();
-        let b = jitvm()
+        let a = common::jitvm().arg("run").arg(&text).output().unwrap();
+        let b = common::jitvm()
             .arg("run")
             .arg("--no-jit")
             .arg(&bin)
@@ -159,7 +139,7 @@ fn binary_file_runs_like_text() {
         assert_eq!(a.stdout, b.stdout);
         assert_eq!(a.stderr, b.stderr);
         assert_eq!(a.status.code(), b.status.code());
-        let check = jitvm().arg("check").arg(&bin).output().unwrap();
+        let check = common::jitvm().arg("check").arg(&bin).output().unwrap();
         assert!(check.status.success());
         assert!(check.stdout.is_empty() && check.stderr.is_empty());
     }
@@ -175,7 +155,7 @@ fn cli_errors_stats_and_disasm() {
     let bad = dir.join("bad.jvm");
     std::fs::write(&bad, "func main args=0 locals=0\n    frobnicate\nend\n").unwrap();
     for cmd in ["check", "run", "disasm"] {
-        let out = jitvm().arg(cmd).arg(&bad).output().unwrap();
+        let out = common::jitvm().arg(cmd).arg(&bad).output().unwrap();
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
@@ -192,7 +172,7 @@ fn cli_errors_stats_and_disasm() {
         "func main args=0 locals=0\n    load_imm 1\n    add_ii\n    return\nend\n",
     )
     .unwrap();
-    let out = jitvm().arg("check").arg(&under).output().unwrap();
+    let out = common::jitvm().arg("check").arg(&under).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim_end(),
@@ -203,7 +183,7 @@ fn cli_errors_stats_and_disasm() {
     );
 
     // --stats
-    let out = jitvm()
+    let out = common::jitvm()
         .args(["run", "--stats"])
         .arg(programs_dir().join("fib.jvm"))
         .output()
@@ -214,7 +194,7 @@ fn cli_errors_stats_and_disasm() {
     assert!(err.starts_with("interpreted instructions: "), "{err}");
 
     // disasm: offsets and depths
-    let out = jitvm()
+    let out = common::jitvm()
         .arg("disasm")
         .arg(programs_dir().join("fib.jvm"))
         .output()

@@ -1,6 +1,8 @@
 //! Robustness as a user meets it: running out of executable memory, deep recursion with wide
 //! frames, header errors, hostile tokens and oversized inputs.
 
+mod common;
+
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -9,20 +11,6 @@ use std::time::{Duration, Instant};
 use jitvm::tier::JitMode;
 use jitvm::vm::{self, Ended, RunOptions};
 use jitvm::{Limits, Program};
-
-/// The `jitvm` binary; under an emulator (`JITMEM_TEST_RUNNER`) it runs through it.
-fn jitvm() -> Command {
-    let runner = std::env::var("JITMEM_TEST_RUNNER").unwrap_or_default();
-    let mut words = runner.split_whitespace();
-    match words.next() {
-        Some(program) => {
-            let mut command = Command::new(program);
-            command.args(words).arg(env!("CARGO_BIN_EXE_jitvm"));
-            command
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_jitvm")),
-    }
-}
 
 /// A scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
@@ -107,7 +95,7 @@ fn executable_memory_exhaustion_is_cheap_and_said_once() {
     let expected = u64::from(n) * u64::from(n - 1) / 2;
     for mode in [&["--jit-eager"][..], &["--jit-threshold", "1"][..]] {
         let (out, took) = run_with_deadline(
-            jitvm()
+            common::jitvm()
                 .args([
                     "run",
                     "--layout",
@@ -214,7 +202,7 @@ fn a_program_that_cannot_fit_is_refused_alike_in_every_tier() {
     std::fs::write(&file, &source).unwrap();
     let mut outputs = Vec::new();
     for mode in [&["--no-jit"][..], &[][..], &["--jit-eager"][..]] {
-        let out = jitvm()
+        let out = common::jitvm()
             .args(["run", "--max-depth", "1000000"])
             .args(mode)
             .arg(&file)
@@ -232,7 +220,7 @@ fn a_program_that_cannot_fit_is_refused_alike_in_every_tier() {
 
 /// `jitvm check FILE`: (exit status, stderr).
 fn check(file: &Path) -> (Option<i32>, String) {
-    let out = jitvm().arg("check").arg(file).output().unwrap();
+    let out = common::jitvm().arg("check").arg(file).output().unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).trim_end().to_owned(),
