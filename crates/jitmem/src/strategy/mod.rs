@@ -36,44 +36,6 @@ use crate::sys;
 
 pub(crate) use region::Region;
 
-/// What every strategy decides for itself.
-pub(crate) trait StrategyRules {
-    /// The strategy this is.
-    fn strategy(&self) -> Strategy;
-
-    /// Maps a region of `len` bytes (a page multiple) for this strategy; `used` is how much of
-    /// it counts as handed out from the start (the whole of it for a PerAllocation block).
-    fn map(&self, len: usize, used: usize, options: sys::MapOptions) -> Result<Region>;
-
-    /// Every block is a multiple of this many bytes and at least this aligned (`page`: the
-    /// page size; `min`: the allocator's smallest granule).
-    fn granule(&self, page: usize, min: usize) -> usize;
-
-    /// Grants the calling thread write access to the executable range `[start, end)`
-    /// (`start < end`, inside one live block).
-    fn acquire(&self, start: usize, end: usize) -> Result<()>;
-
-    /// Withdraws what [`acquire`](Self::acquire) granted for the same range.
-    fn release(&self, start: usize, end: usize) -> Result<()>;
-
-    /// True when the writable address is always writable (no scope needed): a trap fill is a
-    /// plain store, then a publish.
-    fn always_writable(&self) -> bool;
-
-    /// Whether a fork child may keep using memory of this strategy made before the fork.
-    fn child_keeps_memory(&self) -> bool;
-
-    /// Pages currently open for writing (Toggle), for stats.
-    fn open_pages(&self) -> usize {
-        0
-    }
-
-    /// The lock a fork must wait for, if the strategy has one (Toggle's page table).
-    fn fork_lock(&self) -> Option<&RawLock> {
-        None
-    }
-}
-
 /// The strategy of one memory: the one place that dispatches on it.
 pub(crate) enum Rules {
     Toggle(toggle::Toggle),
@@ -134,9 +96,18 @@ macro_rules! always_writable {
 }
 use always_writable;
 
-/// Forwards each listed method of [`StrategyRules`] to the strategy in the enum.
-macro_rules! dispatch {
-    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+/// Declares [`StrategyRules`] and its forwarding impl for [`Rules`] from one list, so that the
+/// trait and the dispatch cannot drift apart. A method is declared with `;` or with a default
+/// body.
+macro_rules! strategy_rules {
+    ($($(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty
+        $(= $default:block)?;)*) => {
+        /// What every strategy decides for itself.
+        pub(crate) trait StrategyRules {
+            $(strategy_rules!(@decl $(#[$doc])* fn $name(&self $(, $arg: $ty)*) -> $ret
+                $(= $default)?);)*
+        }
+
         impl StrategyRules for Rules {
             $(
                 #[inline]
@@ -151,18 +122,46 @@ macro_rules! dispatch {
             )*
         }
     };
+    (@decl $(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty) => {
+        $(#[$doc])* fn $name(&self $(, $arg: $ty)*) -> $ret;
+    };
+    (@decl $(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty
+        = $default:block) => {
+        $(#[$doc])* fn $name(&self $(, $arg: $ty)*) -> $ret $default
+    };
 }
 
-dispatch! {
+strategy_rules! {
+    /// The strategy this is.
     fn strategy(&self) -> Strategy;
+
+    /// Maps a region of `len` bytes (a page multiple) for this strategy; `used` is how much of
+    /// it counts as handed out from the start (the whole of it for a PerAllocation block).
     fn map(&self, len: usize, used: usize, options: sys::MapOptions) -> Result<Region>;
+
+    /// Every block is a multiple of this many bytes and at least this aligned (`page`: the
+    /// page size; `min`: the allocator's smallest granule).
     fn granule(&self, page: usize, min: usize) -> usize;
+
+    /// Grants the calling thread write access to the executable range `[start, end)`
+    /// (`start < end`, inside one live block).
     fn acquire(&self, start: usize, end: usize) -> Result<()>;
+
+    /// Withdraws what [`acquire`](Self::acquire) granted for the same range.
     fn release(&self, start: usize, end: usize) -> Result<()>;
+
+    /// True when the writable address is always writable (no scope needed): a trap fill is a
+    /// plain store, then a publish.
     fn always_writable(&self) -> bool;
+
+    /// Whether a fork child may keep using memory of this strategy made before the fork.
     fn child_keeps_memory(&self) -> bool;
-    fn open_pages(&self) -> usize;
-    fn fork_lock(&self) -> Option<&RawLock>;
+
+    /// Pages currently open for writing (Toggle), for stats.
+    fn open_pages(&self) -> usize = { 0 };
+
+    /// The lock a fork must wait for, if the strategy has one (Toggle's page table).
+    fn fork_lock(&self) -> Option<&RawLock> = { None };
 }
 
 #[cfg(test)]

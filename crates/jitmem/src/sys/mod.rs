@@ -117,67 +117,71 @@ mod common;
 pub(crate) use common::*;
 pub use common::{Mapping, MirrorBacking};
 
-#[cfg(any(
-    all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64")
-    ),
-    all(
-        target_vendor = "apple",
-        any(target_arch = "x86_64", target_arch = "aarch64")
-    ),
+/// Backend selection. Each target condition is written once, in one of these macros, which
+/// put it on every item they are given (the `cfg_if` pattern).
+macro_rules! on_linux {
+    ($($item:item)*) => {$(
+        #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+        $item
+    )*};
+}
+macro_rules! on_apple {
+    ($($item:item)*) => {$(
+        #[cfg(all(target_vendor = "apple", any(target_arch = "x86_64", target_arch = "aarch64")))]
+        $item
+    )*};
+}
+macro_rules! on_windows {
+    ($($item:item)*) => {$(
+        #[cfg(all(windows, any(target_arch = "x86_64", target_arch = "aarch64")))]
+        $item
+    )*};
+}
+/// Every target without a backend of its own.
+macro_rules! on_other {
+    ($($item:item)*) => {$(
+        #[cfg(not(all(
+            any(target_os = "linux", target_vendor = "apple", windows),
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        )))]
+        $item
+    )*};
+}
+
+on_linux! {
+    mod linux;
+    use linux as backend;
+}
+on_apple! {
+    mod apple;
+    use apple as backend;
+    pub(crate) use apple::{
+        code_signing_flags, debugger_attached, freeze_jit_write_callbacks, has_entitlement,
+        jit_granted_by_debugger, jit_write_with_callback,
+    };
+}
+/// POSIX code shared by Linux and Apple.
+#[cfg(all(
+    any(target_os = "linux", target_vendor = "apple"),
+    any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod posix;
-
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-mod linux;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-use linux as backend;
-
-#[cfg(all(
-    target_vendor = "apple",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-mod apple;
-#[cfg(all(
-    target_vendor = "apple",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-use apple as backend;
-#[cfg(all(
-    target_vendor = "apple",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-pub(crate) use apple::{
-    code_signing_flags, debugger_attached, freeze_jit_write_callbacks, has_entitlement,
-    jit_granted_by_debugger, jit_write_with_callback,
-};
-
-#[cfg(all(windows, any(target_arch = "x86_64", target_arch = "aarch64")))]
-mod windows;
-#[cfg(all(windows, any(target_arch = "x86_64", target_arch = "aarch64")))]
-use windows as backend;
-
+on_windows! {
+    mod windows;
+    use windows as backend;
+}
+on_other! {
+    use unsupported as backend;
+}
 /// Every other target. Also compiled into the host's unit tests, which check its answers.
 #[cfg(any(
     test,
-    not(any(all(
+    not(all(
         any(target_os = "linux", target_vendor = "apple", windows),
         any(target_arch = "x86_64", target_arch = "aarch64")
-    ),))
+    ))
 ))]
 mod unsupported;
-#[cfg(not(any(all(
-    any(target_os = "linux", target_vendor = "apple", windows),
-    any(target_arch = "x86_64", target_arch = "aarch64")
-),)))]
-use unsupported as backend;
 #[cfg(all(
     target_vendor = "apple",
     not(any(target_arch = "x86_64", target_arch = "aarch64"))

@@ -15,12 +15,37 @@ use super::{Os, system};
 use crate::sys::{Introspect, Mapping};
 
 impl Introspect for Os {
+    /// Every region of this process that is reserved or committed, as [`Mapping`]s.
     fn mappings() -> io::Result<Vec<Mapping>> {
-        mappings()
+        let mut out = Vec::new();
+        // The name belongs to the allocation (an image has one region per section): ask once.
+        let mut last: Option<(usize, String)> = None;
+        for_each_region(|info| {
+            let base = info.AllocationBase as usize;
+            let name = match &last {
+                Some((b, name)) if *b == base => name.clone(),
+                _ => {
+                    let name = region_name(info);
+                    last = Some((base, name.clone()));
+                    name
+                }
+            };
+            let start = info.BaseAddress as usize;
+            out.push(Mapping {
+                start,
+                end: start.saturating_add(info.RegionSize),
+                perms: perms(info.State, info.Protect, info.Type),
+                name,
+            });
+        })?;
+        Ok(out)
     }
 
+    /// Number of regions of this process that are reserved or committed.
     fn mapping_count() -> io::Result<usize> {
-        mapping_count()
+        let mut count = 0;
+        for_each_region(|_| count += 1)?;
+        Ok(count)
     }
 
     /// Windows has no limit on the number of mappings (only on address space and commit).
@@ -115,39 +140,6 @@ fn region_name(info: &MEMORY_BASIC_INFORMATION) -> String {
     }
 }
 
-/// Every region of this process that is reserved or committed, as [`Mapping`]s.
-fn mappings() -> io::Result<Vec<Mapping>> {
-    let mut out = Vec::new();
-    // The name belongs to the allocation (an image has one region per section): ask once.
-    let mut last: Option<(usize, String)> = None;
-    for_each_region(|info| {
-        let base = info.AllocationBase as usize;
-        let name = match &last {
-            Some((b, name)) if *b == base => name.clone(),
-            _ => {
-                let name = region_name(info);
-                last = Some((base, name.clone()));
-                name
-            }
-        };
-        let start = info.BaseAddress as usize;
-        out.push(Mapping {
-            start,
-            end: start.saturating_add(info.RegionSize),
-            perms: perms(info.State, info.Protect, info.Type),
-            name,
-        });
-    })?;
-    Ok(out)
-}
-
-/// Number of regions of this process that are reserved or committed.
-fn mapping_count() -> io::Result<usize> {
-    let mut count = 0;
-    for_each_region(|_| count += 1)?;
-    Ok(count)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +172,7 @@ mod tests {
         let ptr = map_private(2 * page, Prot::RW).unwrap();
         // SAFETY: test-owned fresh allocation.
         unsafe { protect(ptr, page, Prot::RX).unwrap() };
-        let maps = mappings().unwrap();
+        let maps = Os::mappings().unwrap();
         let at = |addr: usize| {
             maps.iter()
                 .find(|m| m.start <= addr && addr < m.end)
@@ -196,7 +188,7 @@ mod tests {
         // Other tests of this binary map and unmap on other threads: the two counts agree on
         // one of a few back-to-back tries.
         assert!(
-            (0..20).any(|_| mapping_count().unwrap() == mappings().unwrap().len()),
+            (0..20).any(|_| Os::mapping_count().unwrap() == Os::mappings().unwrap().len()),
             "mapping_count disagrees with mappings()"
         );
         // SAFETY: test-owned allocation.
