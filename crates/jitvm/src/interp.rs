@@ -229,7 +229,10 @@ fn rem(a: i64, b: i64) -> Result<i64, TrapKind> {
 
 /// Interprets the frame of `func` at stack base 0 (its locals already set and `enter` already
 /// asked) and every call it makes, until it returns.
-#[allow(clippy::too_many_lines)]
+#[allow(
+    clippy::too_many_lines,
+    reason = "the interpreter loop: one match over every operation, kept in one function for dispatch speed"
+)]
 fn exec<E: Engine, const COUNT: bool>(
     program: &Program,
     engine: &mut E,

@@ -498,7 +498,10 @@ impl Assembler {
 
     // ----- add / subtract ----------------------------------------------------------------
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per field of the instruction encoding"
+    )]
     fn addsub_rrs(
         &mut self,
         base: u32,
@@ -1131,7 +1134,10 @@ impl Assembler {
         self.ldst_rr(0xf820_6800, "str (register)", rt, rn, rm, scaled)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per field of the instruction encoding"
+    )]
     fn pair(
         &mut self,
         base: u32,
