@@ -219,6 +219,8 @@ impl Registry {
     pub(crate) fn writable_offset(&self, ptr: usize, size: usize) -> Result<isize, CError> {
         self.with_block(ptr, |entry, offset| {
             check_inside(entry, ptr, offset, size)?;
+            // A fork child of a Mirror has no writable view: never hand out its old address.
+            entry.block.check_writable()?;
             Ok(entry.block.writable_offset())
         })
     }

@@ -131,6 +131,15 @@ impl CodeBlock {
         self.writable_offset
     }
 
+    /// For foreign-function layers (the C API) that hand out the writable address themselves:
+    /// `Ok` when this process may write the block now ([`Error::ForkedChild`] in a fork child
+    /// of a Mirror or Apple MAP_JIT memory, whose writable view or rights are not the child's;
+    /// [`Error::Poisoned`] after a failed publish).
+    #[doc(hidden)]
+    pub fn check_writable(&self) -> Result<()> {
+        self.shard.core.check_usable()
+    }
+
     /// For foreign-function layers (the C API) that cannot hold a [`WriteScope`] borrow: grants
     /// write rights over `range` and returns the writable address of its first byte.
     ///
@@ -197,11 +206,22 @@ impl CodeBlock {
         }
         self.shard.core.check_usable()?;
         self.fill_traps(rounded..self.len)?;
+        let start = self.rx.as_ptr() as usize;
+        if self
+            .shard
+            .core
+            .rules
+            .range_open(start + rounded, start + self.len)
+        {
+            return Err(Error::WrongState(
+                "a write scope over the tail was leaked (mem::forget): the tail cannot be given back",
+            ));
+        }
         match &self.owner {
             Owner::Range(id) => {
                 self.len = self.shard.shrink_range(*id, rounded)?;
             }
-            Owner::Region(_) => self.len = rounded,
+            Owner::Region(_) | Owner::Leaked => self.len = rounded,
         }
         Ok(())
     }
@@ -246,23 +266,33 @@ impl std::fmt::Debug for CodeBlock {
 
 impl Drop for CodeBlock {
     fn drop(&mut self) {
-        match &self.owner {
-            Owner::Range(id) => {
-                let id = *id;
-                // A fork child that may not use this memory (Mirror, Apple MAP_JIT) has no
-                // writable view or rights: it only does the bookkeeping.
-                if self.shard.core.usable_in_this_process() && self.fill_traps(0..self.len).is_err()
-                {
-                    // Could not trap the range (rights could not be acquired): leak it rather
-                    // than hand out memory whose state we do not know.
-                    return;
-                }
+        // A fork child that may not use this memory (Mirror, Apple MAP_JIT) has no writable
+        // view or rights: it only does the bookkeeping.
+        let usable = self.shard.core.usable_in_this_process();
+        let owner = std::mem::replace(&mut self.owner, Owner::Leaked);
+        // Heap ranges are filled with traps; a PerAllocation mapping goes away whole (stale
+        // calls fault on unmapped memory). A fill that fails (rights could not be acquired)
+        // leaves memory whose state we do not know: leak it rather than hand it out again.
+        let filled =
+            !usable || matches!(owner, Owner::Region(_)) || self.fill_traps(0..self.len).is_ok();
+        // A write scope on this block that was leaked (`mem::forget`) still holds its pages open
+        // (Toggle): reusing the range would hand out pages that never become executable, and
+        // unmapping it would leave the page table counting pages of whatever is mapped there
+        // next. Leak the block instead.
+        let start = self.rx.as_ptr() as usize;
+        let core = &self.shard.core;
+        let open = usable && core.rules.range_open(start, start + self.len);
+        let keep = !filled || open;
+        match owner {
+            Owner::Range(id) if !keep => {
                 let _ = self.shard.free_range(id);
             }
-            Owner::Region(region) => {
-                // The mapping goes away with the Owner; stale calls fault on unmapped memory.
-                self.shard.core.per_allocation_freed(region.len());
+            Owner::Region(region) if !keep => {
+                core.per_allocation_freed(region.len());
+                drop(region);
             }
+            Owner::Region(region) => std::mem::forget(region),
+            Owner::Range(_) | Owner::Leaked => {}
         }
     }
 }
@@ -276,6 +306,11 @@ impl Drop for CodeBlock {
 /// that last step is lost, and it poisons the memory instead.
 ///
 /// `!Send`: with PerThread the rights belong to the thread that opened the scope.
+///
+/// Forgetting a scope (`std::mem::forget`) is safe but leaks what it holds: with Toggle its
+/// pages stay writable and not executable, and the block is never reused or unmapped (its drop
+/// leaks it; `shrink` refuses to give back an open tail); with PerThread the thread keeps its
+/// write rights for the memory's protection key.
 ///
 /// ```compile_fail
 /// # let memory = jitmem::JitMemory::new(jitmem::Config::new()).unwrap();

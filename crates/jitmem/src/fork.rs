@@ -132,7 +132,8 @@ unsafe extern "C" fn prepare() {
     for record in unsafe { MIRRORS.entries() } {
         // Every heap lock is held: no thread can hand out more of this mirror now.
         let len = record.used_pages();
-        // SAFETY: every registered record names a live mirror view made by this crate.
+        // SAFETY: every registered record names a live mirror view made by this crate, readable
+        // for `len` bytes (a view a fork child could not replace has `used` 0).
         let snapshot = unsafe { crate::sys::snapshot_for_fork(record.rx, len) };
         record.snapshot_len.store(len, Ordering::Relaxed);
         record.snapshot.store(
@@ -176,6 +177,10 @@ unsafe extern "C" fn child() {
         let installed = unsafe {
             crate::sys::install_snapshot_after_fork(snapshot, record.rx, record.len, len)
         };
+        if !installed {
+            // The view was made inaccessible: a later fork of this child must not copy it.
+            record.used.store(0, Ordering::Relaxed);
+        }
         if installed && len > 0 {
             // The child's code was just copied into fresh pages: publish it (AArch64 and Apple
             // need the cache maintenance).
@@ -193,8 +198,9 @@ unsafe extern "C" fn child() {
     LOCKS.lock.reset();
 }
 
-/// Installs the atfork handlers (once per process).
-fn ensure_handlers() -> Result<()> {
+/// Installs the atfork handlers (once per process). Every `Core` calls it, so the fork
+/// generation counts every fork made while jitmem memory exists.
+pub(crate) fn ensure_handlers() -> Result<()> {
     HANDLERS.call_once(|| {
         if crate::sys::register_atfork(prepare, parent, child).is_ok() {
             HANDLERS_OK.store(true, Ordering::SeqCst);
@@ -255,7 +261,8 @@ pub(crate) fn untrack_lock(lock: &RawLock) {
 }
 
 /// How many forks this process is removed from the one that started it (0 in the original
-/// process).
-pub(crate) fn generation() -> u64 {
+/// process), counting the forks made since jitmem's handlers were installed (by the first
+/// `JitMemory`).
+pub fn generation() -> u64 {
     GENERATION.load(Ordering::Relaxed)
 }

@@ -77,6 +77,10 @@ impl Core {
         options: sys::MapOptions,
         default_align: usize,
     ) -> Result<Arc<Core>> {
+        // Every memory installs the fork handlers, whatever its strategy: the fork generation
+        // (which decides what a child may do with memory made before the fork) only counts forks
+        // once they are installed.
+        fork::ensure_handlers()?;
         let rules = Rules::new(choice.strategy)?;
         let page = sys::page_size();
         let core = Arc::new(Core {
@@ -147,6 +151,8 @@ pub(crate) enum Owner {
     Range(RangeId),
     /// Its own mapping (PerAllocation); dropping it unmaps the block.
     Region(Box<Region>),
+    /// Given up: the block's drop found it unsafe to reuse or unmap (see `CodeBlock`'s Drop).
+    Leaked,
 }
 
 /// A range handed out by a shard: what a [`CodeBlock`](crate::CodeBlock) is made of.

@@ -136,4 +136,5 @@ const _: () = {
 /// What happens to code memory across `fork()`: the documentation lives on this module.
 pub mod fork_safety {
     #![doc = include_str!("fork.md")]
+    pub use crate::fork::generation;
 }

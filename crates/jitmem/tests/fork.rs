@@ -301,3 +301,37 @@ fn fork_is_safe_while_other_threads_allocate() {
     assert!(ran.iter().any(|p| p == "mirror/arena"), "{ran:?}");
     assert!(ran.iter().any(|p| p == "toggle/pooled"), "{ran:?}");
 }
+
+/// Every memory installs jitmem's fork handlers, whatever its strategy and layout: in a process
+/// whose only memory is Rwx + PerAllocation (no lock, no mirror to register), a fork child is
+/// still one generation further (the fork policy depends on it: Apple MAP_JIT memory must not be
+/// used by a child).
+#[test]
+fn every_memory_installs_the_fork_handlers() {
+    const NAME: &str = "every_memory_installs_the_fork_handlers";
+    if is_child(NAME) {
+        let memory = memory(Strategy::Rwx, Layout::PerAllocation).unwrap();
+        let block = function(&memory, 3);
+        assert_eq!(jitmem::fork_safety::generation(), 0);
+        // SAFETY: the child only reads a counter, calls the block and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = jitmem::fork_safety::generation() == 1 && call(&block) == 3;
+            // SAFETY: leaves at once.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child did not see a new fork generation (status {status:#x})"
+        );
+        println!("child ok");
+        return;
+    }
+    let out = run_child(NAME, &[]);
+    let (_, text) = child_signal(&out);
+    assert!(out.status.success() && text.contains("child ok"), "{text}");
+}

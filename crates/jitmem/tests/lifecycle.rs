@@ -403,3 +403,37 @@ fn publish_and_publish_live_do_what_they_say() {
         }
     }
 }
+
+/// Forgetting a write scope (safe code) must not break other blocks: with Toggle its pages stay
+/// open, so the block is leaked on drop rather than reused or unmapped, and `shrink` refuses to
+/// give back an open tail. Each pair in a child process (the failure was a fault).
+#[test]
+fn a_forgotten_scope_never_breaks_another_block() {
+    let Some(ran) =
+        common::in_child_per_pair("a_forgotten_scope_never_breaks_another_block", |memory| {
+            let page = memory.page_size();
+            let mut a = function(&memory, 1);
+            std::mem::forget(a.write_range(0..16).unwrap());
+            drop(a);
+            let mut tail = memory.allocate(2 * page).unwrap();
+            std::mem::forget(tail.write_range(page..page + 16).unwrap());
+            let shrunk = tail.shrink(16);
+            if memory.strategy() == Strategy::Toggle {
+                assert!(
+                    matches!(shrunk, Err(Error::WrongState(_))),
+                    "{memory:?}: {shrunk:?}"
+                );
+            } else {
+                shrunk.unwrap();
+            }
+            // New blocks, possibly where the forgotten ones were, write, publish and run.
+            let blocks: Vec<_> = (0..64).map(|i| function(&memory, i)).collect();
+            for (i, b) in blocks.iter().enumerate() {
+                assert_eq!(call(b), i as u32, "{memory:?}");
+            }
+        })
+    else {
+        return;
+    };
+    assert!(ran.iter().any(|p| p == "toggle/pooled"), "{ran:?}");
+}

@@ -10,7 +10,8 @@
 //! - **A forked child**: the RW view is not inherited (`MADV_DONTFORK`, checked); the fork
 //!   handlers give the child a private, published copy of the code in use, taken before the
 //!   fork. The child runs its code; allocating, writing and shrinking give
-//!   `Error::ForkedChild`; freeing only does the bookkeeping.
+//!   `Error::ForkedChild`; freeing only does the bookkeeping. A block another thread was
+//!   writing at the fork may be half-written in the child's copy: the child must not run it.
 
 use std::sync::Arc;
 

@@ -113,6 +113,11 @@ impl StrategyRules for Toggle {
         self.open_pages.lock().len()
     }
 
+    fn range_open(&self, start: usize, end: usize) -> bool {
+        let range = page_range(start, end, self.page);
+        self.open_pages.lock().range(range).next().is_some()
+    }
+
     fn fork_lock(&self) -> Option<&RawLock> {
         Some(self.open_pages.raw())
     }
