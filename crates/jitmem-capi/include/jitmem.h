@@ -222,7 +222,9 @@ enum jitmem_status jitmem_codegen_free(void *ptr, size_t size);
 
 // `CodeGen::AllocateWritableRegionAndGetDiff`: `writable address - ptr` for the allocation
 // containing `[ptr, ptr + size)` (0 in Legacy mode, where code is written in place inside a
-// `JITPageWriteEnableExecuteDisable` pair); `JITMEM_DIFF_ERROR` on failure.
+// `JITPageWriteEnableExecuteDisable` pair); `JITMEM_DIFF_ERROR` on failure, with the reason in
+// `jitmem_last_error()`. A fork child of a mirror mode gets `JITMEM_DIFF_ERROR` too: its
+// writable alias is not inherited.
 ptrdiff_t jitmem_codegen_writable_diff(void *ptr, size_t size);
 
 // `CodeGen::FreeWritableRegion`: checks that `diff` is what `jitmem_codegen_writable_diff`

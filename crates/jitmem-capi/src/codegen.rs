@@ -172,7 +172,9 @@ pub extern "C" fn jitmem_codegen_free(ptr: *mut c_void, size: usize) -> JitmemSt
 
 /// `CodeGen::AllocateWritableRegionAndGetDiff`: `writable address - ptr` for the allocation
 /// containing `[ptr, ptr + size)` (0 in Legacy mode, where code is written in place inside a
-/// `JITPageWriteEnableExecuteDisable` pair); `JITMEM_DIFF_ERROR` on failure.
+/// `JITPageWriteEnableExecuteDisable` pair); `JITMEM_DIFF_ERROR` on failure, with the reason in
+/// `jitmem_last_error()`. A fork child of a mirror mode gets `JITMEM_DIFF_ERROR` too: its
+/// writable alias is not inherited.
 #[unsafe(no_mangle)]
 pub extern "C" fn jitmem_codegen_writable_diff(ptr: *mut c_void, size: usize) -> isize {
     let mut diff = JITMEM_DIFF_ERROR;
