@@ -93,7 +93,7 @@ impl CodeBlock {
         })
     }
 
-    fn check_range(&self, range: &Range<usize>) -> Result<()> {
+    pub(crate) fn check_range(&self, range: &Range<usize>) -> Result<()> {
         if range.start >= range.end || range.end > self.len {
             return Err(Error::OutOfRange {
                 start: range.start,
@@ -105,7 +105,7 @@ impl CodeBlock {
     }
 
     /// Acquires write rights over `range` (checked by the caller).
-    fn acquire(&self, range: &Range<usize>) -> Result<()> {
+    pub(crate) fn acquire(&self, range: &Range<usize>) -> Result<()> {
         self.shard.core.check_usable()?;
         let start = self.rx.as_ptr() as usize + range.start;
         self.shard
@@ -116,7 +116,7 @@ impl CodeBlock {
 
     /// Withdraws the rights [`acquire`](Self::acquire) granted and makes the range coherent for
     /// instruction fetch.
-    fn release(&self, range: &Range<usize>) -> Result<()> {
+    pub(crate) fn release(&self, range: &Range<usize>) -> Result<()> {
         let start = self.rx.as_ptr() as usize + range.start;
         let len = range.end - range.start;
         let released = self.shard.core.rules.release(start, start + len);
@@ -246,7 +246,11 @@ impl CodeBlock {
         scope.publish()
     }
 
-    fn rw_ptr(&self, offset: usize) -> *mut u8 {
+    pub(crate) fn rules(&self) -> &crate::strategy::Rules {
+        &self.shard.core.rules
+    }
+
+    pub(crate) fn rw_ptr(&self, offset: usize) -> *mut u8 {
         self.rx
             .as_ptr()
             .wrapping_offset(self.writable_offset)

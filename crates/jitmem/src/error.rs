@@ -110,6 +110,13 @@ pub enum Error {
     /// [`ExecBuffer`](crate::ExecBuffer)).
     #[error("{0}")]
     WrongState(&'static str),
+    /// A live patch ([`CodeBlock::patch_live`](crate::CodeBlock::patch_live)) that this
+    /// instruction set or strategy cannot make safe for threads running the code meanwhile.
+    #[error("not a safe live patch: {reason}; use a write scope and publish_live instead")]
+    NotLivePatchable {
+        /// Which rule the patch breaks.
+        reason: &'static str,
+    },
     /// A memory region shared with a parent process cannot be written in a child after
     /// `fork()`; the child keeps a private, read-only copy of the code.
     #[error(

@@ -95,6 +95,11 @@ pub mod icache;
 pub mod introspect;
 pub mod isa;
 mod memory;
+#[expect(
+    unsafe_code,
+    reason = "the one atomic store of a live patch through a block's writable view"
+)]
+mod patch;
 pub mod probe;
 #[expect(unsafe_code, reason = "calls the code it wrote (a code-entry point)")]
 pub mod selftest;
@@ -124,6 +129,7 @@ pub use heap::Stats;
 /// `jitmem-range-heap`, safe and generic, re-exported.
 pub use jitmem_range_heap as range_heap;
 pub use memory::JitMemory;
+pub use patch::LivePatches;
 pub use sys::MirrorBacking;
 
 const _: () = {

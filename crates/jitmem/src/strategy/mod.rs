@@ -169,6 +169,11 @@ strategy_rules! {
 
     /// The lock a fork must wait for, if the strategy has one (Toggle's page table).
     fn fork_lock(&self) -> Option<&RawLock> = { None };
+
+    /// True when other threads may keep running a block's code while it is being written
+    /// (everything but Toggle, whose written pages are not executable), so that
+    /// [`CodeBlock::patch_live`](crate::CodeBlock::patch_live) can be offered.
+    fn runs_while_written(&self) -> bool = { true };
 }
 
 #[cfg(test)]

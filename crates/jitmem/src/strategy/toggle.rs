@@ -121,6 +121,10 @@ impl StrategyRules for Toggle {
     fn fork_lock(&self) -> Option<&RawLock> {
         Some(self.open_pages.raw())
     }
+
+    fn runs_while_written(&self) -> bool {
+        false
+    }
 }
 
 fn page_range(start: usize, end: usize, page: usize) -> std::ops::Range<usize> {
