@@ -1,14 +1,11 @@
-//! `jitmem-bench`: runs the same workloads on jitmem and on its Rust peers (jit-allocator,
-//! region, memmap2, dynasmrt) side by side and prints a markdown table.
+//! `jitmem-bench`: runs the same workloads on jitmem and on its peers (the Rust crates
+//! jit-allocator, region, memmap2 and dynasmrt; the C++ asmjit `JitAllocator`; and two floors,
+//! the least an allocator can do) side by side and prints a markdown table.
 //!
 //! Every (peer, workload) pair runs in a child process (this executable, re-run with the hidden
 //! arguments `child PEER WORKLOAD`), so a peer that crashes, hangs or hands out overlapping
 //! blocks becomes a table cell ("crashed: SIGSEGV", "timeout", "overlap detected") and the run
 //! goes on.
-
-mod machine;
-mod peers;
-mod workloads;
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -17,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
-use crate::workloads::{Outcome, Scale, WORKLOADS};
+use jitmem_bench::workloads::{self, Outcome, Scale, WORKLOADS};
+use jitmem_bench::{machine, peers};
 
-/// Compares executable-memory allocators: jitmem and its Rust peers, one child process per
-/// (peer, workload). Prints a markdown table on stdout, progress on stderr.
+/// Compares executable-memory allocators: jitmem, its Rust peers, C++ asmjit and two floors,
+/// one child process per (peer, workload). Prints a markdown table on stdout, progress on stderr.
 #[derive(Parser, Debug)]
 #[command(name = "jitmem-bench", version)]
 struct Args {
@@ -28,8 +26,8 @@ struct Args {
     #[arg(long, global = true)]
     quick: bool,
     /// Peers to run, comma-separated (default: all). One of: jitmem-mirror,
-    /// jitmem-mirror-arena, jitmem-toggle, jitmem-perthread, jit-allocator, region, memmap2,
-    /// dynasmrt.
+    /// jitmem-mirror-arena, jitmem-toggle, jitmem-perthread, jit-allocator, asmjit-rwx,
+    /// asmjit-dual, region, memmap2, dynasmrt, floor, mprotect-floor.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// Workloads to run, comma-separated (default: all). One of: alloc_free, alloc_free_frag,
@@ -339,7 +337,7 @@ fn report(
     };
     let _ = writeln!(
         s,
-        "- build: {}; jitmem {} (Auto here: {auto}); jit-allocator {}, region {}, memmap2 {}, dynasmrt {}",
+        "- build: {}; jitmem {} (Auto here: {auto}); jit-allocator {}, region {}, memmap2 {}, dynasmrt {}; {}",
         if cfg!(debug_assertions) {
             "debug"
         } else {
@@ -350,6 +348,9 @@ fn report(
         peers::version("region").unwrap_or("?"),
         peers::version("memmap2").unwrap_or("?"),
         peers::version("dynasmrt").unwrap_or("?"),
+        peers::version("asmjit-dual").map_or("C++ asmjit: left out".into(), |v| format!(
+            "C++ asmjit {v} (libasmjit-dev)"
+        )),
     );
     let _ = writeln!(
         s,
@@ -398,12 +399,18 @@ fn report(
         }
         let _ = writeln!(s);
     }
-    let _ = writeln!(s, "{}", LEGEND);
+    let _ = writeln!(s, "{}", legend());
     s
 }
 
 /// What the columns mean, printed under the table.
-const LEGEND: &str = "\
+fn legend() -> String {
+    let toggles: Vec<&str> = peers::PEERS
+        .iter()
+        .filter(|p| p.toggles)
+        .map(|p| p.name)
+        .collect();
+    format!("\
 Columns (every function written is also run and its return value checked; every block handed \
 out is checked against the live blocks, and an overlap ends the cell as \"overlap detected\"):
 - alloc_free: 128-byte alloc+free pairs, ns per pair (median of 7 batches of 100,000).
@@ -423,9 +430,20 @@ as churn does; the two threads' blocks are checked against each other at the end
 and every block is called (checked) before it is freed.
 - race: one thread calls a function in a loop while another patches its constant 100,000 times \
 (jitmem: publish_live() every 64 patches, publish() otherwise; the other peers have no \
-cross-thread publish): ok (calls made while patching, in how long the patching took). For Toggle peers (jitmem-toggle, region, memmap2, dynasmrt) a crash is the \
+cross-thread publish): ok (calls made while patching, in how long the patching took). For Toggle peers ({}) a crash is the \
 expected answer.
 - Left out: cranelift-jit's JITMemoryProvider (SystemMemoryProvider, ArenaMemoryProvider) has \
 no per-function free and cannot make finalized code writable again, so only overhead of the \
 seven workloads could be expressed with it (see src/peers.rs).
-- --quick divides every count by 10.";
+- asmjit-rwx, asmjit-dual: the C++ asmjit JitAllocator (libasmjit-dev) through a small C shim \
+(cpp/asmjit_peer.cpp), with RWX blocks or kUseDualMapping; writes go through the RW pointer (the RX one under RWX) \
+inside VirtMem::ProtectJitReadWriteScope, which flushes the instruction cache.
+- floor, mprotect-floor: lower bounds, not allocators to use. floor is a bump pointer and a LIFO \
+free list per exact 16-byte size class over one dual-mapped region, with no lock (one per \
+thread), no trap fill and no checks: the least alloc_free, churn, overhead and patch can cost. \
+mprotect-floor maps each function on its own and wraps each write in a raw mprotect RW/RX pair \
+of the pages written: the least Toggle's patch can cost.
+- --quick divides every count by 10.",
+        toggles.join(", ")
+    )
+}
