@@ -28,8 +28,8 @@ struct Args {
     #[arg(long, global = true)]
     quick: bool,
     /// Peers to run, comma-separated (default: all). One of: jitmem-mirror,
-    /// jitmem-mirror-arena, jitmem-toggle, jitmem-perthread, jit-allocator, region, memmap2,
-    /// dynasmrt.
+    /// jitmem-mirror-arena, jitmem-toggle, jitmem-toggle-peralloc, jitmem-perthread,
+    /// jit-allocator, region, memmap2, dynasmrt.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// Workloads to run, comma-separated (default: all). One of: alloc_free, alloc_free_frag,
@@ -423,7 +423,7 @@ as churn does; the two threads' blocks are checked against each other at the end
 and every block is called (checked) before it is freed.
 - race: one thread calls a function in a loop while another patches its constant 100,000 times \
 (jitmem: publish_live() every 64 patches, publish() otherwise; the other peers have no \
-cross-thread publish): ok (calls made while patching, in how long the patching took). For Toggle peers (jitmem-toggle, region, memmap2, dynasmrt) a crash is the \
+cross-thread publish): ok (calls made while patching, in how long the patching took). For Toggle peers (jitmem-toggle, jitmem-toggle-peralloc, region, memmap2, dynasmrt) a crash is the \
 expected answer.
 - Left out: cranelift-jit's JITMemoryProvider (SystemMemoryProvider, ArenaMemoryProvider) has \
 no per-function free and cannot make finalized code writable again, so only overhead of the \

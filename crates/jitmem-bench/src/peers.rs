@@ -96,7 +96,7 @@ pub struct PeerInfo {
 }
 
 /// Every peer, in table order.
-pub const PEERS: [PeerInfo; 8] = [
+pub const PEERS: [PeerInfo; 9] = [
     PeerInfo {
         name: "jitmem-mirror",
         kind: "jitmem Mirror, Pooled",
@@ -115,6 +115,13 @@ pub const PEERS: [PeerInfo; 8] = [
         name: "jitmem-toggle",
         kind: "jitmem Toggle, Pooled",
         mapping_per_function: false,
+        toggles: true,
+        threads: "one JitMemory shared by both threads",
+    },
+    PeerInfo {
+        name: "jitmem-toggle-peralloc",
+        kind: "jitmem Toggle, PerAllocation",
+        mapping_per_function: true,
         toggles: true,
         threads: "one JitMemory shared by both threads",
     },
@@ -206,6 +213,7 @@ pub fn make(name: &str) -> Result<Box<dyn Peer>, MakeError> {
         "jitmem-mirror" => jitmem(Strategy::Mirror, Layout::Pooled),
         "jitmem-mirror-arena" => jitmem(Strategy::Mirror, Layout::Arena { size: 256 << 20 }),
         "jitmem-toggle" => jitmem(Strategy::Toggle, Layout::Pooled),
+        "jitmem-toggle-peralloc" => jitmem(Strategy::Toggle, Layout::PerAllocation),
         "jitmem-perthread" => jitmem(Strategy::PerThread, Layout::Pooled),
         "jit-allocator" => Ok(Box::new(JitAllocatorPeer::new())),
         "region" => Ok(Box::new(RegionPeer::default())),
