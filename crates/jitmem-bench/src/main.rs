@@ -26,8 +26,8 @@ struct Args {
     #[arg(long, global = true)]
     quick: bool,
     /// Peers to run, comma-separated (default: all). One of: jitmem-mirror,
-    /// jitmem-mirror-arena, jitmem-toggle, jitmem-perthread, jit-allocator, asmjit-rwx,
-    /// asmjit-dual, region, memmap2, dynasmrt, floor, mprotect-floor.
+    /// jitmem-mirror-arena, jitmem-toggle, jitmem-toggle-peralloc, jitmem-perthread,
+    /// jit-allocator, asmjit-rwx, asmjit-dual, region, memmap2, dynasmrt, floor, mprotect-floor.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// Workloads to run, comma-separated (default: all). One of: alloc_free, alloc_free_frag,

@@ -102,7 +102,7 @@ pub struct PeerInfo {
 }
 
 /// Every peer, in table order.
-pub const PEERS: [PeerInfo; 12] = [
+pub const PEERS: [PeerInfo; 13] = [
     PeerInfo {
         name: "jitmem-mirror",
         kind: "jitmem Mirror, Pooled",
@@ -121,6 +121,13 @@ pub const PEERS: [PeerInfo; 12] = [
         name: "jitmem-toggle",
         kind: "jitmem Toggle, Pooled",
         mapping_per_function: false,
+        toggles: true,
+        threads: "one JitMemory shared by both threads",
+    },
+    PeerInfo {
+        name: "jitmem-toggle-peralloc",
+        kind: "jitmem Toggle, PerAllocation",
+        mapping_per_function: true,
         toggles: true,
         threads: "one JitMemory shared by both threads",
     },
@@ -246,6 +253,7 @@ pub fn make(name: &str) -> Result<Box<dyn Peer>, MakeError> {
         "jitmem-mirror" => jitmem(Strategy::Mirror, Layout::Pooled),
         "jitmem-mirror-arena" => jitmem(Strategy::Mirror, Layout::Arena { size: 256 << 20 }),
         "jitmem-toggle" => jitmem(Strategy::Toggle, Layout::Pooled),
+        "jitmem-toggle-peralloc" => jitmem(Strategy::Toggle, Layout::PerAllocation),
         "jitmem-perthread" => jitmem(Strategy::PerThread, Layout::Pooled),
         "jit-allocator" => Ok(Box::new(jit_allocator_peer())),
         "region" => Ok(Box::new(RegionPeer::default())),

@@ -13,7 +13,7 @@ use crate::fn_ptr::FnPtr;
 use crate::heap::{Allocation, Owner, Shard};
 use crate::icache;
 use crate::isa;
-use crate::strategy::StrategyRules;
+use crate::strategy::{OpenScopes, StrategyRules};
 
 /// An owned block of code memory. Freed when dropped: its bytes are filled with trap
 /// instructions (`int3`, `brk #0`) so that a stale call traps, and its range goes back to the
@@ -28,6 +28,9 @@ pub struct CodeBlock {
     /// `writable address - executable address`.
     writable_offset: isize,
     owner: Owner,
+    /// The write scopes open on this block (Toggle records them; see its module). Changed only
+    /// through `&mut self`, so threads writing different blocks share nothing here.
+    scopes: OpenScopes,
 }
 
 // SAFETY: a CodeBlock owns its range; the shared heap is Sync. Moving it moves ownership.
@@ -43,6 +46,7 @@ impl CodeBlock {
             len: allocation.len,
             writable_offset: allocation.writable_offset,
             owner: allocation.owner,
+            scopes: OpenScopes::default(),
         }
     }
 
@@ -79,9 +83,9 @@ impl CodeBlock {
     }
 
     /// Opens a write scope over `range` (offsets in the block), for writing new code or patching
-    /// live code. Cost: Toggle, an `mprotect` per run of pages not already open (and code on
-    /// those pages cannot run until the scope ends); PerThread, one `WRPKRU` for the outermost
-    /// scope of the thread; Mirror and Rwx, nothing.
+    /// live code. Cost: Toggle, one `mprotect` of the range's pages, none if a scope already holds
+    /// them open (and code on those pages cannot run until the scope ends); PerThread, one
+    /// `WRPKRU` for the outermost scope of the thread; Mirror and Rwx, nothing.
     pub fn write_range(&mut self, range: Range<usize>) -> Result<WriteScope<'_>> {
         self.check_range(&range)?;
         self.acquire(&range)?;
@@ -105,21 +109,23 @@ impl CodeBlock {
     }
 
     /// Acquires write rights over `range` (checked by the caller).
-    pub(crate) fn acquire(&self, range: &Range<usize>) -> Result<()> {
+    pub(crate) fn acquire(&mut self, range: &Range<usize>) -> Result<()> {
         self.shard.core.check_usable()?;
         let start = self.rx.as_ptr() as usize + range.start;
-        self.shard
-            .core
-            .rules
-            .acquire(start, start + (range.end - range.start))
+        let end = start + (range.end - range.start);
+        self.shard.core.rules.acquire(&mut self.scopes, start, end)
     }
 
     /// Withdraws the rights [`acquire`](Self::acquire) granted and makes the range coherent for
     /// instruction fetch.
-    pub(crate) fn release(&self, range: &Range<usize>) -> Result<()> {
+    pub(crate) fn release(&mut self, range: &Range<usize>) -> Result<()> {
         let start = self.rx.as_ptr() as usize + range.start;
         let len = range.end - range.start;
-        let released = self.shard.core.rules.release(start, start + len);
+        let released = self
+            .shard
+            .core
+            .rules
+            .release(&mut self.scopes, start, start + len);
         // SAFETY: the range lies inside the block, which is mapped and readable.
         unsafe { icache::publish(start as *const u8, len) };
         released
@@ -207,12 +213,7 @@ impl CodeBlock {
         self.shard.core.check_usable()?;
         self.fill_traps(rounded..self.len)?;
         let start = self.rx.as_ptr() as usize;
-        if self
-            .shard
-            .core
-            .rules
-            .range_open(start + rounded, start + self.len)
-        {
+        if self.scopes.overlaps(start + rounded, start + self.len) {
             return Err(Error::WrongState(
                 "a write scope over the tail was leaked (mem::forget): the tail cannot be given back",
             ));
@@ -280,13 +281,12 @@ impl Drop for CodeBlock {
         let filled =
             !usable || matches!(owner, Owner::Region(_)) || self.fill_traps(0..self.len).is_ok();
         // A write scope on this block that was leaked (`mem::forget`) still holds its pages open
-        // (Toggle): reusing the range would hand out pages that never become executable, and
-        // unmapping it would leave the page table counting pages of whatever is mapped there
-        // next. Leak the block instead.
-        let start = self.rx.as_ptr() as usize;
+        // (Toggle): they stay writable and not executable for good (the record that would close
+        // them goes away with this block), so the trap fill did not make them executable, and
+        // the memory's count of open pages still counts them. Reusing or unmapping the range
+        // would hand out pages in that state. Leak the block instead.
         let core = &self.shard.core;
-        let open = usable && core.rules.range_open(start, start + self.len);
-        let keep = !filled || open;
+        let keep = !filled || !self.scopes.is_empty();
         match owner {
             Owner::Range(id) if !keep => {
                 let _ = self.shard.free_range(id);

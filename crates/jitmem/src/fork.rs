@@ -4,15 +4,16 @@
 //! Standard atfork discipline. Lock order, the crate's one order:
 //!
 //! 1. `LOCKS` (the registry of tracked locks);
-//! 2. every tracked lock (heaps, Toggle's page tables: [`crate::sync::ForkMutex`]);
+//! 2. every tracked lock (the heaps': [`crate::sync::ForkMutex`]);
 //! 3. `MIRRORS` (the registry of mirrors).
 //!
 //! Code that takes more than one of them takes them in that order (a heap lock is held while a
 //! new chunk's mirror is registered: 2 then 3); nothing takes `LOCKS` while holding a tracked
 //! lock. The `prepare` handler takes all of them, so at the fork no other thread is inside a
-//! heap, a page table or a registry; it snapshots each mirror and records the snapshot's length
-//! once. `parent` discards the snapshots and releases everything; `child`, the only thread,
-//! installs and publishes each snapshot and resets every lock.
+//! heap or a registry; it snapshots each mirror and records the snapshot's length once.
+//! `parent` discards the snapshots and releases everything; `child`, the only thread, installs
+//! and publishes each snapshot and resets every lock. (Toggle's write scopes take no lock: each
+//! block records its own open scopes.)
 //!
 //! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): the atfork handlers run while every lock is held (or in the only thread of a child) and touch registries and mirror views directly.
 
@@ -102,8 +103,8 @@ impl<T> Registry<T> {
     }
 }
 
-/// A tracked lock: the address of a [`RawLock`] inside a live heap or page table, which
-/// unregisters it (with [`untrack_lock`]) before the lock is dropped.
+/// A tracked lock: the address of a [`RawLock`] inside a live heap, which unregisters it (with
+/// [`untrack_lock`]) before the lock is dropped.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct LockRef(NonNull<RawLock>);
 
@@ -250,7 +251,7 @@ pub(crate) unsafe fn track_lock(lock: &RawLock) -> Result<()> {
     Ok(())
 }
 
-/// Stops tracking `lock` (O(tracked locks): one per heap and Toggle page table alive).
+/// Stops tracking `lock` (O(tracked locks): one per heap alive).
 pub(crate) fn untrack_lock(lock: &RawLock) {
     let target = LockRef(NonNull::from(lock));
     LOCKS.with(|entries| {

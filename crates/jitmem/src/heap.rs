@@ -70,8 +70,8 @@ struct PerAllocationStats {
 }
 
 impl Core {
-    /// The common state of a memory of `choice`'s strategy and layout. Tracks the strategy's
-    /// lock (Toggle's page table) with the fork registry for the core's life.
+    /// The common state of a memory of `choice`'s strategy and layout. No strategy has a lock
+    /// of its own for the fork registry to track (Toggle's record of open scopes is per block).
     pub(crate) fn new(
         choice: Choice,
         options: sys::MapOptions,
@@ -83,7 +83,7 @@ impl Core {
         fork::ensure_handlers()?;
         let rules = Rules::new(choice.strategy)?;
         let page = sys::page_size();
-        let core = Arc::new(Core {
+        Ok(Arc::new(Core {
             granule: rules.granule(page, MIN_GRANULE),
             rules,
             layout: choice.layout,
@@ -94,13 +94,7 @@ impl Core {
             choice,
             per_allocation: PerAllocationStats::default(),
             poison: OnceLock::new(),
-        });
-        if let Some(lock) = core.rules.fork_lock() {
-            // SAFETY: the lock lives inside the Arc'd Core (a stable address) and is untracked
-            // in Core's Drop; no tracked lock is held here.
-            unsafe { fork::track_lock(lock)? };
-        }
-        Ok(core)
+        }))
     }
 
     pub(crate) fn strategy(&self) -> Strategy {
@@ -134,14 +128,6 @@ impl Core {
     pub(crate) fn per_allocation_freed(&self, len: usize) {
         self.per_allocation.blocks.fetch_sub(1, Ordering::Relaxed);
         self.per_allocation.bytes.fetch_sub(len, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Core {
-    fn drop(&mut self) {
-        if let Some(lock) = self.rules.fork_lock() {
-            fork::untrack_lock(lock);
-        }
     }
 }
 

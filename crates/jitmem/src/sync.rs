@@ -3,14 +3,13 @@
 //! `std::sync::Mutex` cannot be locked in one function (the atfork `prepare` handler) and
 //! unlocked in another (`parent`), nor reset in a child whose other threads vanished while
 //! holding it. parking_lot's slow-path unlock may wait on a bucket lock that a vanished thread
-//! held. So jitmem's heaps and Toggle's page table use this small lock: one `AtomicU32`
-//! (0 free, 1 held, 2 held with waiters), a futex wait on Linux and a short sleep elsewhere,
-//! and a [`RawLock::reset`] for the fork child, where the caller is the only thread.
+//! held. So jitmem's heaps use this small lock: one `AtomicU32` (0 free, 1 held, 2 held with
+//! waiters), a futex wait on Linux and a short sleep elsewhere, and a [`RawLock::reset`] for the
+//! fork child, where the caller is the only thread.
 //!
 //! Every `ForkMutex` made by a memory is *tracked* ([`crate::fork::track_lock`]): the atfork
 //! `prepare` handler takes all of them (after the registry's own lock), so no other thread is
-//! inside a heap or a page table at the moment of the fork; `parent` releases them and `child`
-//! resets them.
+//! inside a heap at the moment of the fork; `parent` releases them and `child` resets them.
 //!
 //! Unsafe code is allowed here (`#[expect(unsafe_code)]` in `lib.rs`): the fork-aware lock hands out references to the data it guards.
 

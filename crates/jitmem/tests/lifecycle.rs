@@ -103,6 +103,69 @@ fn nested_scopes_on_one_page_flip_once_and_restore_execute() {
     }
 }
 
+/// Toggle, raw scopes (the C ABI's pair) nested on *overlapping* ranges of one block, ended out
+/// of order: opening flips only the pages no open scope holds, closing flips back only the pages
+/// no scope still open holds, and the count of open pages follows.
+#[test]
+fn nested_raw_scopes_on_overlapping_ranges_flip_only_unheld_pages() {
+    for layout in common::LAYOUTS {
+        let memory = memory(Strategy::Toggle, layout).unwrap();
+        let page = memory.page_size();
+        let mut block = memory.allocate(3 * page).unwrap();
+        {
+            let mut scope = block.write().unwrap();
+            scope[..16].copy_from_slice(&jitmem::isa::return_constant(1));
+            scope[2 * page..2 * page + 16].copy_from_slice(&jitmem::isa::return_constant(2));
+            scope.publish().unwrap();
+        }
+        let base = block.as_ptr() as usize;
+        let perms = |block: &jitmem::CodeBlock| -> Vec<String> {
+            assert_eq!(block.as_ptr() as usize, base);
+            (0..3)
+                .map(|i| {
+                    let m = jitmem::introspect::mapping_at(base + i * page)
+                        .unwrap()
+                        .unwrap();
+                    m.perms[..3].to_owned()
+                })
+                .collect()
+        };
+        let at = 2 * page + jitmem::isa::RETURN_CONSTANT_PATCH_OFFSET;
+        let (a, b, c) = (0..2 * page, page + 8..3 * page, at..at + 4);
+        // SAFETY: every range lies in the block; each begin is matched by one end below, on
+        // this thread, before the block is dropped; the one write stays inside its range.
+        unsafe {
+            block.begin_write_raw(a.clone()).unwrap();
+            assert_eq!(perms(&block), ["rw-", "rw-", "r-x"], "{layout}: a");
+            assert_eq!(memory.stats().open_pages, 2);
+            block.begin_write_raw(b.clone()).unwrap();
+            assert_eq!(perms(&block), ["rw-", "rw-", "rw-"], "{layout}: a, b");
+            assert_eq!(memory.stats().open_pages, 3);
+            let rw = block.begin_write_raw(c.clone()).unwrap();
+            rw.cast::<u32>().write_unaligned(7);
+            assert_eq!(
+                memory.stats().open_pages,
+                3,
+                "{layout}: c's page is open already"
+            );
+            block.end_write_raw(a, false).unwrap();
+            assert_eq!(perms(&block), ["r-x", "rw-", "rw-"], "{layout}: b, c");
+            assert_eq!(memory.stats().open_pages, 2);
+            block.end_write_raw(c, false).unwrap();
+            assert_eq!(perms(&block), ["r-x", "rw-", "rw-"], "{layout}: b");
+            block.end_write_raw(b, false).unwrap();
+        }
+        assert_eq!(perms(&block), ["r-x", "r-x", "r-x"], "{layout}: none");
+        assert_eq!(memory.stats().open_pages, 0);
+        assert_eq!(call(&block), 1);
+        // SAFETY: the function written at the third page.
+        let f: extern "C" fn() -> u32 = unsafe { block.entry(2 * page).unwrap() };
+        assert_eq!(f(), 7);
+        drop(block);
+        assert_eq!(memory.stats().live_blocks, 0, "{layout}: freed, not leaked");
+    }
+}
+
 #[test]
 fn a_panic_inside_a_write_scope_leaves_code_runnable() {
     for memory in all_memories() {

@@ -47,14 +47,23 @@ fn a_hundred_thousand_live_functions() {
     });
 }
 
+/// False under qemu-user, whose guest mappings do not map one to one onto host VMAs, so the
+/// kernel's `vm.max_map_count` is not reached the same way: the mapping-limit tests check a
+/// kernel property.
+#[cfg(target_os = "linux")]
+fn mapping_limit_reachable() -> bool {
+    let native = std::env::var_os("JITMEM_UNDER_QEMU").is_none();
+    if !native {
+        eprintln!("note: mapping-limit test skipped under qemu-user");
+    }
+    native
+}
+
 /// Linux only: the limit is `vm.max_map_count`. Windows has no limit on the number of mappings.
 #[cfg(target_os = "linux")]
 #[test]
 fn per_allocation_mirror_hits_the_mapping_limit_with_a_clear_error() {
-    if std::env::var_os("JITMEM_UNDER_QEMU").is_some() {
-        // qemu-user's guest mappings do not map one to one onto host VMAs, so the kernel's
-        // vm.max_map_count is not reached the same way: this checks a kernel property.
-        eprintln!("note: mapping-limit test skipped under qemu-user");
+    if !mapping_limit_reachable() {
         return;
     }
     in_child(
@@ -76,6 +85,76 @@ fn per_allocation_mirror_hits_the_mapping_limit_with_a_clear_error() {
             // Live code still runs, and freed room can be used again.
             let b = function(&memory, 5);
             assert_eq!(call(&b), 5);
+        },
+    );
+}
+
+/// Linux: a Toggle write scope whose `mprotect` fails (here: splitting the chunk's mapping would
+/// pass `vm.max_map_count`) is an error that undoes itself: the block stays executable, no page
+/// counts as open, the block is not taken for one with a leaked scope, and once mappings are
+/// freed the same patch works.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_toggle_scope_whose_mprotect_fails_leaves_the_block_as_it_was() {
+    if !mapping_limit_reachable() {
+        return;
+    }
+    in_child(
+        "a_toggle_scope_whose_mprotect_fails_leaves_the_block_as_it_was",
+        || {
+            let memory = memory(Strategy::Toggle, Layout::Pooled).unwrap();
+            let _before = function(&memory, 1);
+            let mut block = function(&memory, 2);
+            let _after = function(&memory, 3);
+            let page = memory.page_size();
+            // Fill the mapping count: single pages, alternately readable and not, so that
+            // neighbours never merge.
+            let mut fillers = Vec::with_capacity(1 << 20);
+            loop {
+                let prot = if fillers.len() % 2 == 0 {
+                    libc::PROT_READ
+                } else {
+                    libc::PROT_NONE
+                };
+                // SAFETY: a fresh anonymous page at an address the kernel picks.
+                let p = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        page,
+                        prot,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                if p == libc::MAP_FAILED {
+                    break;
+                }
+                fillers.push(p as usize);
+                assert!(fillers.len() < 1 << 20, "no mapping limit was reached");
+            }
+            let at = jitmem::isa::RETURN_CONSTANT_PATCH_OFFSET;
+            let err = block.write_range(at..at + 4).map(drop).unwrap_err();
+            assert!(matches!(err, jitmem::Error::MappingLimit { .. }), "{err}");
+            assert_eq!(memory.stats().open_pages, 0);
+            assert_eq!(call(&block), 2);
+            for p in fillers.drain(..64) {
+                // SAFETY: a page mapped above and never used.
+                assert_eq!(unsafe { libc::munmap(p as *mut libc::c_void, page) }, 0);
+            }
+            let m = introspect::mapping_at(block.as_ptr() as usize)
+                .unwrap()
+                .unwrap();
+            assert!(m.perms.starts_with("r-x"), "{m:?}");
+            common::patch(&mut block, 4, false);
+            assert_eq!(call(&block), 4);
+            assert_eq!(memory.stats().open_pages, 0);
+            drop(block);
+            assert_eq!(memory.stats().live_blocks, 2, "freed, not leaked");
+            for p in fillers {
+                // SAFETY: as above.
+                unsafe { libc::munmap(p as *mut libc::c_void, page) };
+            }
         },
     );
 }

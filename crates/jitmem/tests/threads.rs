@@ -5,8 +5,11 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::{all_memories, call, function, in_child_per_pair, memory, patch, scaled};
-use jitmem::{Layout, Strategy};
+use common::{
+    LAYOUTS, all_memories, call, child_signal, function, in_child_per_pair, is_child, memory,
+    patch, run_child, scaled,
+};
+use jitmem::{Layout, Strategy, introspect};
 
 /// Every strategy x layout the API accepts, none excluded.
 #[test]
@@ -124,4 +127,66 @@ fn a_neighbour_keeps_running_while_other_blocks_are_written_and_freed() {
         return;
     };
     assert!(ran.iter().any(|p| p == "toggle/pooled"), "{ran:?}");
+}
+
+/// Toggle: two threads patch blocks of their own at the same time (their scopes share no lock
+/// and no table, and each flips only its own block's pages) while a third reads the process's
+/// memory map over and over: no mapping is ever writable and executable, every patch lands, and
+/// no page is left open. In a child process, whose map holds no other test's memory; every
+/// layout.
+#[test]
+fn toggle_scopes_on_different_blocks_at_once_keep_wx() {
+    const NAME: &str = "toggle_scopes_on_different_blocks_at_once_keep_wx";
+    if is_child(NAME) {
+        for layout in LAYOUTS {
+            let memory = memory(Strategy::Toggle, layout).unwrap();
+            let stop = AtomicBool::new(false);
+            let checks = AtomicU64::new(0);
+            std::thread::scope(|s| {
+                let checker = s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        let wx = introspect::writable_executable_mappings().unwrap();
+                        assert!(wx.is_empty(), "{layout}: {wx:?}");
+                        checks.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                let writers: Vec<_> = (0..2u32)
+                    .map(|t| {
+                        let (memory, checks) = (&memory, &checks);
+                        s.spawn(move || {
+                            let mut blocks: Vec<_> =
+                                (0..4).map(|k| function(memory, t * 10 + k)).collect();
+                            while checks.load(Ordering::Relaxed) == 0 {
+                                std::hint::spin_loop();
+                            }
+                            for i in 0..scaled(4000) as u32 {
+                                let b = &mut blocks[i as usize % 4];
+                                let value = (t + 1) * 1_000_000 + i;
+                                patch(b, value, false);
+                                assert_eq!(call(b), value, "{layout}");
+                            }
+                        })
+                    })
+                    .collect();
+                for writer in writers {
+                    if let Err(panic) = writer.join() {
+                        stop.store(true, Ordering::Relaxed);
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+                stop.store(true, Ordering::Relaxed);
+                checker.join().unwrap();
+            });
+            assert!(checks.load(Ordering::Relaxed) > 1, "{layout}");
+            assert_eq!(memory.stats().open_pages, 0, "{layout}");
+        }
+        println!("child ok");
+        return;
+    }
+    let out = run_child(NAME, &[]);
+    let (signal, text) = child_signal(&out);
+    assert!(
+        out.status.success() && text.contains("child ok"),
+        "signal {signal:?}\n{text}"
+    );
 }

@@ -6,7 +6,7 @@
 //!
 //! | module | strategy |
 //! |---|---|
-//! | [`toggle`] | `mprotect` flips, a page table of open scopes |
+//! | [`toggle`] | `mprotect` flips; each block records its open scopes |
 //! | [`mirror`] | an RW and an RX view of the same pages |
 //! | [`per_thread`] | per-thread write rights (protection keys, Apple `MAP_JIT`) |
 //! | [`rwx`] | no protection (unsafe opt-in) |
@@ -15,8 +15,8 @@
 //! **One dispatch point**: the enum [`Rules`], whose forwarding `match` is written once (the
 //! `dispatch!` macro below), over the trait [`StrategyRules`] that every strategy implements
 //! (a strategy missing a piece does not compile). An enum rather than `dyn`: `acquire` and
-//! `release` sit on the write-scope hot path (no vtable, inlinable), and Toggle's page table
-//! lives inline.
+//! `release` sit on the write-scope hot path (no vtable, inlinable). They are given the block's
+//! [`OpenScopes`] (its record of the scopes open on it, which only Toggle fills).
 //!
 //! **Publish** (making written bytes runnable) is the same for every strategy and is not
 //! theirs to change: [`crate::icache::publish`], after `release`.
@@ -31,10 +31,10 @@ mod toggle;
 
 use crate::config::Strategy;
 use crate::error::{Error, Result};
-use crate::sync::RawLock;
 use crate::sys;
 
 pub(crate) use region::Region;
+pub(crate) use toggle::OpenScopes;
 
 /// The strategy of one memory: the one place that dispatches on it.
 pub(crate) enum Rules {
@@ -81,11 +81,21 @@ impl Rules {
 /// so that a strategy that needs rights cannot forget them.
 macro_rules! always_writable {
     () => {
-        fn acquire(&self, _start: usize, _end: usize) -> Result<()> {
+        fn acquire(
+            &self,
+            _scopes: &mut $crate::strategy::OpenScopes,
+            _start: usize,
+            _end: usize,
+        ) -> Result<()> {
             Ok(())
         }
 
-        fn release(&self, _start: usize, _end: usize) -> Result<()> {
+        fn release(
+            &self,
+            _scopes: &mut $crate::strategy::OpenScopes,
+            _start: usize,
+            _end: usize,
+        ) -> Result<()> {
             Ok(())
         }
 
@@ -144,11 +154,12 @@ strategy_rules! {
     fn granule(&self, page: usize, min: usize) -> usize;
 
     /// Grants the calling thread write access to the executable range `[start, end)`
-    /// (`start < end`, inside one live block).
-    fn acquire(&self, start: usize, end: usize) -> Result<()>;
+    /// (`start < end`, inside one live block, whose record of open scopes is `scopes`: the
+    /// caller holds the block mutably).
+    fn acquire(&self, scopes: &mut OpenScopes, start: usize, end: usize) -> Result<()>;
 
-    /// Withdraws what [`acquire`](Self::acquire) granted for the same range.
-    fn release(&self, start: usize, end: usize) -> Result<()>;
+    /// Withdraws what [`acquire`](Self::acquire) granted for the same range of the same block.
+    fn release(&self, scopes: &mut OpenScopes, start: usize, end: usize) -> Result<()>;
 
     /// True when the writable address is always writable (no scope needed): a trap fill is a
     /// plain store, then a publish.
@@ -159,16 +170,6 @@ strategy_rules! {
 
     /// Pages currently open for writing (Toggle), for stats.
     fn open_pages(&self) -> usize = { 0 };
-
-    /// True when a write scope still holds part of `[start, end)` open (Toggle: a page of it is
-    /// in the page table), which only a leaked scope can cause once its block is being freed.
-    fn range_open(&self, start: usize, end: usize) -> bool = {
-        let _ = (start, end);
-        false
-    };
-
-    /// The lock a fork must wait for, if the strategy has one (Toggle's page table).
-    fn fork_lock(&self) -> Option<&RawLock> = { None };
 
     /// True when other threads may keep running a block's code while it is being written
     /// (everything but Toggle, whose written pages are not executable), so that

@@ -15,7 +15,7 @@
 
 use std::cell::Cell;
 
-use super::{Region, StrategyRules};
+use super::{OpenScopes, Region, StrategyRules};
 use crate::config::Strategy;
 use crate::error::{Error, Result};
 use crate::sys;
@@ -54,11 +54,11 @@ impl StrategyRules for PerThread {
 
     /// One `WRPKRU` (or `pthread_jit_write_protect_np(0)`) for the outermost scope of the
     /// thread.
-    fn acquire(&self, _start: usize, _end: usize) -> Result<()> {
+    fn acquire(&self, _scopes: &mut OpenScopes, _start: usize, _end: usize) -> Result<()> {
         thread_rights::acquire(self.token)
     }
 
-    fn release(&self, _start: usize, _end: usize) -> Result<()> {
+    fn release(&self, _scopes: &mut OpenScopes, _start: usize, _end: usize) -> Result<()> {
         thread_rights::release(self.token)
     }
 
