@@ -289,7 +289,20 @@ impl Drop for CodeBlock {
         let keep = !filled || !self.scopes.is_empty();
         match owner {
             Owner::Range(id) if !keep => {
-                let _ = self.shard.free_range(id);
+                // A usable block was trap-filled and published: this thread may hand it out
+                // again without the heap. A fork child's unusable memory only gets bookkeeping.
+                let kept = usable
+                    && crate::thread_cache::put(
+                        &self.shard,
+                        id,
+                        self.rx,
+                        self.len,
+                        self.writable_offset,
+                    )
+                    .is_ok();
+                if !kept {
+                    let _ = self.shard.free_range(id);
+                }
             }
             Owner::Region(region) if !keep => {
                 core.per_allocation_freed(region.len());

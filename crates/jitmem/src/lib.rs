@@ -118,6 +118,7 @@ mod sync;
     reason = "the platform layer: system calls on memory the crate owns"
 )]
 mod sys;
+mod thread_cache;
 
 pub use block::{CodeBlock, WriteScope};
 pub use config::{Choice, Config, LAYOUT_ENV, Layout, STRATEGY_ENV, Strategy};

@@ -162,7 +162,12 @@ impl JitMemory {
         }
         core.check_usable()?;
         let shard = self.shard();
-        let allocation = shard.allocate(len, align)?;
+        let cached = round_up(len, core.granule)
+            .and_then(|rounded| crate::thread_cache::take(shard, rounded, align));
+        let allocation = match cached {
+            Some(allocation) => allocation,
+            None => shard.allocate(len, align)?,
+        };
         Ok(CodeBlock::new(Arc::clone(shard), allocation))
     }
 
@@ -192,6 +197,16 @@ impl JitMemory {
     /// The page size this memory works with.
     pub fn page_size(&self) -> usize {
         self.core.page
+    }
+}
+
+impl Drop for JitMemory {
+    /// Gives back what this thread's cache holds of the memory's heaps (other threads give
+    /// theirs back when they exit; see `thread_cache`).
+    fn drop(&mut self) {
+        for shard in self.shards.iter() {
+            crate::thread_cache::flush(shard);
+        }
     }
 }
 
