@@ -34,6 +34,41 @@
 //!   two adjacent free blocks, and an entirely free pool is a single free block.
 //!   Neighbour links never cross pools: adjacent pools never coalesce.
 //!
+//! # Memory
+//!
+//! Every block, live or free, is one 24-byte node (six `u32`s) in a slab. A live block
+//! needs its pool and generation but no free-list links; a free block needs the links but
+//! neither, so the last two words serve both:
+//!
+//! | node field | live block | free block |
+//! | --- | --- | --- |
+//! | `off` | start, in granules from the pool's start | the same |
+//! | `len` | length in granules (0 marks a vacant slot) | the same |
+//! | `prev_phys` | the block just below, or for a pool's first block, a top-bit marker and the pool's index | the same |
+//! | `next_phys` | the block just above in the same pool | the same |
+//! | `pool` / `prev_free` | the pool's index | the previous block in the free list |
+//! | `tag` / `next_free` | top bit set, 31-bit generation | the next block in the free list (top bit clear) |
+//!
+//! A free block finds its pool through a physical neighbour: it has a live one on either
+//! side (free neighbours always coalesce) unless it is the pool's first block, whose
+//! `prev_phys` names the pool. The size class of a free block is computed from its
+//! length, not stored.
+//!
+//! So every block costs 24 bytes of bookkeeping (21% of a 112-byte function; it was 48
+//! bytes), plus the slack of the slab's doubling growth: 10,000 live blocks in one pool
+//! take 39 bytes each counted by capacity ([`RangeStats::metadata_bytes`]; it was 79).
+//! Since free neighbours always coalesce, there are at most as many free blocks as live
+//! blocks plus pools. The costs of this layout:
+//!
+//! * A pool holds at most `2^32 - 1` granules (64 GiB - 16 bytes with 16-byte granules,
+//!   [`RangeHeap::max_pool_len`]); [`RangeHeap::add_pool`] refuses a larger one with
+//!   [`RangeError::PoolTooLarge`]. Pools may still lie anywhere in the address space.
+//! * Generations are 31 bits, drawn from one counter per heap: a stale id is rejected
+//!   unless its slot was reused by the very allocation that drew the same counter value
+//!   2^31 (or a multiple) allocations later (see [`RangeId`]).
+//! * At most `2^31 - 1` nodes and `2^31` pools over the heap's life, so that indices
+//!   fit in 31 bits beside the marker bits.
+//!
 //! # Complexity
 //!
 //! | operation | cost |
@@ -48,12 +83,13 @@
 //! # Why our own
 //!
 //! We looked for a crate first. `offset-allocator` 0.2 is also a TLSF, but uses `u32`
-//! offsets, a fixed node budget chosen up front, and has neither alignment nor in-place
-//! shrink. `range-alloc` 0.1 scans its free list linearly, so it has no O(1) bound in a
-//! fragmented heap. Neither reports a bad free as an error: `offset-allocator` asserts
-//! (panics) on a double free and cannot tell a stale handle once its node is reused,
-//! and `range-alloc` frees whatever range it is given. Hence this small TLSF, which
-//! also grows its node table on demand and takes any `usize` address.
+//! offsets into a single range, a fixed node budget chosen up front, and has neither
+//! alignment nor in-place shrink. `range-alloc` 0.1 scans its free list linearly, so it
+//! has no O(1) bound in a fragmented heap. Neither reports a bad free as an error:
+//! `offset-allocator` asserts (panics) on a double free and cannot tell a stale handle
+//! once its node is reused, and `range-alloc` frees whatever range it is given. Hence
+//! this small TLSF, which also grows its node table on demand and takes any number of
+//! pools anywhere in the address space (`u32` granule offsets within each pool).
 //!
 //! # Example
 //!
@@ -95,10 +131,17 @@ const SL_LOG2: u32 = 4;
 const SL_COUNT: usize = 1 << SL_LOG2;
 /// Number of first-level classes (one bit of the `u64` first-level bitmap each).
 const FL_COUNT: usize = 64;
-/// The "no node" sentinel of every link.
-const NONE: u32 = u32::MAX;
-/// Largest number of node slots: every index must be below `NONE`.
-const MAX_NODES: usize = u32::MAX as usize;
+/// Top bit of [`Node::tag`]: set on live nodes (whose other bits are the generation),
+/// clear on free nodes (whose tag is the next free block) and vacant ones (tag 0).
+const USED: u32 = 1 << 31;
+/// Top bit of [`Node::prev_phys`]: set on the first block of a pool, whose other bits are
+/// the pool's index.
+const FIRST: u32 = 1 << 31;
+/// The "no node" sentinel of every link: no node index reaches it, and it has neither
+/// marker bit.
+const NONE: u32 = USED - 1;
+/// Largest number of node slots: every index is below [`NONE`].
+const MAX_NODES: usize = NONE as usize;
 /// Blocks examined by the fallback scan after the good-fit search failed.
 const FALLBACK_SCAN: usize = 32;
 
@@ -109,15 +152,16 @@ static HEAP_SALT: AtomicU32 = AtomicU32::new(0);
 /// Identifies one live allocation. Carries a generation so a stale or doubled free is
 /// detected.
 ///
-/// The generation is bumped each time the allocation's node slot is freed, and each heap
-/// starts its generations at a different value, so an id that was freed already, or
-/// comes from another heap, is rejected with [`RangeError::StaleId`] (short of 2^32
-/// reuses of one slot).
+/// Each allocation draws its generation from a 31-bit counter of the heap, and each heap
+/// starts its counter at a different value, so an id that was freed already, or comes
+/// from another heap, is rejected with [`RangeError::StaleId`], unless its node slot has
+/// been reused by an allocation that drew the same value: one made a multiple of 2^31
+/// allocations later.
 ///
-/// It packs the node index (low 32 bits) and the generation (high 32 bits) in one
-/// `u64`, so that it is written and read as one word (two `u32` fields get written
-/// separately and then read as one word by callers copying the id, which stalls
-/// store-to-load forwarding on x86).
+/// It packs the node index (low 32 bits) and the live node's tag (high 32 bits: the top
+/// bit marks a live node, the other 31 are the generation) in one `u64`, so that it is
+/// written and read as one word (two `u32` fields get written separately and then read
+/// as one word by callers copying the id, which stalls store-to-load forwarding on x86).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RangeId {
     bits: u64,
@@ -125,9 +169,9 @@ pub struct RangeId {
 
 impl RangeId {
     #[inline(always)]
-    fn new(index: u32, generation: u32) -> Self {
+    fn new(index: u32, tag: u32) -> Self {
         Self {
-            bits: u64::from(index) | (u64::from(generation) << 32),
+            bits: u64::from(index) | (u64::from(tag) << 32),
         }
     }
 
@@ -136,8 +180,9 @@ impl RangeId {
         self.bits as u32
     }
 
+    /// The live node's tag: [`USED`] and the generation.
     #[inline(always)]
-    fn generation(self) -> u32 {
+    fn tag(self) -> u32 {
         (self.bits >> 32) as u32
     }
 }
@@ -146,7 +191,7 @@ impl fmt::Debug for RangeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RangeId")
             .field("index", &self.index())
-            .field("generation", &self.generation())
+            .field("generation", &(self.tag() & !USED))
             .finish()
     }
 }
@@ -199,6 +244,12 @@ pub struct RangeStats {
     pub free_bytes: usize,
     /// Number of free blocks (maximal free runs, since neighbours always coalesce).
     pub free_blocks: usize,
+    /// Bytes of the heap's own tables on the allocator's heap: capacity times element
+    /// size of the node slab (24 bytes a block) and the pool table. It only grows (slots
+    /// are reused, never returned). Not counted: the fixed part inside the
+    /// [`RangeHeap`] value itself (the free-list heads and bitmaps, about 4.4 KiB) and
+    /// the map of pool starts (one small B-tree entry per pool).
+    pub metadata_bytes: usize,
 }
 
 /// Errors of [`RangeHeap`].
@@ -237,6 +288,15 @@ pub enum RangeError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// [`RangeHeap::add_pool`] was given a pool of more than `2^32 - 1` granules
+    /// ([`RangeHeap::max_pool_len`]): positions within a pool are `u32` granule counts.
+    #[error("a pool of {len} bytes is larger than the {max} bytes a pool can hold")]
+    PoolTooLarge {
+        /// The pool's length.
+        len: usize,
+        /// The largest pool length accepted.
+        max: usize,
+    },
     /// [`RangeHeap::remove_pool`] was called on a pool that still has live allocations.
     #[error("pool still has live allocations")]
     PoolInUse,
@@ -250,31 +310,39 @@ pub enum RangeError {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// In a free list.
-    Free,
-    /// A live allocation.
-    Used,
-    /// An unused slot, in the vacant-slot list (linked through `next_free`).
-    Vacant,
-}
-
-/// One block of a pool (or a vacant slot). Links are node indices, `NONE` for none.
+/// One block of a pool (or a vacant slot). Links are node indices, `NONE` for none;
+/// positions and lengths are in granules, relative to the pool's start.
+///
+/// The state is in `len` and `tag`: live when `tag & USED != 0`, vacant when `len == 0`
+/// (then `tag == 0` and `next_phys` links the vacant slots), free otherwise. See the
+/// module documentation's table.
 #[derive(Clone, Copy, Debug)]
 struct Node {
-    start: usize,
-    len: usize,
+    off: u32,
+    len: u32,
+    /// The block below, or `FIRST | pool` for the first block of a pool.
     prev_phys: u32,
     next_phys: u32,
-    prev_free: u32,
-    next_free: u32,
+    /// Live: the pool's index. Free: the previous block in its free list.
     pool: u32,
-    generation: u32,
-    state: State,
-    /// Free-list class `(fl, sl)` while `state == Free`.
-    fl: u8,
-    sl: u8,
+    /// Live: `USED | generation`. Free: the next block in its free list. Vacant: 0.
+    tag: u32,
+}
+
+const _: () = assert!(size_of::<Node>() == 24);
+
+impl Node {
+    /// Whether an in-chain node (never vacant) is free.
+    #[inline(always)]
+    fn is_free(&self) -> bool {
+        self.tag & USED == 0
+    }
+}
+
+/// Whether a `prev_phys` value names a node (rather than the pool of a first block).
+#[inline(always)]
+fn is_node(prev_phys: u32) -> bool {
+    prev_phys & FIRST == 0
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -312,6 +380,12 @@ fn mapping_search(size: usize) -> (usize, usize) {
     }
 }
 
+/// Free-list class of a node of `len` granules.
+#[inline(always)]
+fn class_of(len: u32) -> (usize, usize) {
+    mapping_insert(len as usize)
+}
+
 /// Bytes from `start` up to the next multiple of `align` (a power of two).
 #[inline]
 fn align_pad(start: usize, align: usize) -> usize {
@@ -337,7 +411,8 @@ pub struct RangeHeap {
     live_blocks: usize,
     live_bytes: usize,
     free_blocks: usize,
-    salt: u32,
+    /// The generation of the next allocation (only its low 31 bits are used).
+    next_generation: u32,
 }
 
 impl fmt::Debug for RangeHeap {
@@ -378,7 +453,7 @@ impl RangeHeap {
             live_blocks: 0,
             live_bytes: 0,
             free_blocks: 0,
-            salt,
+            next_generation: salt,
         })
     }
 
@@ -388,14 +463,23 @@ impl RangeHeap {
         self.granule
     }
 
+    /// The largest pool [`add_pool`](Self::add_pool) accepts: `2^32 - 1` granules (or the
+    /// largest multiple of the granule that `usize` holds, if that is less). O(1).
+    #[inline]
+    pub fn max_pool_len(&self) -> usize {
+        (u32::MAX as usize).saturating_mul(self.granule) & !(self.granule - 1)
+    }
+
     /// Adds `[start, start + len)` as a pool and returns its id. O(log pools).
     ///
     /// `start` and `len` must be multiples of the granule, `len > 0`, `start + len` must
     /// not overflow `usize`, and the range must not overlap an existing pool (adjacent is
-    /// fine: pools never coalesce). Otherwise [`RangeError::BadPool`].
+    /// fine: pools never coalesce). Otherwise [`RangeError::BadPool`]. A pool of more than
+    /// [`max_pool_len`](Self::max_pool_len) bytes (`2^32 - 1` granules) is refused with
+    /// [`RangeError::PoolTooLarge`].
     ///
     /// Pool ids are never reused, so the pool table keeps one small entry per
-    /// `add_pool` over the heap's life.
+    /// `add_pool` over the heap's life (at most `2^31` of them).
     pub fn add_pool(&mut self, start: usize, len: usize) -> Result<PoolId, RangeError> {
         let mask = self.granule - 1;
         if len == 0 {
@@ -411,6 +495,10 @@ impl RangeHeap {
         let end = start.checked_add(len).ok_or(RangeError::BadPool {
             reason: "start + len overflows usize",
         })?;
+        let granules = u32::try_from(len >> self.shift).map_err(|_| RangeError::PoolTooLarge {
+            len,
+            max: self.max_pool_len(),
+        })?;
         if let Some((&other_start, &other)) = self.pool_starts.range(..end).next_back() {
             let other_end = self
                 .pools
@@ -422,9 +510,10 @@ impl RangeHeap {
                 });
             }
         }
+        // Below the FIRST marker bit.
         let id = u32::try_from(self.pools.len())
             .ok()
-            .filter(|&id| id != u32::MAX)
+            .filter(|&id| id < FIRST)
             .ok_or(RangeError::BadPool {
                 reason: "too many pools",
             })?;
@@ -433,7 +522,7 @@ impl RangeHeap {
                 reason: "node table is full",
             });
         }
-        let first = self.new_node(start, len, NONE, NONE, id, State::Free);
+        let first = self.new_node(0, granules, FIRST | id, NONE);
         self.insert_free(first);
         self.pools.push(Pool {
             start,
@@ -496,7 +585,7 @@ impl RangeHeap {
     #[inline]
     fn first_spans_pool(&self, p: &Pool) -> bool {
         matches!(self.nodes.get(p.first as usize),
-            Some(n) if n.state == State::Free && n.start == p.start && n.len == p.len)
+            Some(n) if n.is_free() && n.next_phys == NONE && self.bytes(n.len) == p.len)
     }
 
     /// Allocates `len` bytes (rounded up to the granule) at an address that is a multiple
@@ -550,17 +639,20 @@ impl RangeHeap {
     /// changed then.
     pub fn free(&mut self, id: RangeId) -> Result<Freed, RangeError> {
         let idx = self.live_index(id)?;
-        let (start, len, pool, prev, next) = {
-            let n = &mut self.nodes[idx as usize];
-            n.generation = n.generation.wrapping_add(1);
-            n.state = State::Free;
-            (n.start, n.len, n.pool, n.prev_phys, n.next_phys)
-        };
+        let Node {
+            off,
+            len,
+            prev_phys: prev,
+            next_phys: next,
+            pool,
+            ..
+        } = self.nodes[idx as usize];
+        let bytes = self.bytes(len);
         self.live_blocks -= 1;
-        self.live_bytes -= len;
+        self.live_bytes -= bytes;
 
-        let prev_free = prev != NONE && self.nodes[prev as usize].state == State::Free;
-        let next_free = next != NONE && self.nodes[next as usize].state == State::Free;
+        let prev_free = is_node(prev) && self.nodes[prev as usize].is_free();
+        let next_free = next != NONE && self.nodes[next as usize].is_free();
         // The merged block: the pool is empty when it has no neighbours left.
         let merged = match (prev_free, next_free) {
             (true, true) => {
@@ -571,37 +663,40 @@ impl RangeHeap {
                 };
                 self.remove_free(next);
                 let p = &mut self.nodes[prev as usize];
-                p.len += len + next_len;
+                let old = p.len;
+                p.len = old + len + next_len;
                 p.next_phys = after;
                 if after != NONE {
                     self.nodes[after as usize].prev_phys = prev;
                 }
                 self.release_slot(idx);
                 self.release_slot(next);
-                self.reclass(prev);
+                self.reclass(prev, old);
                 prev
             }
             (true, false) => {
                 // prev grows upwards.
                 let p = &mut self.nodes[prev as usize];
-                p.len += len;
+                let old = p.len;
+                p.len = old + len;
                 p.next_phys = next;
                 if next != NONE {
                     self.nodes[next as usize].prev_phys = prev;
                 }
                 self.release_slot(idx);
-                self.reclass(prev);
+                self.reclass(prev, old);
                 prev
             }
             (false, true) => {
                 // next grows downwards (and may become the pool's first node).
                 let n = &mut self.nodes[next as usize];
-                n.start = start;
-                n.len += len;
+                let old = n.len;
+                n.off = off;
+                n.len = old + len;
                 n.prev_phys = prev;
-                self.set_next_phys(prev, next, pool);
+                self.set_next_phys(prev, next);
                 self.release_slot(idx);
-                self.reclass(next);
+                self.reclass(next, old);
                 next
             }
             (false, false) => {
@@ -611,11 +706,11 @@ impl RangeHeap {
         };
         let pool_empty = {
             let m = &self.nodes[merged as usize];
-            m.prev_phys == NONE && m.next_phys == NONE
+            !is_node(m.prev_phys) && m.next_phys == NONE
         };
         Ok(Freed {
-            start,
-            len,
+            start: self.addr(pool, off),
+            len: bytes,
             pool: PoolId(pool),
             pool_empty,
         })
@@ -627,33 +722,33 @@ impl RangeHeap {
     ///
     /// Errors: [`RangeError::StaleId`], [`RangeError::ZeroLength`],
     /// [`RangeError::ShrinkTooLarge`] (and, in theory, [`RangeError::Exhausted`] when the
-    /// node table holds 2^32 - 1 nodes); nothing is changed then.
+    /// node table holds 2^31 - 1 nodes); nothing is changed then.
     pub fn shrink(&mut self, id: RangeId, new_len: usize) -> Result<Allocation, RangeError> {
         let idx = self.live_index(id)?;
         if new_len == 0 {
             return Err(RangeError::ZeroLength);
         }
         let node = self.nodes[idx as usize];
-        let too_large = RangeError::ShrinkTooLarge {
-            len: node.len,
-            new_len,
-        };
+        let len = self.bytes(node.len);
         let new_size = match self.round_up(new_len) {
-            Some(s) if s <= node.len => s,
-            _ => return Err(too_large),
+            Some(s) if s <= len => s,
+            _ => return Err(RangeError::ShrinkTooLarge { len, new_len }),
         };
-        let cut = node.len - new_size;
+        // new_size <= len, whose granule count fits in a u32.
+        let new_g = (new_size >> self.shift) as u32;
+        let cut = node.len - new_g;
         if cut == 0 {
             return Ok(self.allocation(idx));
         }
-        let tail_start = node.start + new_size;
+        let tail_off = node.off + new_g;
         let next = node.next_phys;
-        if next != NONE && self.nodes[next as usize].state == State::Free {
+        if next != NONE && self.nodes[next as usize].is_free() {
             // Grow the free successor downwards.
             let n = &mut self.nodes[next as usize];
-            n.start = tail_start;
-            n.len += cut;
-            self.reclass(next);
+            let old = n.len;
+            n.off = tail_off;
+            n.len = old + cut;
+            self.reclass(next, old);
         } else {
             if !self.can_take(1) {
                 return Err(RangeError::Exhausted {
@@ -661,15 +756,15 @@ impl RangeHeap {
                     align: self.granule,
                 });
             }
-            let tail = self.new_node(tail_start, cut, idx, next, node.pool, State::Free);
+            let tail = self.new_node(tail_off, cut, idx, next);
             if next != NONE {
                 self.nodes[next as usize].prev_phys = tail;
             }
             self.nodes[idx as usize].next_phys = tail;
             self.insert_free(tail);
         }
-        self.nodes[idx as usize].len = new_size;
-        self.live_bytes -= cut;
+        self.nodes[idx as usize].len = new_g;
+        self.live_bytes -= self.bytes(cut);
         Ok(self.allocation(idx))
     }
 
@@ -692,11 +787,13 @@ impl RangeHeap {
             live_bytes: self.live_bytes,
             free_bytes: self.pool_bytes - self.live_bytes,
             free_blocks: self.free_blocks,
+            metadata_bytes: self.nodes.capacity() * size_of::<Node>()
+                + self.pools.capacity() * size_of::<Pool>(),
         }
     }
 
-    /// Checks every internal invariant (physical chains, coalescing, free lists,
-    /// bitmaps, counters) in O(nodes + pools) and describes the first violation.
+    /// Checks every internal invariant (physical chains, coalescing, free lists, bitmaps,
+    /// vacant slots, counters) in O(nodes + pools) and describes the first violation.
     /// For tests and fuzzing; not needed in normal use.
     #[doc(hidden)]
     pub fn debug_validate(&self) -> Result<(), String> {
@@ -717,8 +814,10 @@ impl RangeHeap {
                 _ => return Err(format!("pool {pi} missing from the start map")),
             }
             let mut cur = p.first;
-            let mut prev = NONE;
-            let mut addr = p.start;
+            // The first block's `prev_phys` names the pool.
+            let mut prev = FIRST | pi as u32;
+            // In granules from the pool's start.
+            let mut at = 0usize;
             let mut live = 0usize;
             let mut prev_free = false;
             while cur != NONE {
@@ -733,37 +832,33 @@ impl RangeHeap {
                 if n.prev_phys != prev {
                     return Err(format!("node {cur}: prev_phys {} != {prev}", n.prev_phys));
                 }
-                if n.pool as usize != pi {
-                    return Err(format!("node {cur}: pool {} != {pi}", n.pool));
+                if n.off as usize != at {
+                    return Err(format!("node {cur}: offset {} != {at}", n.off));
                 }
-                if n.start != addr {
-                    return Err(format!("node {cur}: start {:#x} != {addr:#x}", n.start));
+                if n.len == 0 {
+                    return Err(format!("node {cur}: vacant in a chain"));
                 }
-                if n.len == 0 || n.len & (self.granule - 1) != 0 {
-                    return Err(format!("node {cur}: bad len {}", n.len));
-                }
-                match n.state {
-                    State::Used => {
-                        used += 1;
-                        live += 1;
-                        used_bytes += n.len;
-                        prev_free = false;
+                if n.is_free() {
+                    if prev_free {
+                        return Err(format!("node {cur}: two adjacent free blocks"));
                     }
-                    State::Free => {
-                        if prev_free {
-                            return Err(format!("node {cur}: two adjacent free blocks"));
-                        }
-                        free += 1;
-                        prev_free = true;
+                    free += 1;
+                    prev_free = true;
+                } else {
+                    if n.pool as usize != pi {
+                        return Err(format!("node {cur}: pool {} != {pi}", n.pool));
                     }
-                    State::Vacant => return Err(format!("node {cur}: vacant in a chain")),
+                    used += 1;
+                    live += 1;
+                    used_bytes += self.bytes(n.len);
+                    prev_free = false;
                 }
-                addr = n.start.wrapping_add(n.len);
+                at += n.len as usize;
                 prev = cur;
                 cur = n.next_phys;
             }
-            if addr != p.start.wrapping_add(p.len) {
-                return Err(format!("pool {pi}: chain ends at {addr:#x}"));
+            if at.checked_mul(self.granule) != Some(p.len) {
+                return Err(format!("pool {pi}: chain ends at granule {at}"));
             }
             if (live == 0) != self.first_spans_pool(p) {
                 return Err(format!(
@@ -789,7 +884,8 @@ impl RangeHeap {
                 self.free_blocks
             ));
         }
-        // Free lists and bitmaps.
+        // Free lists and bitmaps. Every listed node is a free, non-vacant one, and the
+        // slot count below shows that those are all in chains.
         let mut listed = 0usize;
         for fl in 0..FL_COUNT {
             let fl_bit = self.fl_bitmap & (1u64 << fl) != 0;
@@ -812,16 +908,14 @@ impl RangeHeap {
                     if listed > free {
                         return Err("free lists hold more blocks than the chains".into());
                     }
-                    if n.state != State::Free || n.prev_free != prev {
+                    if n.len == 0 || !n.is_free() || n.pool != prev {
                         return Err(format!("free node {cur}: bad state or prev_free"));
                     }
-                    if mapping_insert(n.len >> self.shift) != (fl, sl)
-                        || (n.fl as usize, n.sl as usize) != (fl, sl)
-                    {
+                    if class_of(n.len) != (fl, sl) {
                         return Err(format!("free node {cur} in the wrong list"));
                     }
                     prev = cur;
-                    cur = n.next_free;
+                    cur = n.tag;
                 }
             }
         }
@@ -835,14 +929,14 @@ impl RangeHeap {
                 .nodes
                 .get(cur as usize)
                 .ok_or_else(|| format!("vacant link {cur} out of range"))?;
-            if n.state != State::Vacant {
+            if n.len != 0 || n.tag != 0 {
                 return Err(format!("node {cur} in the vacant list is not vacant"));
             }
             vacant += 1;
             if vacant > self.nodes.len() {
                 return Err("vacant list cycle".into());
             }
-            cur = n.next_free;
+            cur = n.next_phys;
         }
         if vacant != self.vacant_count || vacant + used + free != self.nodes.len() {
             return Err(format!(
@@ -855,9 +949,10 @@ impl RangeHeap {
 
     // ----- internals -------------------------------------------------------------
     //
-    // Node indices stored in links, heads and pools were all produced by `new_node`,
-    // and the node slab never shrinks, so indexing `self.nodes` with them is in
-    // bounds. Indices coming from callers (`RangeId`, `PoolId`) go through `get`.
+    // Node indices stored in links, heads and pools were all produced by `new_node`, and
+    // the node slab never shrinks, so indexing `self.nodes` with them is in bounds; so is
+    // indexing `self.pools` with a live node's pool or a first block's marker. Indices
+    // coming from callers (`RangeId`, `PoolId`) go through `get`.
 
     #[inline]
     fn round_up(&self, len: usize) -> Option<usize> {
@@ -865,10 +960,36 @@ impl RangeHeap {
         len.checked_add(mask).map(|v| v & !mask)
     }
 
+    /// Bytes of `granules` granules of a pool (whose length in bytes fits a `usize`, so
+    /// this cannot overflow).
+    #[inline(always)]
+    fn bytes(&self, granules: u32) -> usize {
+        (granules as usize) << self.shift
+    }
+
+    /// Address of the granule `off` of `pool`.
+    #[inline(always)]
+    fn addr(&self, pool: u32, off: u32) -> usize {
+        self.pools[pool as usize].start + self.bytes(off)
+    }
+
+    /// The pool of a free block whose `prev_phys` is `prev`: named by the marker of a
+    /// first block, else taken from the block below, which is live (free blocks never
+    /// touch).
+    #[inline(always)]
+    fn pool_below(&self, prev: u32) -> u32 {
+        if is_node(prev) {
+            self.nodes[prev as usize].pool
+        } else {
+            prev & !FIRST
+        }
+    }
+
     #[inline]
     fn live_index(&self, id: RangeId) -> Result<u32, RangeError> {
+        let tag = id.tag();
         match self.nodes.get(id.index() as usize) {
-            Some(n) if n.state == State::Used && n.generation == id.generation() => Ok(id.index()),
+            Some(n) if n.tag == tag && tag & USED != 0 => Ok(id.index()),
             _ => Err(RangeError::StaleId),
         }
     }
@@ -877,9 +998,9 @@ impl RangeHeap {
     fn allocation(&self, idx: u32) -> Allocation {
         let n = &self.nodes[idx as usize];
         Allocation {
-            id: RangeId::new(idx, n.generation),
-            start: n.start,
-            len: n.len,
+            id: RangeId::new(idx, n.tag),
+            start: self.addr(n.pool, n.off),
+            len: self.bytes(n.len),
             pool: PoolId(n.pool),
         }
     }
@@ -890,68 +1011,64 @@ impl RangeHeap {
         self.vacant_count + (MAX_NODES - self.nodes.len()) >= n
     }
 
-    /// Takes a vacant slot (or grows the slab) for a new node; the caller checked
-    /// `can_take`. The slot keeps its generation.
+    /// Takes a vacant slot (or grows the slab) for a new node, in no list yet; the caller
+    /// checked `can_take`, and then links it (`insert_free`) or marks it live.
     #[inline]
-    fn new_node(
-        &mut self,
-        start: usize,
-        len: usize,
-        prev_phys: u32,
-        next_phys: u32,
-        pool: u32,
-        state: State,
-    ) -> u32 {
+    fn new_node(&mut self, off: u32, len: u32, prev_phys: u32, next_phys: u32) -> u32 {
+        let node = Node {
+            off,
+            len,
+            prev_phys,
+            next_phys,
+            pool: NONE,
+            tag: 0,
+        };
         let head = self.vacant_head;
         if head != NONE {
-            let n = &mut self.nodes[head as usize];
-            self.vacant_head = n.next_free;
+            let slot = &mut self.nodes[head as usize];
+            self.vacant_head = slot.next_phys;
             self.vacant_count -= 1;
-            n.start = start;
-            n.len = len;
-            n.prev_phys = prev_phys;
-            n.next_phys = next_phys;
-            n.prev_free = NONE;
-            n.next_free = NONE;
-            n.pool = pool;
-            n.state = state;
+            *slot = node;
             head
         } else {
+            // Below NONE: `can_take` keeps the slab within MAX_NODES.
             let idx = self.nodes.len() as u32;
-            self.nodes.push(Node {
-                start,
-                len,
-                prev_phys,
-                next_phys,
-                prev_free: NONE,
-                next_free: NONE,
-                pool,
-                generation: self.salt,
-                state,
-                fl: 0,
-                sl: 0,
-            });
+            self.nodes.push(node);
             idx
         }
     }
 
+    /// Makes node `idx` (in no free list) a live block of `pool`, with the next
+    /// generation; returns its tag.
+    #[inline(always)]
+    fn mark_used(&mut self, idx: u32, pool: u32) -> u32 {
+        let tag = USED | self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let n = &mut self.nodes[idx as usize];
+        n.pool = pool;
+        n.tag = tag;
+        tag
+    }
+
+    /// Puts node `idx` (in no chain or list any more) in the vacant list. Its `off`,
+    /// `prev_phys` and `pool` keep stale values, never read.
     #[inline]
     fn release_slot(&mut self, idx: u32) {
         let n = &mut self.nodes[idx as usize];
-        n.state = State::Vacant;
-        n.prev_free = NONE;
-        n.next_free = self.vacant_head;
+        n.len = 0;
+        n.tag = 0;
+        n.next_phys = self.vacant_head;
         self.vacant_head = idx;
         self.vacant_count += 1;
     }
 
-    /// Points `prev`'s `next_phys` at `idx`, or makes `idx` the first node of `pool`
-    /// when there is no `prev`.
+    /// Points the `next_phys` of `prev` (a `prev_phys` value) at `idx`, or makes `idx`
+    /// the first node of the pool that `prev` names.
     #[inline]
-    fn set_next_phys(&mut self, prev: u32, idx: u32, pool: u32) {
-        if prev != NONE {
+    fn set_next_phys(&mut self, prev: u32, idx: u32) {
+        if is_node(prev) {
             self.nodes[prev as usize].next_phys = idx;
-        } else if let Some(p) = self.pools.get_mut(pool as usize) {
+        } else if let Some(p) = self.pools.get_mut((prev & !FIRST) as usize) {
             p.first = idx;
         }
     }
@@ -959,65 +1076,60 @@ impl RangeHeap {
     /// Adds free block `idx` to the head of the list for its length.
     #[inline(always)]
     fn insert_free(&mut self, idx: u32) {
-        let (fl, sl) = mapping_insert(self.nodes[idx as usize].len >> self.shift);
+        let (fl, sl) = class_of(self.nodes[idx as usize].len);
         self.link(idx, fl, sl);
+        self.free_blocks += 1;
     }
 
-    /// Unlinks free block `idx` from its list.
+    /// Unlinks free block `idx` (whose length is still the one it was listed with) from
+    /// its list. Its `pool` and `tag` still hold list links: the caller marks it live or
+    /// releases it.
     #[inline(always)]
     fn remove_free(&mut self, idx: u32) {
-        let (fl, sl) = {
-            let n = &self.nodes[idx as usize];
-            (n.fl as usize, n.sl as usize)
-        };
+        let (fl, sl) = class_of(self.nodes[idx as usize].len);
         self.unlink(idx, fl, sl);
+        self.free_blocks -= 1;
     }
 
-    /// Moves free block `idx` to the list for its new length; it stays where it is
-    /// when the class did not change (the common case for a large block that is split
-    /// or grown by a little).
+    /// Moves free block `idx`, listed with length `old_len`, to the list for its new
+    /// length; it stays where it is when the class did not change (the common case for
+    /// a large block that is split or grown by a little).
     #[inline(always)]
-    fn reclass(&mut self, idx: u32) {
-        let (len, old_fl, old_sl) = {
-            let n = &self.nodes[idx as usize];
-            (n.len, n.fl as usize, n.sl as usize)
-        };
-        let (fl, sl) = mapping_insert(len >> self.shift);
-        if (fl, sl) != (old_fl, old_sl) {
-            self.unlink(idx, old_fl, old_sl);
-            self.link(idx, fl, sl);
+    fn reclass(&mut self, idx: u32, old_len: u32) {
+        let new = class_of(self.nodes[idx as usize].len);
+        let old = class_of(old_len);
+        if new != old {
+            self.unlink(idx, old.0, old.1);
+            self.link(idx, new.0, new.1);
         }
     }
 
+    /// Pushes free block `idx` onto the list `(fl, sl)`.
     #[inline(always)]
     fn link(&mut self, idx: u32, fl: usize, sl: usize) {
         let head = self.heads[fl][sl];
         {
             let n = &mut self.nodes[idx as usize];
-            n.state = State::Free;
-            n.prev_free = NONE;
-            n.next_free = head;
-            // fl < FL_COUNT = 64 and sl < SL_COUNT = 16 both fit in a u8.
-            n.fl = fl as u8;
-            n.sl = sl as u8;
+            n.pool = NONE;
+            n.tag = head;
         }
         if head != NONE {
-            self.nodes[head as usize].prev_free = idx;
+            self.nodes[head as usize].pool = idx;
         }
         self.heads[fl][sl] = idx;
         self.fl_bitmap |= 1u64 << fl;
         self.sl_bitmap[fl] |= 1u32 << sl;
-        self.free_blocks += 1;
     }
 
+    /// Takes free block `idx` out of the list `(fl, sl)`.
     #[inline(always)]
     fn unlink(&mut self, idx: u32, fl: usize, sl: usize) {
         let (prev, next) = {
             let n = &self.nodes[idx as usize];
-            (n.prev_free, n.next_free)
+            (n.pool, n.tag)
         };
         if prev != NONE {
-            self.nodes[prev as usize].next_free = next;
+            self.nodes[prev as usize].tag = next;
         } else {
             self.heads[fl][sl] = next;
             if next == NONE {
@@ -1028,9 +1140,8 @@ impl RangeHeap {
             }
         }
         if next != NONE {
-            self.nodes[next as usize].prev_free = prev;
+            self.nodes[next as usize].pool = prev;
         }
-        self.free_blocks -= 1;
     }
 
     /// The first non-empty class at or above `(fl, sl)`.
@@ -1075,11 +1186,12 @@ impl RangeHeap {
                 }
                 budget -= 1;
                 let n = &self.nodes[cur as usize];
-                let pad = align_pad(n.start, align);
-                if pad <= n.len && n.len - pad >= size {
+                let len = self.bytes(n.len);
+                let pad = align_pad(self.addr(self.pool_below(n.prev_phys), n.off), align);
+                if pad <= len && len - pad >= size {
                     return Some(cur);
                 }
-                cur = n.next_free;
+                cur = n.tag;
             }
             if s + 1 < SL_COUNT {
                 fl = f;
@@ -1098,56 +1210,63 @@ impl RangeHeap {
     /// fresh nodes (at most two, reserved by the caller).
     #[inline]
     fn carve(&mut self, block: u32, size: usize, align: usize) -> Allocation {
-        let (b_start, b_len, b_prev, b_next, pool) = {
-            let b = &self.nodes[block as usize];
-            (b.start, b.len, b.prev_phys, b.next_phys, b.pool)
-        };
-        let pad = align_pad(b_start, align);
-        let start = b_start + pad;
+        let Node {
+            off: b_off,
+            len: b_len,
+            prev_phys: b_prev,
+            next_phys: b_next,
+            ..
+        } = self.nodes[block as usize];
+        let pool = self.pool_below(b_prev);
+        let b_start = self.addr(pool, b_off);
+        // The block holds `pad + size` bytes: both are granule multiples below its length.
+        let pad = (align_pad(b_start, align) >> self.shift) as u32;
+        let size = (size >> self.shift) as u32;
+        let off = b_off + pad;
         let rest = b_len - pad - size;
         let used = if rest != 0 {
-            // `block` becomes the tail [start + size, end).
-            let used = self.new_node(start, size, b_prev, block, pool, State::Used);
+            // `block` becomes the tail [off + size, end).
+            let used = self.new_node(off, size, b_prev, block);
             if pad != 0 {
                 // The front is a new free block. Its predecessor is used: a free
                 // block never has a free neighbour.
-                let front = self.new_node(b_start, pad, b_prev, used, pool, State::Free);
-                self.set_next_phys(b_prev, front, pool);
+                let front = self.new_node(b_off, pad, b_prev, used);
+                self.set_next_phys(b_prev, front);
                 self.nodes[used as usize].prev_phys = front;
                 self.insert_free(front);
             } else {
-                self.set_next_phys(b_prev, used, pool);
+                self.set_next_phys(b_prev, used);
             }
             let b = &mut self.nodes[block as usize];
-            b.start = start + size;
+            b.off = off + size;
             b.len = rest;
             b.prev_phys = used;
-            self.reclass(block);
+            self.reclass(block, b_len);
             used
         } else if pad != 0 {
-            // `block` keeps the front [b_start, start).
-            let used = self.new_node(start, size, block, b_next, pool, State::Used);
+            // `block` keeps the front [b_off, off).
+            let used = self.new_node(off, size, block, b_next);
             if b_next != NONE {
                 self.nodes[b_next as usize].prev_phys = used;
             }
             let b = &mut self.nodes[block as usize];
             b.len = pad;
             b.next_phys = used;
-            self.reclass(block);
+            self.reclass(block, b_len);
             used
         } else {
             // Exact fit.
             self.remove_free(block);
-            self.nodes[block as usize].state = State::Used;
             block
         };
-        let generation = self.nodes[used as usize].generation;
+        let tag = self.mark_used(used, pool);
+        let len = self.bytes(size);
         self.live_blocks += 1;
-        self.live_bytes += size;
+        self.live_bytes += len;
         Allocation {
-            id: RangeId::new(used, generation),
-            start,
-            len: size,
+            id: RangeId::new(used, tag),
+            start: b_start + self.bytes(pad),
+            len,
             pool: PoolId(pool),
         }
     }
@@ -1580,6 +1699,123 @@ mod tests {
         assert!(f.pool_empty);
         let all = h.allocate(len, 1 << 20).unwrap();
         assert_eq!((all.start, all.len, all.pool), (start, len, p));
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn pool_size_limit() {
+        let start = 0x4000_0000_0000usize;
+        for g in [8usize, 16, 64] {
+            let mut h = RangeHeap::new(g).unwrap();
+            let max = u32::MAX as usize * g;
+            assert_eq!(h.max_pool_len(), max);
+            // One granule more is refused, and nothing changes.
+            assert_eq!(
+                h.add_pool(start, max + g).unwrap_err(),
+                RangeError::PoolTooLarge { len: max + g, max }
+            );
+            assert_eq!(h.stats(), RangeStats::default());
+            // The largest pool works up to its last granule (offsets near u32::MAX).
+            let p = h.add_pool(start, max).unwrap();
+            let all = h.allocate(max, 1).unwrap();
+            assert_eq!((all.start, all.len, all.pool), (start, max, p));
+            h.free(all.id).unwrap();
+            let big = h.allocate(max - 3 * g, 1).unwrap();
+            let a = h.allocate(g, 1).unwrap();
+            let b = h.allocate(2 * g, 1).unwrap();
+            assert_eq!(big.start, start);
+            assert_eq!(a.start, start + max - 3 * g);
+            assert_eq!(b.start + b.len, start + max);
+            assert!(h.allocate(1, 1).is_err());
+            check(&h);
+            let a = h.shrink(a.id, 1).unwrap();
+            assert_eq!(a.len, g);
+            h.free(b.id).unwrap();
+            let b = h.shrink(big.id, g).unwrap();
+            assert_eq!(h.stats().free_bytes, max - 2 * g);
+            check(&h);
+            h.free(a.id).unwrap();
+            assert!(h.free(b.id).unwrap().pool_empty);
+            assert_eq!(h.remove_pool(p).unwrap(), (start, max));
+            check(&h);
+        }
+        // With a huge granule, any pool `usize` can express fits.
+        let g = 1usize << 40;
+        let mut h = RangeHeap::new(g).unwrap();
+        assert_eq!(h.max_pool_len(), usize::MAX & !(g - 1));
+        let p = h.add_pool(g, usize::MAX / 2 + 1).unwrap();
+        let a = h.allocate(usize::MAX / 2 + 1, 1).unwrap();
+        assert_eq!((a.start, a.pool), (g, p));
+        check(&h);
+    }
+
+    #[test]
+    fn node_size_and_metadata_per_live_block() {
+        assert_eq!(size_of::<Node>(), 24);
+        const BLOCKS: usize = 10_000;
+        let (mut h, _) = heap_with_pool(0x10_0000, 16 << 20);
+        assert!(h.stats().metadata_bytes > 0);
+        let ids: Vec<RangeId> = (0..BLOCKS)
+            .map(|_| h.allocate(100, 16).unwrap().id)
+            .collect();
+        // 10,000 live nodes and the free tail of the pool.
+        assert_eq!(h.nodes.len(), BLOCKS + 1);
+        let s = h.stats();
+        let node_bytes = h.nodes.capacity() * size_of::<Node>();
+        let per_block = s.metadata_bytes as f64 / BLOCKS as f64;
+        println!(
+            "{BLOCKS} live 112-byte blocks: {} node bytes by length ({} per block), \
+             {node_bytes} by capacity ({} per block), metadata_bytes {} ({per_block:.1} per block)",
+            h.nodes.len() * size_of::<Node>(),
+            h.nodes.len() * size_of::<Node>() / BLOCKS,
+            node_bytes / BLOCKS,
+            s.metadata_bytes,
+        );
+        assert_eq!(
+            s.metadata_bytes,
+            node_bytes + h.pools.capacity() * size_of::<Pool>()
+        );
+        assert!(per_block < 40.0, "{per_block} bytes per live block");
+        // Freeing every other block costs nothing more: the nodes stay, as free blocks.
+        for id in ids.iter().step_by(2) {
+            h.free(*id).unwrap();
+        }
+        assert_eq!(h.nodes.len(), BLOCKS + 1);
+        assert_eq!(h.stats().metadata_bytes, s.metadata_bytes);
+        check(&h);
+    }
+
+    #[test]
+    fn generations_wrap_at_31_bits() {
+        let (mut h, _) = heap_with_pool(0x8000, 4096);
+        h.next_generation = u32::MAX - 1;
+        let ids: Vec<RangeId> = (0..4).map(|_| h.allocate(16, 16).unwrap().id).collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(h.get(*id).unwrap().start, 0x8000 + 16 * i);
+            assert_ne!(id.tag() & USED, 0);
+        }
+        assert_eq!(
+            format!("{:?}", ids[1]),
+            "RangeId { index: 2, generation: 2147483647 }"
+        );
+        assert_eq!(
+            format!("{:?}", ids[2]),
+            "RangeId { index: 3, generation: 0 }"
+        );
+        // A stale id is told apart until its slot is reused by an allocation that draws
+        // the same generation, 2^31 allocations later: then it passes as live. Here the
+        // counter is wound on by hand.
+        let a = h.allocate(16, 16).unwrap();
+        h.free(a.id).unwrap();
+        let b = h.allocate(16, 16).unwrap();
+        assert_eq!(b.id.index(), a.id.index());
+        assert_eq!(h.free(a.id).unwrap_err(), RangeError::StaleId);
+        h.free(b.id).unwrap();
+        h.next_generation = (a.id.tag() & !USED).wrapping_add(1 << 31);
+        let c = h.allocate(16, 16).unwrap();
+        assert_eq!(c.id, a.id);
+        assert!(h.free(a.id).is_ok());
+        check(&h);
     }
 
     #[test]

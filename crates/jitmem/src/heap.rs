@@ -201,6 +201,10 @@ impl Heap {
     }
 
     fn add_chunk(&mut self, core: &Core, len: usize) -> Result<()> {
+        // The range heap takes pools of up to 2^32 - 1 granules: refuse before mapping.
+        if len > self.ranges.max_pool_len() {
+            return Err(Error::TooLarge { len });
+        }
         let region = core.rules.map_region(len, 0, core.options)?;
         let pool = self
             .ranges
@@ -214,7 +218,9 @@ impl Heap {
 pub(crate) fn range_error(e: RangeError) -> Error {
     match e {
         RangeError::ZeroLength => Error::ZeroLength,
-        RangeError::TooLarge { len } => Error::TooLarge { len },
+        RangeError::TooLarge { len } | RangeError::PoolTooLarge { len, .. } => {
+            Error::TooLarge { len }
+        }
         RangeError::BadAlignment(align) => Error::BadAlignment {
             align,
             page_size: sys::page_size(),

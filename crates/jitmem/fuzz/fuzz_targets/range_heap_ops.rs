@@ -115,29 +115,46 @@ impl Model {
         gaps
     }
 
-    fn pool_valid(&self, start: usize, len: usize) -> bool {
+    /// What `add_pool` must answer: `Err(None)` for a bad pool, `Err(Some(max))` for one
+    /// of more than `2^32 - 1` granules (checked after the shape, before overlaps).
+    fn pool_check(&self, start: usize, len: usize) -> Result<(), Option<usize>> {
         let mask = self.g - 1;
         if len == 0 || start & mask != 0 || len & mask != 0 {
-            return false;
+            return Err(None);
         }
         let Some(end) = start.checked_add(len) else {
-            return false;
+            return Err(None);
         };
-        self.pools
+        if len / self.g > u32::MAX as usize {
+            return Err(Some(u32::MAX as usize * self.g));
+        }
+        if self
+            .pools
             .iter()
             .all(|p| end <= p.start || p.start + p.len <= start)
+        {
+            Ok(())
+        } else {
+            Err(None)
+        }
     }
 
     fn add_pool(&mut self, heap: &mut RangeHeap, start: usize, len: usize) {
-        let valid = self.pool_valid(start, len);
+        let expected = self.pool_check(start, len);
         match heap.add_pool(start, len) {
             Ok(id) => {
-                assert!(valid, "accepted bad pool {start:#x}+{len:#x}");
+                assert_eq!(expected, Ok(()), "accepted bad pool {start:#x}+{len:#x}");
                 assert_eq!(heap.pool_range(id), Some((start, len)));
                 self.pools.push(Pool { id, start, len });
             }
-            Err(RangeError::BadPool { .. }) => {
-                assert!(!valid, "rejected good pool {start:#x}+{len:#x}")
+            Err(RangeError::BadPool { .. }) => assert_eq!(
+                expected,
+                Err(None),
+                "rejected good pool {start:#x}+{len:#x}"
+            ),
+            Err(RangeError::PoolTooLarge { len: l, max }) => {
+                assert_eq!(l, len);
+                assert_eq!(expected, Err(Some(max)), "pool {start:#x}+{len:#x}");
             }
             Err(e) => panic!("add_pool: unexpected {e:?}"),
         }
@@ -224,8 +241,11 @@ impl Model {
                 live_bytes,
                 free_bytes: pool_bytes - live_bytes,
                 free_blocks,
+                metadata_bytes: stats.metadata_bytes,
             }
         );
+        // The documented cost: a 24-byte node per block, live or free.
+        assert!(stats.metadata_bytes >= 24 * (stats.live_blocks + stats.free_blocks));
         for pool in &self.pools {
             let empty = self.live_in(pool.id) == 0;
             assert_eq!(heap.pool_is_empty(pool.id), empty);
@@ -237,7 +257,17 @@ impl Model {
                     Ok(a) => {
                         assert_eq!(a.len, pool.len);
                         assert!(heap.free(a.id).is_ok());
-                        assert_eq!(heap.stats(), stats);
+                        // Taken from a larger pool, the block was split: the node table
+                        // may have grown (it never shrinks).
+                        let after = heap.stats();
+                        assert!(after.metadata_bytes >= stats.metadata_bytes);
+                        assert_eq!(
+                            RangeStats {
+                                metadata_bytes: stats.metadata_bytes,
+                                ..after
+                            },
+                            stats
+                        );
                     }
                     Err(e) => assert!(
                         stats.free_blocks > 32,
@@ -348,9 +378,17 @@ fn run(data: &[u8]) {
                 if model.pools.len() >= 16 {
                     continue;
                 }
-                let (start, len) = match input.u8() % 4 {
+                let (start, len) = match input.u8() % 5 {
                     // Anywhere, possibly unaligned or overlapping.
                     0 => (input.usize(), usize::from(input.u16()) * input.pick(4 * g)),
+                    // Around the largest pool, 2^32 - 1 granules (not a page is touched).
+                    4 => {
+                        let granules = (u32::MAX as usize - 2).saturating_add(input.pick(5));
+                        (
+                            0x1000_0000_0000usize.saturating_mul(1 + input.pick(8)),
+                            granules.saturating_mul(g),
+                        )
+                    }
                     // Near the top of the address space.
                     1 => {
                         let len = (usize::from(input.u16()) + 1) * g;
@@ -415,7 +453,15 @@ fn run(data: &[u8]) {
     for p in std::mem::take(&mut model.pools) {
         assert_eq!(heap.remove_pool(p.id), Ok((p.start, p.len)));
     }
-    assert_eq!(heap.stats(), RangeStats::default());
+    // The node table keeps its capacity.
+    let metadata_bytes = heap.stats().metadata_bytes;
+    assert_eq!(
+        heap.stats(),
+        RangeStats {
+            metadata_bytes,
+            ..RangeStats::default()
+        }
+    );
 }
 
 fuzz_target!(|data: &[u8]| run(data));
