@@ -326,11 +326,25 @@ impl Shard {
 
     /// Returns a block's range to the heap (the caller has already filled it with traps).
     pub(crate) fn free_range(&self, id: RangeId) -> Result<()> {
+        self.free_range_from(id, None)
+    }
+
+    /// Returns a range a thread's cache held (`len` bytes) to the heap: the cache count drops
+    /// under the heap's lock, so that [`add_stats`](Self::add_stats) never sees the range both
+    /// live and uncached.
+    pub(crate) fn free_cached_range(&self, id: RangeId, len: usize) -> Result<()> {
+        self.free_range_from(id, Some(len))
+    }
+
+    fn free_range_from(&self, id: RangeId, cached_len: Option<usize>) -> Result<()> {
         let mut guard = self.heap()?;
         let freed = guard
             .ranges
             .free(id)
             .map_err(|_| Error::Internal("double free of a block"))?;
+        if let Some(len) = cached_len {
+            self.uncache(len);
+        }
         if freed.pool_empty && self.core.layout == Layout::Pooled {
             // Policy: keep one empty chunk to absorb alloc/free churn; release any other.
             let other_empty = guard

@@ -80,8 +80,7 @@ fn give_back(slot: Slot) {
     // A dead shard took its chunks with it: its ranges are just numbers now.
     if let Some(shard) = slot.shard.upgrade() {
         for e in slot.entries {
-            shard.uncache(e.len);
-            let _ = shard.free_range(e.id);
+            let _ = shard.free_cached_range(e.id, e.len);
         }
     }
 }

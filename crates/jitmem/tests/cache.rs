@@ -159,6 +159,18 @@ fn dropping_a_memory_flushes_this_threads_cache() {
 
 #[test]
 fn another_threads_cache_does_not_keep_a_dropped_memory_mapped() {
+    // In a child process: no other test's thread may map something at the freed address.
+    const TEST: &str = "another_threads_cache_does_not_keep_a_dropped_memory_mapped";
+    if !common::is_child(TEST) {
+        let out = common::run_child(TEST, &[]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("child ok"),
+            "{}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
     let memory = memory(Strategy::Mirror, Layout::Arena { size: 1 << 20 }).unwrap();
     let (to_thread, from_main) = std::sync::mpsc::channel::<CodeBlock>();
     let (done, freed) = std::sync::mpsc::channel::<()>();
@@ -182,4 +194,5 @@ fn another_threads_cache_does_not_keep_a_dropped_memory_mapped() {
     );
     finish.send(()).unwrap();
     worker.join().unwrap();
+    println!("child ok");
 }
