@@ -159,19 +159,52 @@ pub(crate) struct Shard {
     /// Behind a fork-aware lock, tracked by the fork registry for the shard's life. None for
     /// PerAllocation, whose blocks are mappings of their own.
     heap: Option<ForkMutex<Heap>>,
-    /// What per-thread caches hold of this shard's ranges ([`crate::thread_cache`]), packed:
-    /// blocks above [`CACHED_BLOCK_SHIFT`], bytes below. One atomic add per cache operation.
-    cached: AtomicU64,
 }
 
-/// Where the block count starts in [`Shard::cached`] (bytes below: up to 1 TiB).
+/// What one thread's cache holds of one shard's ranges ([`crate::thread_cache`]), packed: blocks
+/// above [`CACHED_BLOCK_SHIFT`], bytes below. Written only by its thread (a load and a store, no
+/// read-modify-write), read by [`Shard::add_stats`] under the heap's lock.
+#[derive(Default)]
+pub(crate) struct CacheCell(AtomicU64);
+
+/// Where the block count starts in a [`CacheCell`] (bytes below: up to 1 TiB).
 const CACHED_BLOCK_SHIFT: u32 = 40;
+
+impl CacheCell {
+    /// A range of `len` bytes entered the cache. Only the owning thread calls this.
+    pub(crate) fn add(&self, len: usize) {
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(
+            v.wrapping_add((1 << CACHED_BLOCK_SHIFT) | len as u64),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A range of `len` bytes left the cache. Only the owning thread calls this.
+    pub(crate) fn sub(&self, len: usize) {
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(
+            v.wrapping_sub((1 << CACHED_BLOCK_SHIFT) | len as u64),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn blocks_and_bytes(&self) -> (usize, usize) {
+        let v = self.0.load(Ordering::Relaxed);
+        (
+            (v >> CACHED_BLOCK_SHIFT) as usize,
+            (v & ((1 << CACHED_BLOCK_SHIFT) - 1)) as usize,
+        )
+    }
+}
 
 /// The sub-allocated regions of the Pooled and Arena layouts.
 struct Heap {
     ranges: RangeHeap,
     chunks: Vec<Chunk>,
     next_chunk: usize,
+    /// The cells of the threads whose caches hold (or held) ranges of this heap.
+    cells: Vec<Arc<CacheCell>>,
 }
 
 struct Chunk {
@@ -186,6 +219,7 @@ impl Heap {
             ranges: RangeHeap::new(core.granule).map_err(range_error)?,
             chunks: Vec::new(),
             next_chunk,
+            cells: Vec::new(),
         };
         if let Some(first) = first {
             heap.add_chunk(core, first)?;
@@ -243,7 +277,6 @@ impl Shard {
         let shard = Arc::new(Shard {
             core: Arc::clone(core),
             heap,
-            cached: AtomicU64::new(0),
         });
         if let Some(heap) = &shard.heap {
             // SAFETY: the lock lives inside the Arc'd Shard (a stable address) and is untracked
@@ -332,18 +365,23 @@ impl Shard {
     /// Returns a range a thread's cache held (`len` bytes) to the heap: the cache count drops
     /// under the heap's lock, so that [`add_stats`](Self::add_stats) never sees the range both
     /// live and uncached.
-    pub(crate) fn free_cached_range(&self, id: RangeId, len: usize) -> Result<()> {
-        self.free_range_from(id, Some(len))
+    pub(crate) fn free_cached_range(
+        &self,
+        id: RangeId,
+        cell: &CacheCell,
+        len: usize,
+    ) -> Result<()> {
+        self.free_range_from(id, Some((cell, len)))
     }
 
-    fn free_range_from(&self, id: RangeId, cached_len: Option<usize>) -> Result<()> {
+    fn free_range_from(&self, id: RangeId, cached: Option<(&CacheCell, usize)>) -> Result<()> {
         let mut guard = self.heap()?;
         let freed = guard
             .ranges
             .free(id)
             .map_err(|_| Error::Internal("double free of a block"))?;
-        if let Some(len) = cached_len {
-            self.uncache(len);
+        if let Some((cell, len)) = cached {
+            cell.sub(len);
         }
         if freed.pool_empty && self.core.layout == Layout::Pooled {
             // Policy: keep one empty chunk to absorb alloc/free churn; release any other.
@@ -366,16 +404,19 @@ impl Shard {
         Ok(())
     }
 
-    /// Counts a range of `len` bytes going into a thread's cache.
-    pub(crate) fn cache(&self, len: usize) {
-        self.cached
-            .fetch_add((1 << CACHED_BLOCK_SHIFT) | len as u64, Ordering::Relaxed);
+    /// A new thread cache's cell for this shard, counted by [`add_stats`](Self::add_stats)
+    /// until [`unregister_cell`](Self::unregister_cell).
+    pub(crate) fn register_cell(&self) -> Result<Arc<CacheCell>> {
+        let cell = Arc::new(CacheCell::default());
+        self.heap()?.cells.push(Arc::clone(&cell));
+        Ok(cell)
     }
 
-    /// Counts a range of `len` bytes leaving a thread's cache.
-    pub(crate) fn uncache(&self, len: usize) {
-        self.cached
-            .fetch_sub((1 << CACHED_BLOCK_SHIFT) | len as u64, Ordering::Relaxed);
+    /// Forgets a thread cache's cell (its ranges were given back).
+    pub(crate) fn unregister_cell(&self, cell: &Arc<CacheCell>) {
+        if let Ok(mut heap) = self.heap() {
+            heap.cells.retain(|c| !Arc::ptr_eq(c, cell));
+        }
     }
 
     /// Shrinks a heap block in place; returns its new length.
@@ -404,9 +445,11 @@ impl Shard {
                 let h = heap.lock();
                 let s = h.ranges.stats();
                 // Ranges in threads' caches are free to the user: the heap counts them live.
-                let cached = self.cached.load(Ordering::Relaxed);
-                let cached_blocks = (cached >> CACHED_BLOCK_SHIFT) as usize;
-                let cached_bytes = (cached & ((1 << CACHED_BLOCK_SHIFT) - 1)) as usize;
+                let (cached_blocks, cached_bytes) = h
+                    .cells
+                    .iter()
+                    .map(|c| c.blocks_and_bytes())
+                    .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
                 stats.live_blocks += s.live_blocks.saturating_sub(cached_blocks);
                 stats.live_bytes += s.live_bytes.saturating_sub(cached_bytes);
                 stats.free_bytes += s.free_bytes + cached_bytes;

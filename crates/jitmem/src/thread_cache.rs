@@ -5,8 +5,9 @@
 //!
 //! - **Bounded**: at most [`ENTRIES_PER_SHARD`] ranges per heap shard per thread (so at most
 //!   `ENTRIES_PER_SHARD * MAX_CACHED_LEN` bytes); a full cache sends the block to the heap.
-//! - **Counted**: each shard keeps one atomic word of what caches hold, so that
-//!   [`Stats`](crate::Stats) counts a cached block as free, not live.
+//! - **Counted**: each (thread, shard) slot has a cell, written only by its thread (no atomic
+//!   read-modify-write) and registered with the shard, so that [`Stats`](crate::Stats) counts a
+//!   cached block as free, not live.
 //! - **Flushed** when the thread exits (every range goes back to its heap), and for the calling
 //!   thread when a [`JitMemory`](crate::JitMemory) handle is dropped. Ranges cached by *other*
 //!   threads stay reserved until those threads exit; they never keep memory
@@ -21,7 +22,7 @@ use std::cell::RefCell;
 use std::ptr::NonNull;
 use std::sync::{Arc, Weak};
 
-use crate::heap::{Allocation, Owner, Shard};
+use crate::heap::{Allocation, CacheCell, Owner, Shard};
 use crate::range_heap::RangeId;
 
 /// Blocks larger than this are never cached.
@@ -42,6 +43,8 @@ struct Entry {
 
 struct Slot {
     shard: Weak<Shard>,
+    /// What this slot holds, for the shard's stats.
+    cell: Arc<CacheCell>,
     entries: Vec<Entry>,
 }
 
@@ -80,8 +83,9 @@ fn give_back(slot: Slot) {
     // A dead shard took its chunks with it: its ranges are just numbers now.
     if let Some(shard) = slot.shard.upgrade() {
         for e in slot.entries {
-            let _ = shard.free_cached_range(e.id, e.len);
+            let _ = shard.free_cached_range(e.id, &slot.cell, e.len);
         }
+        shard.unregister_cell(&slot.cell);
     }
 }
 
@@ -105,7 +109,7 @@ pub(crate) fn take(shard: &Arc<Shard>, len: usize, align: usize) -> Option<Alloc
                 e.len == len && (e.rx.as_ptr() as usize) & (align - 1) == 0
             })?;
             let e = slot.entries.swap_remove(i);
-            shard.uncache(e.len);
+            slot.cell.sub(e.len);
             Some(Allocation {
                 rx: e.rx,
                 len: e.len,
@@ -137,8 +141,12 @@ pub(crate) fn put(
         if cache.slot(shard).is_none() {
             // Forget slots of shards that died; then open one for this shard.
             cache.flush_where(|s| s.shard.strong_count() == 0);
+            let Ok(cell) = shard.register_cell() else {
+                return false;
+            };
             cache.slots.push(Slot {
                 shard: Arc::downgrade(shard),
+                cell,
                 entries: Vec::with_capacity(ENTRIES_PER_SHARD),
             });
         }
@@ -154,7 +162,7 @@ pub(crate) fn put(
             len,
             writable_offset,
         });
-        shard.cache(len);
+        slot.cell.add(len);
         true
     });
     if kept == Ok(true) { Ok(()) } else { Err(id) }
