@@ -15,7 +15,9 @@
 //! - **Threads writing different blocks**: share no lock and no table (the kernel still
 //!   serialises the `mprotect`s on the process's memory-map lock). A scope that does not nest
 //!   costs one `mprotect` of exactly its pages on open, one on close, and an atomic add to the
-//!   memory's count of open pages (for [`Stats`](crate::Stats)); no allocation. Scopes on one
+//!   memory's count of open pages (for [`Stats`](crate::Stats)); no allocation after the
+//!   block's first scope (which boxes its record, so that other strategies' blocks carry 8
+//!   bytes for it, not 40). Scopes on one
 //!   block are serialised by the `&mut` they need (the C ABI holds its registry lock across
 //!   each call of the raw pair).
 //! - **A forked child**: a copy-on-write copy of every page; it keeps using the memory. Toggle
@@ -79,6 +81,7 @@ impl StrategyRules for Toggle {
     /// them all; one per run of pages no open scope holds when scopes nest on overlapping
     /// ranges). No lock, no allocation unless scopes nest.
     fn acquire(&self, scopes: &mut OpenScopes, start: usize, end: usize) -> Result<()> {
+        let scopes = scopes.get();
         let run = Pages::covering(start, end, self.page);
         let mut opened = 0;
         for gap in scopes.gaps(run) {
@@ -102,6 +105,7 @@ impl StrategyRules for Toggle {
 
     /// One `mprotect` of the scope's pages that no other open scope of the block holds.
     fn release(&self, scopes: &mut OpenScopes, start: usize, end: usize) -> Result<()> {
+        let scopes = scopes.get();
         let run = Pages::covering(start, end, self.page);
         if !scopes.remove(run) {
             return Err(Error::Internal(
@@ -138,27 +142,45 @@ impl StrategyRules for Toggle {
     }
 }
 
+/// The record of a block's open write scopes, kept in every `CodeBlock` (8 bytes) and filled
+/// only by Toggle: boxed on the block's first Toggle scope (one allocation per block: Toggle
+/// blocks are pages, and the other strategies never pay for it).
+#[derive(Default)]
+pub(crate) struct OpenScopes(Option<Box<Scopes>>);
+
+const _: () = assert!(std::mem::size_of::<OpenScopes>() == 8);
+
+impl OpenScopes {
+    /// True when no scope is open.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|s| s.is_empty())
+    }
+
+    /// True when an open scope holds a page of the bytes `[start, end)`: only a leaked scope can,
+    /// once the block is being freed or shrunk.
+    pub(crate) fn overlaps(&self, start: usize, end: usize) -> bool {
+        self.0.as_ref().is_some_and(|s| s.overlaps(start, end))
+    }
+
+    fn get(&mut self) -> &mut Scopes {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
 /// The write scopes open on one block, as the runs of pages each one holds: the block's own page
 /// table, out of band (code pages hold no header). Kept in every `CodeBlock`, filled only by
 /// Toggle. No allocation while at most one scope is open (the safe API cannot open two on one
 /// block); scopes nested through the C ABI's raw pair go to a boxed `Vec` (so that the record
 /// costs every block 24 bytes, not 40).
 #[derive(Default)]
-pub(crate) struct OpenScopes {
+pub(crate) struct Scopes {
     /// The first scope still open (empty when none is).
     first: Pages,
-    /// The others, in no order: only ever non-empty while `first` is (None until a block first
-    /// nests scopes).
-    #[expect(
-        clippy::box_collection,
-        reason = "8 bytes in every block instead of a Vec's 24; nesting is rare"
-    )]
-    more: Option<Box<Vec<Pages>>>,
+    /// The others, in no order: only ever non-empty while `first` is.
+    more: Vec<Pages>,
 }
 
-const _: () = assert!(std::mem::size_of::<OpenScopes>() <= 24);
-
-impl OpenScopes {
+impl Scopes {
     /// True when no scope is open.
     pub(crate) fn is_empty(&self) -> bool {
         self.first.is_empty()
@@ -174,34 +196,27 @@ impl OpenScopes {
     fn iter(&self) -> impl Iterator<Item = Pages> + '_ {
         std::iter::once(self.first)
             .filter(|p| !p.is_empty())
-            .chain(self.more.iter().flat_map(|v| v.iter().copied()))
+            .chain(self.more.iter().copied())
     }
 
     fn push(&mut self, run: Pages) {
         if self.first.is_empty() {
             self.first = run;
         } else {
-            self.more.get_or_insert_with(Box::default).push(run);
+            self.more.push(run);
         }
     }
 
     /// Removes one scope holding exactly `run`; false if none does.
     fn remove(&mut self, run: Pages) -> bool {
-        if let Some(more) = self.more.as_deref_mut() {
-            if let Some(i) = more.iter().rposition(|p| *p == run) {
-                more.swap_remove(i);
-                return true;
-            }
+        if let Some(i) = self.more.iter().rposition(|p| *p == run) {
+            self.more.swap_remove(i);
+        } else if self.first == run && !run.is_empty() {
+            self.first = self.more.pop().unwrap_or_default();
+        } else {
+            return false;
         }
-        if self.first == run && !run.is_empty() {
-            self.first = self
-                .more
-                .as_deref_mut()
-                .and_then(Vec::pop)
-                .unwrap_or_default();
-            return true;
-        }
-        false
+        true
     }
 
     /// The runs of `run` that no open scope holds, in address order.
@@ -214,9 +229,9 @@ impl OpenScopes {
     }
 }
 
-/// See [`OpenScopes::gaps`]. With no scope open, one gap: the whole run.
+/// See [`Scopes::gaps`]. With no scope open, one gap: the whole run.
 struct Gaps<'a> {
-    scopes: &'a OpenScopes,
+    scopes: &'a Scopes,
     at: usize,
     end: usize,
 }
@@ -295,7 +310,7 @@ unsafe fn protect(pages: Pages, prot: Prot) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{OpenScopes, Pages};
+    use super::{Pages, Scopes};
 
     const P: usize = 4096;
 
@@ -306,7 +321,7 @@ mod tests {
         }
     }
 
-    fn gaps(scopes: &OpenScopes, run: Pages) -> Vec<(usize, usize)> {
+    fn gaps(scopes: &Scopes, run: Pages) -> Vec<(usize, usize)> {
         scopes
             .gaps(run)
             .map(|g| (g.start / P, g.end / P - 1))
@@ -322,7 +337,7 @@ mod tests {
 
     #[test]
     fn gaps_are_the_pages_no_open_scope_holds() {
-        let mut s = OpenScopes::default();
+        let mut s = Scopes::default();
         assert_eq!(gaps(&s, pages(2, 9)), [(2, 9)]);
         s.push(pages(4, 5));
         s.push(pages(5, 6));
@@ -342,9 +357,9 @@ mod tests {
 
     #[test]
     fn one_scope_needs_no_allocation() {
-        let mut s = OpenScopes::default();
+        let mut s = Scopes::default();
         s.push(pages(0, 3));
-        assert!(s.more.is_none());
+        assert_eq!(s.more.capacity(), 0);
         assert!(s.remove(pages(0, 3)) && s.is_empty());
     }
 }
