@@ -70,7 +70,7 @@ fn patch(c: &mut Criterion) {
                     h,
                     RETURN_CONSTANT_PATCH_OFFSET,
                     black_box(&bytes),
-                    Publish::Local,
+                    Publish::Atomic,
                 )
                 .unwrap();
             })

@@ -416,8 +416,10 @@ out is checked against the live blocks, and an overlap ends the cell as \"overla
 - alloc_free: 128-byte alloc+free pairs, ns per pair (median of 7 batches of 100,000).
 - alloc_free_frag: the same after allocating 64 MiB worth of 128-byte blocks and freeing every \
 other one (50% fragmented).
-- patch: write 4 bytes inside a live function, publish, call and check; ns per patch (median of \
-7 batches).
+- patch: replace a 4-byte aligned constant inside a live function, call and check; ns per patch \
+(median of 7 batches). jitmem uses its live patch (patch_live on x86-64, patch_live_data for \
+AArch64's literal: one atomic store, no system call, safe for threads running the code; Toggle \
+falls back to a write scope); the other peers write and publish as usual.
 - churn: 20,000 blocks of 16..2048 bytes (xorshift sizes): allocate, write the whole block, \
 publish, call; with 1,000 live, each new block frees a random live one (called first); ns per \
 block, median of 5 rounds. Includes the interval-set check (a BTreeMap insert and remove).
@@ -429,7 +431,7 @@ medians of the rate and of the per-round ratio. Each thread checks its own block
 as churn does; the two threads' blocks are checked against each other at the end of each run, \
 and every block is called (checked) before it is freed.
 - race: one thread calls a function in a loop while another patches its constant 100,000 times \
-(jitmem: publish_live() every 64 patches, publish() otherwise; the other peers have no \
+(jitmem: the live patch, plus publish_live() every 64 patches; the other peers have no \
 cross-thread publish): ok (calls made while patching, in how long the patching took). For Toggle peers ({}) a crash is the \
 expected answer.
 - Left out: cranelift-jit's JITMemoryProvider (SystemMemoryProvider, ArenaMemoryProvider) has \

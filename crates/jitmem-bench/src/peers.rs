@@ -35,6 +35,12 @@ pub enum Publish {
     /// Other threads may be running this code (jitmem: `publish_live()`, a `membarrier`
     /// sync-core; the other peers have no such call and do the same as `Local`).
     Live,
+    /// An aligned 4-byte constant that other threads may be running across, replaced with one
+    /// atomic store and no system call (jitmem: `patch_live` on x86-64, where the constant is
+    /// an instruction's immediate, `patch_live_data` on AArch64, where it is a literal; a
+    /// strategy that refuses live patches (Toggle) falls back to a write scope and `publish()`;
+    /// the other peers have no such call and do the same as `Local`).
+    Atomic,
 }
 
 /// One executable-memory allocator, driven the same way by every workload.
@@ -386,12 +392,23 @@ impl Peer for JitmemPeer {
         publish: Publish,
     ) -> Result<(), String> {
         let block = self.blocks.get_mut(h);
+        if publish == Publish::Atomic {
+            let stored = if cfg!(target_arch = "x86_64") {
+                block.patch_live(offset, bytes)
+            } else {
+                block.patch_live_data(offset, bytes)
+            };
+            match stored {
+                Err(Error::NotLivePatchable { .. }) => {}
+                other => return other.map_err(describe),
+            }
+        }
         let mut scope = block
             .write_range(offset..offset + bytes.len())
             .map_err(describe)?;
         scope.copy_from_slice(bytes);
         match publish {
-            Publish::Local => scope.publish(),
+            Publish::Local | Publish::Atomic => scope.publish(),
             Publish::Live => scope.publish_live(),
         }
         .map_err(describe)

@@ -362,7 +362,7 @@ fn patch(peer: &mut dyn Peer, scale: Scale) -> Result<String, Failure> {
         for _ in 0..n {
             value = value.wrapping_add(1);
             let bytes = value.to_le_bytes();
-            peer.write(h, RETURN_CONSTANT_PATCH_OFFSET, &bytes, Publish::Local)?;
+            peer.write(h, RETURN_CONSTANT_PATCH_OFFSET, &bytes, Publish::Atomic)?;
             call(peer, h, value, &|| format!("after patch {value}"))?;
         }
         if batch > 0 {
@@ -651,10 +651,12 @@ fn race(peer: &mut dyn Peer, scale: Scale) -> Result<String, Failure> {
         }
         let started = Instant::now();
         for k in 1..=n {
+            // Every patch is visible to the running thread without a system call (jitmem:
+            // one atomic store); every 64th also waits until no thread runs the old code.
             let mode = if k % 64 == 0 {
                 Publish::Live
             } else {
-                Publish::Local
+                Publish::Atomic
             };
             let bytes = (BASE + k).to_le_bytes();
             if let Err(e) = peer.write(h, RETURN_CONSTANT_PATCH_OFFSET, &bytes, mode) {
