@@ -53,8 +53,8 @@ static void TestJITAllocation()
 	typedef void (*EmptyFunc)();
 	EmptyFunc func = reinterpret_cast<EmptyFunc>(ptr);
 	func();
-	CHECK(CodeGen::FreeWritableRegion(ptr, testSize, diff));
-	CHECK(CodeGen::FreeExecutableMemory(ptr, testSize));
+	CHECK(CodeGen::FreeWritableRegionChecked(ptr, testSize, diff));
+	CHECK(CodeGen::FreeExecutableMemoryChecked(ptr, testSize));
 	std::printf("JIT allocation test passed\n");
 }
 
@@ -75,8 +75,8 @@ static void CompileBlock()
 	typedef int (*Func)();
 	Func f = reinterpret_cast<Func>(rx_ptr);
 	CHECK(f() == 42);
-	CHECK(CodeGen::FreeWritableRegion(rx_ptr, codeSize, diff));
-	CHECK(CodeGen::FreeExecutableMemory(rx_ptr, codeSize));
+	CHECK(CodeGen::FreeWritableRegionChecked(rx_ptr, codeSize, diff));
+	CHECK(CodeGen::FreeExecutableMemoryChecked(rx_ptr, codeSize));
 	std::printf("CompileBlock passed\n");
 }
 
@@ -99,7 +99,7 @@ static void CompileBlock_Legacy()
 	typedef int (*Func)();
 	Func f = reinterpret_cast<Func>(code);
 	CHECK(f() == 42);
-	CHECK(CodeGen::FreeExecutableMemory(code, codeSize));
+	CHECK(CodeGen::FreeExecutableMemoryChecked(code, codeSize));
 	std::printf("CompileBlock_Legacy passed\n");
 }
 
@@ -118,10 +118,10 @@ int main(int argc, char** argv)
 		return 2;
 
 	// The seed's InitializeJIT.
-	CHECK(CodeGen::SetJitType(type));
+	CHECK(CodeGen::SetJitTypeChecked(type));
 	if(type == CodeGen::JitType::LuckTXM)
 	{
-		CHECK(CodeGen::AllocateExecutableMemoryRegion());
+		CHECK(CodeGen::AllocateExecutableMemoryRegionChecked());
 	}
 
 	TestJITAllocation();

@@ -48,6 +48,10 @@ typedef enum jitmem_status {
   JITMEM_STATUS_FORKED_CHILD = 12,
   // A bug in jitmem (including a Rust panic caught at the boundary).
   JITMEM_STATUS_INTERNAL = 13,
+  // The CodeGen mirror modes (LuckNoTXM, LuckTXM) make nothing writable in place: code is
+  // written through `ptr + jitmem_codegen_writable_diff(ptr, size)`. What
+  // `jitmem_codegen_write_enable` returns there.
+  JITMEM_STATUS_WRITE_THROUGH_DIFF = 14,
 } jitmem_status;
 
 // `jitmem_config.strategy` values.
@@ -212,7 +216,8 @@ enum jitmem_status jitmem_codegen_set_jit_type(uint32_t jit_type);
 // reserves the arena). Optional: the first allocation does it too.
 enum jitmem_status jitmem_codegen_allocate_region(void);
 
-// `CodeGen::AllocateExecutableMemory`: `size` bytes, page-aligned, executable address
+// `CodeGen::AllocateExecutableMemory`: `size` bytes (page-aligned in Legacy and LuckNoTXM,
+// 16-byte aligned in LuckTXM, which sub-allocates its arena), executable address
 // returned; NULL on failure, with the reason in `jitmem_last_error()`.
 void *jitmem_codegen_allocate(size_t size);
 
@@ -242,8 +247,10 @@ enum jitmem_status jitmem_codegen_free_writable_region(void *ptr, size_t size, p
 enum jitmem_status jitmem_codegen_flush_instruction_cache(void *ptr, size_t size);
 
 // `CodeGen::JITPageWriteEnableExecuteDisable`: in Legacy mode, makes the allocation containing
-// `ptr` writable (and not executable) for this thread's scope; nests. In the mirror modes it
-// only checks `ptr` (code is written through the writable view, always writable).
+// `ptr` writable (and not executable) for this thread's scope; nests. In the mirror modes
+// nothing is writable in place: after checking `ptr` it returns
+// `JITMEM_STATUS_WRITE_THROUGH_DIFF`, with a message saying to write through
+// `ptr + jitmem_codegen_writable_diff(ptr, size)`.
 enum jitmem_status jitmem_codegen_write_enable(void *ptr);
 
 // `CodeGen::JITPageWriteDisableExecuteEnable`: makes the code of the allocation containing

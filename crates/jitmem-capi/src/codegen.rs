@@ -42,6 +42,17 @@ pub enum JitmemJitType {
     LuckTxm = 2,
 }
 
+impl JitmemJitType {
+    /// The C++ name of the mode (`CodeGen::JitType::LuckTXM`), used in every message.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            JitmemJitType::Legacy => "Legacy",
+            JitmemJitType::LuckNoTxm => "LuckNoTXM",
+            JitmemJitType::LuckTxm => "LuckTXM",
+        }
+    }
+}
+
 /// What `jitmem_codegen_writable_diff` returns on failure (`PTRDIFF_MIN`, defined in the
 /// header as `JITMEM_DIFF_ERROR`): 0 cannot be the error value, since it is the right answer in
 /// Legacy mode.
@@ -131,8 +142,9 @@ pub extern "C" fn jitmem_codegen_set_jit_type(jit_type: u32) -> JitmemStatus {
             return Err(CError::new(
                 JitmemStatus::WrongState,
                 format!(
-                    "cannot change the JIT type from {:?} to {jit_type:?} while {live} allocation(s) are live: free them first",
-                    g.jit_type
+                    "cannot change the JIT type from {} to {} while {live} allocation(s) are live: free them first",
+                    g.jit_type.name(),
+                    jit_type.name()
                 ),
             ));
         }
@@ -149,15 +161,18 @@ pub extern "C" fn jitmem_codegen_allocate_region() -> JitmemStatus {
     guard(|| global()?.registry().map(|_| ()))
 }
 
-/// `CodeGen::AllocateExecutableMemory`: `size` bytes, page-aligned, executable address
+/// `CodeGen::AllocateExecutableMemory`: `size` bytes (page-aligned in Legacy and LuckNoTXM,
+/// 16-byte aligned in LuckTXM, which sub-allocates its arena), executable address
 /// returned; NULL on failure, with the reason in `jitmem_last_error()`.
 #[unsafe(no_mangle)]
 pub extern "C" fn jitmem_codegen_allocate(size: usize) -> *mut c_void {
     let mut result = std::ptr::null_mut();
     guard(|| {
         let mut g = global()?;
-        let page = jitmem::page_size();
-        result = g.registry()?.allocate(size, Some(page))? as *mut c_void;
+        // LuckTXM sub-allocates at the arena's 16 bytes; the per-allocation modes hand out
+        // whole pages (the seed's mmap per allocation).
+        let align = (g.jit_type != JitmemJitType::LuckTxm).then(jitmem::page_size);
+        result = g.registry()?.allocate(size, align)? as *mut c_void;
         Ok(())
     });
     result
@@ -226,8 +241,10 @@ pub extern "C" fn jitmem_codegen_flush_instruction_cache(
 }
 
 /// `CodeGen::JITPageWriteEnableExecuteDisable`: in Legacy mode, makes the allocation containing
-/// `ptr` writable (and not executable) for this thread's scope; nests. In the mirror modes it
-/// only checks `ptr` (code is written through the writable view, always writable).
+/// `ptr` writable (and not executable) for this thread's scope; nests. In the mirror modes
+/// nothing is writable in place: after checking `ptr` it returns
+/// `JITMEM_STATUS_WRITE_THROUGH_DIFF`, with a message saying to write through
+/// `ptr + jitmem_codegen_writable_diff(ptr, size)`.
 #[unsafe(no_mangle)]
 pub extern "C" fn jitmem_codegen_write_enable(ptr: *mut c_void) -> JitmemStatus {
     guard(|| {
@@ -237,7 +254,14 @@ pub extern "C" fn jitmem_codegen_write_enable(ptr: *mut c_void) -> JitmemStatus 
         if legacy {
             registry.begin_write_block(ptr as usize).map(|_| ())
         } else {
-            registry.writable_offset(ptr as usize, 1).map(|_| ())
+            registry.writable_offset(ptr as usize, 1)?;
+            Err(CError::new(
+                JitmemStatus::WriteThroughDiff,
+                format!(
+                    "{}: JITPageWriteEnableExecuteDisable makes nothing writable in place (a store through {ptr:p} faults): write through ptr + AllocateWritableRegionAndGetDiff(ptr, size), then FreeWritableRegion",
+                    g.jit_type.name()
+                ),
+            ))
         }
     })
 }

@@ -41,6 +41,10 @@ pub enum JitmemStatus {
     ForkedChild = 12,
     /// A bug in jitmem (including a Rust panic caught at the boundary).
     Internal = 13,
+    /// The CodeGen mirror modes (LuckNoTXM, LuckTXM) make nothing writable in place: code is
+    /// written through `ptr + jitmem_codegen_writable_diff(ptr, size)`. What
+    /// `jitmem_codegen_write_enable` returns there.
+    WriteThroughDiff = 14,
 }
 
 /// An error on its way to C: a status and a message.

@@ -41,10 +41,11 @@ fn c_and_cpp_suites_pass_under_ctest() {
         .arg(&build)
         .args(["--output-on-failure", "-V"]));
     assert!(
-        text.contains("100% tests passed, 0 tests failed out of 4"),
+        text.contains("100% tests passed, 0 tests failed out of 5"),
         "{text}"
     );
     assert!(text.contains("checks passed, 0 failed"), "{text}");
+    assert!(text.contains("declarations: all passed"), "{text}");
     for mode in ["Legacy", "LuckNoTXM", "LuckTXM"] {
         assert!(text.contains(&format!("{mode}: all passed")), "{text}");
     }
