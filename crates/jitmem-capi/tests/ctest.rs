@@ -46,6 +46,16 @@ fn c_and_cpp_suites_pass_under_ctest() {
     );
     assert!(text.contains("checks passed, 0 failed"), "{text}");
     assert!(text.contains("declarations: all passed"), "{text}");
+    assert_eq!(
+        text.matches("LivePatch passed (another thread running the code)")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains("LivePatch passed (no other thread: Legacy)"),
+        "{text}"
+    );
     for mode in ["Legacy", "LuckNoTXM", "LuckTXM"] {
         assert!(text.contains(&format!("{mode}: all passed")), "{text}");
     }
