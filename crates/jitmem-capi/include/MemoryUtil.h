@@ -4,7 +4,9 @@
  *
  * Modes: Legacy = Toggle + PerAllocation (write in place between
  * JITPageWriteEnableExecuteDisable and JITPageWriteDisableExecuteEnable), LuckNoTXM = Mirror +
- * PerAllocation, LuckTXM = Mirror + a 512 MiB arena (write through ptr + diff).
+ * pooled pages whose writable alias is accessible only between AllocateWritableRegionAndGetDiff
+ * and FreeWritableRegion (a store through it afterwards faults, as with the seed's unmapped
+ * alias), LuckTXM = Mirror + a 512 MiB arena with a permanent alias (write through ptr + diff).
  *
  * Differences from the seed, all fixes:
  *  - the seed's declarations are kept exactly (void where it said void), and every call that
@@ -47,7 +49,7 @@ namespace CodeGen
 enum class JitType
 {
 	Legacy,    ///< W^X toggled with mprotect (iOS < 26 in the seed)
-	LuckNoTXM, ///< an RW mirror of each RX allocation (iOS 26 without TXM)
+	LuckNoTXM, ///< an RW mirror of each RX allocation while a writable region is open (iOS 26 without TXM)
 	LuckTXM    ///< one big region with a permanent RW mirror (iOS 26 with TXM)
 };
 
@@ -117,16 +119,18 @@ inline void AllocateExecutableMemoryRegion()
 /// code is written in place inside JITPageWriteEnableExecuteDisable /
 /// JITPageWriteDisableExecuteEnable); WritableDiffError on failure. Works on any live
 /// allocation, also one whose code is running: this is how live code is patched in the
-/// mirror modes (write through rx_ptr + diff, then FreeWritableRegion). LuckNoTXM maps the
-/// writable alias here and FreeWritableRegion removes it.
+/// mirror modes (write through rx_ptr + diff, then FreeWritableRegion). LuckNoTXM makes the
+/// writable alias accessible here and FreeWritableRegion makes it inaccessible again (calls
+/// nest per allocation).
 inline ptrdiff_t AllocateWritableRegionAndGetDiff(void* rx_ptr, size_t size)
 {
 	return jitmem_codegen_writable_diff(rx_ptr, size);
 }
 
 /// Ends the use of a writable region: checks diff, makes the code written in
-/// [rx_ptr, rx_ptr + size) runnable (instruction cache), and in LuckNoTXM removes the writable
-/// alias (a later store through rx_ptr + diff faults). See FreeWritableRegionChecked.
+/// [rx_ptr, rx_ptr + size) runnable (instruction cache), and in LuckNoTXM, when it closes the
+/// allocation's last open region, makes the writable alias inaccessible (PROT_NONE: a later
+/// store through rx_ptr + diff faults). See FreeWritableRegionChecked.
 inline void FreeWritableRegion(void* rx_ptr, size_t size, ptrdiff_t diff)
 {
 	static_cast<void>(jitmem_codegen_free_writable_region(rx_ptr, size, diff));

@@ -82,7 +82,8 @@ typedef enum jitmem_layout {
 typedef enum jitmem_jit_type {
   // iOS < 26 in the seed: W^X toggled with mprotect (Toggle + PerAllocation).
   JITMEM_JIT_TYPE_LEGACY = 0,
-  // iOS 26 without TXM in the seed: an RW mirror per RX allocation (Mirror + PerAllocation).
+  // iOS 26 without TXM in the seed: an RW mirror per RX allocation, present only while a
+  // writable region is open (Mirror + Pooled, the alias `PROT_NONE` otherwise).
   JITMEM_JIT_TYPE_LUCK_NO_TXM = 1,
   // iOS 26 with TXM in the seed: one 512 MiB region with a permanent RW mirror
   // (Mirror + Arena).
@@ -229,13 +230,17 @@ enum jitmem_status jitmem_codegen_free(void *ptr, size_t size);
 // containing `[ptr, ptr + size)` (0 in Legacy mode, where code is written in place inside a
 // `JITPageWriteEnableExecuteDisable` pair); `JITMEM_DIFF_ERROR` on failure, with the reason in
 // `jitmem_last_error()`. A fork child of a mirror mode gets `JITMEM_DIFF_ERROR` too: its
-// writable alias is not inherited.
+// writable alias is not inherited. In LuckNoTXM this makes the allocation's alias writable
+// until the matching `jitmem_codegen_free_writable_region` (calls nest per allocation).
 ptrdiff_t jitmem_codegen_writable_diff(void *ptr, size_t size);
 
 // `CodeGen::FreeWritableRegion`: checks that `diff` is what `jitmem_codegen_writable_diff`
 // returned for this allocation, then publishes `[ptr, ptr + size)` (makes the code written
-// through `ptr + diff` coherent for instruction fetch), in every mode. The writable view lives
-// as long as the allocation, so there is nothing else to free.
+// through `ptr + diff` coherent for instruction fetch), in every mode. LuckNoTXM: when this
+// closes the allocation's last open writable region, its alias becomes inaccessible
+// (`PROT_NONE`: a later store through `ptr + diff` faults); without an open region it is
+// refused (`JITMEM_STATUS_UNBALANCED`). Legacy and LuckTXM: the writable view lives as long as
+// the allocation, so there is nothing else to free.
 enum jitmem_status jitmem_codegen_free_writable_region(void *ptr, size_t size, ptrdiff_t diff);
 
 // `CodeGen::FlushInstructionCache` (not in the seed, which had no flush): publishes

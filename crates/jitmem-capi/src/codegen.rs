@@ -1,8 +1,16 @@
 //! Seed 000's `CodeGen` API (Play!-CodeGen's `MemoryUtil.h`), on every platform jitmem supports.
 //!
 //! The three modes map onto strategies and layouts: **Legacy** = Toggle + PerAllocation,
-//! **LuckNoTXM** = Mirror + PerAllocation, **LuckTXM** = Mirror + Arena (512 MiB reserved,
-//! pages used as touched). The seed's defects are fixed:
+//! **LuckNoTXM** = Mirror + Pooled (whole pages carved from shared memfd-backed chunks; the
+//! writable alias of an allocation is accessible only between
+//! `jitmem_codegen_writable_diff` and `jitmem_codegen_free_writable_region`, `PROT_NONE`
+//! otherwise, as the seed's alias existed only then), **LuckTXM** = Mirror + Arena (512 MiB
+//! reserved, sub-allocated at 16 bytes, pages used as touched, the alias permanent as in the
+//! seed). Live code is patched the same way in every mode: diff, a store through
+//! `ptr + diff` (Legacy: diff 0, inside `jitmem_codegen_write_enable` /
+//! `jitmem_codegen_write_disable`), then `jitmem_codegen_free_writable_region`, which
+//! publishes; in the mirror modes other threads may run the code meanwhile. The seed's defects
+//! are fixed:
 //! - allocation before `SetJitType` / `AllocateExecutableMemoryRegion` works (the seed's default
 //!   mode, LuckTXM, is set up on first use) instead of silently returning NULL;
 //! - the LuckTXM free checks its size, and no pointer is stored inside the code pages (the
@@ -35,7 +43,8 @@ use crate::status::{CError, JitmemStatus, guard};
 pub enum JitmemJitType {
     /// iOS < 26 in the seed: W^X toggled with mprotect (Toggle + PerAllocation).
     Legacy = 0,
-    /// iOS 26 without TXM in the seed: an RW mirror per RX allocation (Mirror + PerAllocation).
+    /// iOS 26 without TXM in the seed: an RW mirror per RX allocation, present only while a
+    /// writable region is open (Mirror + Pooled, the alias `PROT_NONE` otherwise).
     LuckNoTxm = 1,
     /// iOS 26 with TXM in the seed: one 512 MiB region with a permanent RW mirror
     /// (Mirror + Arena).
@@ -80,7 +89,9 @@ impl Global {
         if self.registry.is_none() {
             let (strategy, layout) = match self.jit_type {
                 JitmemJitType::Legacy => (Strategy::Toggle, Layout::PerAllocation),
-                JitmemJitType::LuckNoTxm => (Strategy::Mirror, Layout::PerAllocation),
+                // A shared memfd-backed pool, the alias opened per window (Registry's transient
+                // alias), instead of a memfd and two mappings per allocation.
+                JitmemJitType::LuckNoTxm => (Strategy::Mirror, Layout::Pooled),
                 JitmemJitType::LuckTxm => (
                     Strategy::Mirror,
                     Layout::Arena {
@@ -92,7 +103,11 @@ impl Global {
             // the flag is ignored on other platforms.
             let base = jitmem::Config::new().txm_handshake(self.jit_type == JitmemJitType::LuckTxm);
             let memory = crate::make_memory_with(base, strategy, layout, 16, false)?;
-            self.registry = Some(Registry::new(memory));
+            self.registry = Some(if self.jit_type == JitmemJitType::LuckNoTxm {
+                Registry::with_transient_alias(memory)
+            } else {
+                Registry::new(memory)
+            });
         }
         self.registry
             .as_ref()
@@ -189,14 +204,13 @@ pub extern "C" fn jitmem_codegen_free(ptr: *mut c_void, size: usize) -> JitmemSt
 /// containing `[ptr, ptr + size)` (0 in Legacy mode, where code is written in place inside a
 /// `JITPageWriteEnableExecuteDisable` pair); `JITMEM_DIFF_ERROR` on failure, with the reason in
 /// `jitmem_last_error()`. A fork child of a mirror mode gets `JITMEM_DIFF_ERROR` too: its
-/// writable alias is not inherited.
+/// writable alias is not inherited. In LuckNoTXM this makes the allocation's alias writable
+/// until the matching `jitmem_codegen_free_writable_region` (calls nest per allocation).
 #[unsafe(no_mangle)]
 pub extern "C" fn jitmem_codegen_writable_diff(ptr: *mut c_void, size: usize) -> isize {
     let mut diff = JITMEM_DIFF_ERROR;
     guard(|| {
-        diff = global()?
-            .existing(ptr)?
-            .writable_offset(ptr as usize, size)?;
+        diff = global()?.existing(ptr)?.open_window(ptr as usize, size)?;
         Ok(())
     });
     diff
@@ -204,8 +218,11 @@ pub extern "C" fn jitmem_codegen_writable_diff(ptr: *mut c_void, size: usize) ->
 
 /// `CodeGen::FreeWritableRegion`: checks that `diff` is what `jitmem_codegen_writable_diff`
 /// returned for this allocation, then publishes `[ptr, ptr + size)` (makes the code written
-/// through `ptr + diff` coherent for instruction fetch), in every mode. The writable view lives
-/// as long as the allocation, so there is nothing else to free.
+/// through `ptr + diff` coherent for instruction fetch), in every mode. LuckNoTXM: when this
+/// closes the allocation's last open writable region, its alias becomes inaccessible
+/// (`PROT_NONE`: a later store through `ptr + diff` faults); without an open region it is
+/// refused (`JITMEM_STATUS_UNBALANCED`). Legacy and LuckTXM: the writable view lives as long as
+/// the allocation, so there is nothing else to free.
 #[unsafe(no_mangle)]
 pub extern "C" fn jitmem_codegen_free_writable_region(
     ptr: *mut c_void,
@@ -213,16 +230,9 @@ pub extern "C" fn jitmem_codegen_free_writable_region(
     diff: isize,
 ) -> JitmemStatus {
     guard(|| {
-        let g = global()?;
-        let registry = g.existing(ptr)?;
-        let actual = registry.writable_offset(ptr as usize, size)?;
-        if actual != diff {
-            return Err(CError::new(
-                JitmemStatus::InvalidArgument,
-                format!("diff {diff} is not this allocation's writable offset ({actual})"),
-            ));
-        }
-        registry.publish(ptr as usize, Some(size))
+        global()?
+            .existing(ptr)?
+            .close_window(ptr as usize, size, diff)
     })
 }
 
