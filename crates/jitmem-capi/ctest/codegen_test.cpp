@@ -229,6 +229,31 @@ static void WriteEnableInMirrorModes(CodeGen::JitType type)
 	std::printf("WriteEnableInMirrorModes passed\n");
 }
 
+// LastErrorString copies; messages name the modes as C++ does; the scoped guard reports a
+// failed enable.
+static void ErrorText(CodeGen::JitType type)
+{
+	void* p = CodeGen::AllocateExecutableMemory(64);
+	CHECK(p != nullptr);
+	const CodeGen::JitType other = type == CodeGen::JitType::Legacy ? CodeGen::JitType::LuckTXM : CodeGen::JitType::Legacy;
+	CHECK(!CodeGen::SetJitTypeChecked(other));
+	std::string text = CodeGen::LastErrorString();
+	CHECK(text == CodeGen::LastError());
+	const char* names[] = {"Legacy", "LuckNoTXM", "LuckTXM"};
+	CHECK(text.find(std::string("from ") + names[static_cast<int>(type)] + " to " + names[static_cast<int>(other)]) != std::string::npos);
+	CHECK(text.find("LuckTxm") == std::string::npos && text.find("LuckNoTxm") == std::string::npos);
+	CHECK(CodeGen::FreeExecutableMemoryChecked(p, 64));
+	CHECK(CodeGen::LastError()[0] == '\0');
+	CHECK(!text.empty()); // the copy outlives the message
+	int x = 0;
+	{
+		CodeGen::ScopedJITPageWriteAndNoExecute guard(&x);
+		CHECK(!guard.ok());
+		CHECK(guard.status() == JITMEM_STATUS_UNKNOWN_POINTER);
+	}
+	std::printf("ErrorText passed\n");
+}
+
 int main(int argc, char** argv)
 {
 	CHECK(argc == 2);
@@ -253,6 +278,7 @@ int main(int argc, char** argv)
 	TestJITAllocation();
 	LivePatch(type);
 	WriteEnableInMirrorModes(type);
+	ErrorText(type);
 	if(type == CodeGen::JitType::Legacy)
 		CompileBlock_Legacy();
 	else

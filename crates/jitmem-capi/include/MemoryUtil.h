@@ -39,6 +39,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "jitmem.h"
 
@@ -57,11 +58,21 @@ enum class JitType
 constexpr ptrdiff_t WritableDiffError = JITMEM_DIFF_ERROR;
 
 /// The reason the last failed call on this thread failed ("" after a success). The pointer
-/// is valid only until the next jitmem call on this thread (any call rewrites the message):
-/// copy it first, or use LastErrorString().
+/// is valid only until the next jitmem call on this thread other than LastError() /
+/// LastErrorString() (every CodeGen call rewrites the message, on success too), and never
+/// after the thread exits: copy it first, or use LastErrorString().
 inline const char* LastError()
 {
 	return jitmem_last_error();
+}
+
+/// A copy of LastError() that stays valid (jitmem_last_error_copy).
+inline std::string LastErrorString()
+{
+	std::string text(jitmem_last_error_copy(nullptr, 0), '\0');
+	if(!text.empty())
+		jitmem_last_error_copy(&text[0], text.size() + 1);
+	return text;
 }
 
 // ============================================================================

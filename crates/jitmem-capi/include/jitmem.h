@@ -265,9 +265,23 @@ enum jitmem_status jitmem_codegen_write_enable(void *ptr);
 // coherent for instruction fetch).
 enum jitmem_status jitmem_codegen_write_disable(void *ptr);
 
-// The message of the last failed jitmem call on this thread ("" after a success). The pointer
-// stays valid until the next jitmem call on this thread.
+// The message of the last failed jitmem call on this thread ("" after a success).
+//
+// Lifetime: the pointer is valid only until the next jitmem call on this thread other than
+// `jitmem_last_error` / `jitmem_last_error_copy` (every other call rewrites the message, on
+// success too), and never after the thread exits. Copy it before calling jitmem again, or use
+// `jitmem_last_error_copy`.
 const char *jitmem_last_error(void);
+
+// Copies this thread's last error message into `buf` (`len` bytes), always NUL-terminated
+// when `len > 0` and truncated if it does not fit, and returns the message's length (without
+// the NUL), as `snprintf` does: a result `>= len` means the copy was truncated, and
+// `result + 1` bytes hold the whole message. `buf` may be NULL when `len` is 0 (to ask for the
+// length). Does not change the message.
+//
+// # Safety
+// `buf` is NULL with `len == 0`, or points to `len` writable bytes.
+size_t jitmem_last_error_copy(char *buf, size_t len);
 
 // Self-check of the panic guard: runs a Rust panic inside jitmem and returns what a C caller
 // sees (`JITMEM_STATUS_INTERNAL`, with the panic's message in `jitmem_last_error()`), proving

@@ -46,6 +46,7 @@ fn c_and_cpp_suites_pass_under_ctest() {
     );
     assert!(text.contains("checks passed, 0 failed"), "{text}");
     assert!(text.contains("declarations: all passed"), "{text}");
+    assert_eq!(text.matches("ErrorText passed").count(), 3, "{text}");
     assert_eq!(
         text.matches("LivePatch passed (another thread running the code)")
             .count(),
