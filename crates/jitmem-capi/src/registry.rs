@@ -203,8 +203,13 @@ impl Registry {
                 ),
             ));
         }
-        // The free fills the block with traps through its alias: make it writable first.
-        if self.transient_alias && entry.windows == 0 {
+        // The free fills the block with traps through its alias: make it writable first. A
+        // fork child has no alias (not inherited) and jitmem does not fill there.
+        let forked = matches!(
+            entry.block.check_writable(),
+            Err(jitmem::Error::ForkedChild { .. })
+        );
+        if self.transient_alias && entry.windows == 0 && !forked {
             protect_alias(entry, true)?;
         }
         // Unregister first, then free: no other thread can find a block being torn down
