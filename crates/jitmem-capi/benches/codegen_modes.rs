@@ -1,6 +1,6 @@
 //! Create + call + free of a 256-byte function through seed 000's CodeGen API in each mode,
-//! next to a plain `mmap(RWX)` + write + call + `munmap` (what a JIT without W^X pays), in one
-//! run: `cargo bench -p jitmem-capi --bench codegen_modes`. Prints microseconds per function
+//! next to a plain `mmap(RWX)` + write + call + `munmap` (what a JIT without W^X pays) and
+//! `mmap(RW)` + write + `mprotect(RX)` + call + `munmap` (the cheapest W^X), in one run: `cargo bench -p jitmem-capi --bench codegen_modes`. Prints microseconds per function
 //! (the median of 5 rounds of `JITMEM_BENCH_ITERS` functions, 20,000 by default).
 //! `JITMEM_BENCH_ONLY=LuckNoTXM` (a mode's name, or `mmap`) runs one line only, for profiling.
 
@@ -81,6 +81,31 @@ fn plain_mmap_once(code: &[u8]) {
     }
 }
 
+/// The cheapest W^X-respecting baseline: `mmap(RW)`, write, `mprotect(RX)`, call, `munmap`.
+#[cfg(unix)]
+fn plain_mmap_wx_once(code: &[u8]) {
+    // SAFETY: a fresh anonymous mapping; written while RW, run once RX, unmapped here only.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        std::ptr::copy_nonoverlapping(code.as_ptr(), p.cast::<u8>(), code.len());
+        assert_eq!(
+            libc::mprotect(p, SIZE, libc::PROT_READ | libc::PROT_EXEC),
+            0
+        );
+        jitmem::icache::publish(p.cast::<u8>(), code.len());
+        assert_eq!(call(p), 9);
+        libc::munmap(p, SIZE);
+    }
+}
+
 fn main() {
     let iters = std::env::var("JITMEM_BENCH_ITERS")
         .ok()
@@ -107,5 +132,10 @@ fn main() {
     if wanted("mmap") {
         let us = rounds(iters, || plain_mmap_once(&code));
         println!("  {:<12} {us:8.2}", "mmap(RWX)");
+        let us = rounds(iters, || plain_mmap_wx_once(&code));
+        println!(
+            "  {:<12} {us:8.2}   (mmap RW, mprotect RX, munmap)",
+            "mmap(W^X)"
+        );
     }
 }
