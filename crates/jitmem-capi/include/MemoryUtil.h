@@ -11,7 +11,10 @@
  * Differences from the seed, all fixes:
  *  - the seed's declarations are kept exactly (void where it said void), and every call that
  *    can fail says so: the reason is in CodeGen::LastError() ("" after a success), and each
- *    void function has a twin named ...Checked that returns false on failure;
+ *    void function has a twin named ...Checked that returns false on failure; a project whose
+ *    own header is the document's whole MemoryUtil.h includes it first and defines
+ *    JITMEM_CODEGEN_DOCUMENT_TYPES, so that JitType and ScopedJITPageWriteAndNoExecute (the
+ *    document's definitions) are not defined twice;
  *  - LuckTXM sub-allocates at 16 bytes (the seed's 512 MiB holds millions of small functions,
  *    not 131,072 pages);
  *  - live code is patched the same way in every mode: diff = AllocateWritableRegionAndGetDiff(
@@ -46,13 +49,18 @@
 namespace CodeGen
 {
 
-/// The three JIT modes of seed 000.
+#ifndef JITMEM_CODEGEN_DOCUMENT_TYPES
+/// The three JIT modes of seed 000. A project whose own header holds the seed document's
+/// MemoryUtil.h (with its enum JitType and struct ScopedJITPageWriteAndNoExecute definitions)
+/// includes that header first and defines JITMEM_CODEGEN_DOCUMENT_TYPES before this one: the
+/// document's two type definitions are then used and not repeated here.
 enum class JitType
 {
 	Legacy,    ///< W^X toggled with mprotect (iOS < 26 in the seed)
 	LuckNoTXM, ///< an RW mirror of each RX allocation while a writable region is open (iOS 26 without TXM)
 	LuckTXM    ///< one big region with a permanent RW mirror (iOS 26 with TXM)
 };
+#endif
 
 /// What AllocateWritableRegionAndGetDiff returns on failure.
 constexpr ptrdiff_t WritableDiffError = JITMEM_DIFF_ERROR;
@@ -198,6 +206,7 @@ inline bool FlushInstructionCache(void* ptr, size_t size)
 	return jitmem_codegen_flush_instruction_cache(ptr, size) == JITMEM_STATUS_OK;
 }
 
+#ifndef JITMEM_CODEGEN_DOCUMENT_TYPES
 /// RAII wrapper for a Legacy write: enable in the constructor, disable in the destructor (also
 /// when an exception leaves the scope). ok() / status() say whether the enable succeeded (in
 /// the mirror modes it never makes ptr writable: status() is JITMEM_STATUS_WRITE_THROUGH_DIFF).
@@ -235,6 +244,8 @@ struct ScopedJITPageWriteAndNoExecute
 private:
 	jitmem_status enable_status;
 };
+#endif
+
 
 } // namespace CodeGen
 
