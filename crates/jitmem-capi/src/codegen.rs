@@ -4,7 +4,8 @@
 //! **LuckNoTXM** = Mirror + Pooled (whole pages carved from shared memfd-backed chunks; the
 //! writable alias of an allocation is accessible only between
 //! `jitmem_codegen_writable_diff` and `jitmem_codegen_free_writable_region`, `PROT_NONE`
-//! otherwise, as the seed's alias existed only then), **LuckTXM** = Mirror + Arena (512 MiB
+//! otherwise, as the seed's alias existed only then; on Unix: on Windows the alias stays for
+//! the allocation's life), **LuckTXM** = Mirror + Arena (512 MiB
 //! reserved, sub-allocated at 16 bytes, pages used as touched, the alias permanent as in the
 //! seed). Live code is patched the same way in every mode: diff, a store through
 //! `ptr + diff` (Legacy: diff 0, inside `jitmem_codegen_write_enable` /
