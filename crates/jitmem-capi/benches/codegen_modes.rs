@@ -60,46 +60,32 @@ fn codegen_once(legacy: bool, code: &[u8]) {
     assert_eq!(jitmem_codegen_free(p, SIZE), JitmemStatus::Ok);
 }
 
+/// A plain mapping: `wx` false: `mmap(RWX)`, write, call, `munmap` (no W^X); `wx` true: the
+/// cheapest W^X, `mmap(RW)`, write, `mprotect(RX)`, call, `munmap`.
 #[cfg(unix)]
-fn plain_mmap_once(code: &[u8]) {
-    // SAFETY: a fresh anonymous mapping; written, run and unmapped here only. RWX on purpose:
-    // this is the baseline without W^X.
+fn plain_mmap_once(code: &[u8], wx: bool) {
+    let rx = libc::PROT_READ | libc::PROT_EXEC;
+    let prot = if wx {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        rx | libc::PROT_WRITE
+    };
+    // SAFETY: a fresh anonymous mapping; written while writable, run once executable, unmapped
+    // here only. RWX when !wx on purpose: the baseline without W^X.
     unsafe {
         let p = libc::mmap(
             std::ptr::null_mut(),
             SIZE,
-            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            prot,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         );
         assert_ne!(p, libc::MAP_FAILED);
         std::ptr::copy_nonoverlapping(code.as_ptr(), p.cast::<u8>(), code.len());
-        jitmem::icache::publish(p.cast::<u8>(), code.len());
-        assert_eq!(call(p), 9);
-        libc::munmap(p, SIZE);
-    }
-}
-
-/// The cheapest W^X-respecting baseline: `mmap(RW)`, write, `mprotect(RX)`, call, `munmap`.
-#[cfg(unix)]
-fn plain_mmap_wx_once(code: &[u8]) {
-    // SAFETY: a fresh anonymous mapping; written while RW, run once RX, unmapped here only.
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            SIZE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED);
-        std::ptr::copy_nonoverlapping(code.as_ptr(), p.cast::<u8>(), code.len());
-        assert_eq!(
-            libc::mprotect(p, SIZE, libc::PROT_READ | libc::PROT_EXEC),
-            0
-        );
+        if wx {
+            assert_eq!(libc::mprotect(p, SIZE, rx), 0);
+        }
         jitmem::icache::publish(p.cast::<u8>(), code.len());
         assert_eq!(call(p), 9);
         libc::munmap(p, SIZE);
@@ -130,9 +116,9 @@ fn main() {
     }
     #[cfg(unix)]
     if wanted("mmap") {
-        let us = rounds(iters, || plain_mmap_once(&code));
+        let us = rounds(iters, || plain_mmap_once(&code, false));
         println!("  {:<12} {us:8.2}", "mmap(RWX)");
-        let us = rounds(iters, || plain_mmap_wx_once(&code));
+        let us = rounds(iters, || plain_mmap_once(&code, true));
         println!(
             "  {:<12} {us:8.2}   (mmap RW, mprotect RX, munmap)",
             "mmap(W^X)"
