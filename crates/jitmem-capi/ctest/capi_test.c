@@ -292,6 +292,26 @@ static void memory_free_with_open_scope(void) {
 	}
 }
 
+/* jitmem_last_error_copy: snprintf-like, and it leaves the message alone. */
+static void last_error_copy(void) {
+	EXPECT_ERROR(jitmem_codegen_set_jit_type(42), JITMEM_STATUS_INVALID_ARGUMENT);
+	const char *live = jitmem_last_error();
+	size_t need = jitmem_last_error_copy(NULL, 0);
+	CHECK(need == strlen(live) && need > 0);
+	char whole[256];
+	CHECK(need < sizeof whole);
+	CHECK(jitmem_last_error_copy(whole, sizeof whole) == need);
+	CHECK(strcmp(whole, live) == 0);
+	char small[5];
+	CHECK(jitmem_last_error_copy(small, sizeof small) == need);
+	CHECK(strlen(small) == 4 && strncmp(small, live, 4) == 0);
+	/* The copy outlives the message, which the next call replaces. */
+	OK(jitmem_codegen_allocate_region());
+	CHECK(jitmem_last_error()[0] == '\0');
+	CHECK(jitmem_last_error_copy(small, sizeof small) == 0 && small[0] == '\0');
+	CHECK(strstr(whole, "unknown JitType 42") != NULL);
+}
+
 int main(void) {
 	for (uint32_t s = JITMEM_STRATEGY_AUTO; s <= JITMEM_STRATEGY_PER_THREAD; s++)
 		for (uint32_t l = JITMEM_LAYOUT_POOLED; l <= JITMEM_LAYOUT_ARENA; l++) life_of_a_function(s, l);
@@ -299,6 +319,7 @@ int main(void) {
 	default_align_is_used();
 	memory_free_with_open_scope();
 	codegen_bad_input();
+	last_error_copy();
 	threads();
 	size_t len = 0;
 	OK(jitmem_probe_report(NULL, 0, &len));

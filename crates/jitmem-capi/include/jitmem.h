@@ -48,6 +48,10 @@ typedef enum jitmem_status {
   JITMEM_STATUS_FORKED_CHILD = 12,
   // A bug in jitmem (including a Rust panic caught at the boundary).
   JITMEM_STATUS_INTERNAL = 13,
+  // The CodeGen mirror modes (LuckNoTXM, LuckTXM) make nothing writable in place: code is
+  // written through `ptr + jitmem_codegen_writable_diff(ptr, size)`. What
+  // `jitmem_codegen_write_enable` returns there.
+  JITMEM_STATUS_WRITE_THROUGH_DIFF = 14,
 } jitmem_status;
 
 // `jitmem_config.strategy` values.
@@ -78,7 +82,8 @@ typedef enum jitmem_layout {
 typedef enum jitmem_jit_type {
   // iOS < 26 in the seed: W^X toggled with mprotect (Toggle + PerAllocation).
   JITMEM_JIT_TYPE_LEGACY = 0,
-  // iOS 26 without TXM in the seed: an RW mirror per RX allocation (Mirror + PerAllocation).
+  // iOS 26 without TXM in the seed: an RW mirror per RX allocation, present only while a
+  // writable region is open (Mirror + Pooled, the alias `PROT_NONE` otherwise).
   JITMEM_JIT_TYPE_LUCK_NO_TXM = 1,
   // iOS 26 with TXM in the seed: one 512 MiB region with a permanent RW mirror
   // (Mirror + Arena).
@@ -212,7 +217,8 @@ enum jitmem_status jitmem_codegen_set_jit_type(uint32_t jit_type);
 // reserves the arena). Optional: the first allocation does it too.
 enum jitmem_status jitmem_codegen_allocate_region(void);
 
-// `CodeGen::AllocateExecutableMemory`: `size` bytes, page-aligned, executable address
+// `CodeGen::AllocateExecutableMemory`: `size` bytes (page-aligned in Legacy and LuckNoTXM,
+// 16-byte aligned in LuckTXM, which sub-allocates its arena), executable address
 // returned; NULL on failure, with the reason in `jitmem_last_error()`.
 void *jitmem_codegen_allocate(size_t size);
 
@@ -224,13 +230,17 @@ enum jitmem_status jitmem_codegen_free(void *ptr, size_t size);
 // containing `[ptr, ptr + size)` (0 in Legacy mode, where code is written in place inside a
 // `JITPageWriteEnableExecuteDisable` pair); `JITMEM_DIFF_ERROR` on failure, with the reason in
 // `jitmem_last_error()`. A fork child of a mirror mode gets `JITMEM_DIFF_ERROR` too: its
-// writable alias is not inherited.
+// writable alias is not inherited. In LuckNoTXM this makes the allocation's alias writable
+// until the matching `jitmem_codegen_free_writable_region` (calls nest per allocation).
 ptrdiff_t jitmem_codegen_writable_diff(void *ptr, size_t size);
 
 // `CodeGen::FreeWritableRegion`: checks that `diff` is what `jitmem_codegen_writable_diff`
 // returned for this allocation, then publishes `[ptr, ptr + size)` (makes the code written
-// through `ptr + diff` coherent for instruction fetch), in every mode. The writable view lives
-// as long as the allocation, so there is nothing else to free.
+// through `ptr + diff` coherent for instruction fetch), in every mode. LuckNoTXM: when this
+// closes the allocation's last open writable region, its alias becomes inaccessible
+// (`PROT_NONE`: a later store through `ptr + diff` faults); without an open region it is
+// refused (`JITMEM_STATUS_UNBALANCED`). Legacy and LuckTXM: the writable view lives as long as
+// the allocation, so there is nothing else to free.
 enum jitmem_status jitmem_codegen_free_writable_region(void *ptr, size_t size, ptrdiff_t diff);
 
 // `CodeGen::FlushInstructionCache` (not in the seed, which had no flush): publishes
@@ -242,8 +252,10 @@ enum jitmem_status jitmem_codegen_free_writable_region(void *ptr, size_t size, p
 enum jitmem_status jitmem_codegen_flush_instruction_cache(void *ptr, size_t size);
 
 // `CodeGen::JITPageWriteEnableExecuteDisable`: in Legacy mode, makes the allocation containing
-// `ptr` writable (and not executable) for this thread's scope; nests. In the mirror modes it
-// only checks `ptr` (code is written through the writable view, always writable).
+// `ptr` writable (and not executable) for this thread's scope; nests. In the mirror modes
+// nothing is writable in place: after checking `ptr` it returns
+// `JITMEM_STATUS_WRITE_THROUGH_DIFF`, with a message saying to write through
+// `ptr + jitmem_codegen_writable_diff(ptr, size)`.
 enum jitmem_status jitmem_codegen_write_enable(void *ptr);
 
 // `CodeGen::JITPageWriteDisableExecuteEnable`: makes the code of the allocation containing
@@ -253,9 +265,23 @@ enum jitmem_status jitmem_codegen_write_enable(void *ptr);
 // coherent for instruction fetch).
 enum jitmem_status jitmem_codegen_write_disable(void *ptr);
 
-// The message of the last failed jitmem call on this thread ("" after a success). The pointer
-// stays valid until the next jitmem call on this thread.
+// The message of the last failed jitmem call on this thread ("" after a success).
+//
+// Lifetime: the pointer is valid only until the next jitmem call on this thread other than
+// `jitmem_last_error` / `jitmem_last_error_copy` (every other call rewrites the message, on
+// success too), and never after the thread exits. Copy it before calling jitmem again, or use
+// `jitmem_last_error_copy`.
 const char *jitmem_last_error(void);
+
+// Copies this thread's last error message into `buf` (`len` bytes), always NUL-terminated
+// when `len > 0` and truncated if it does not fit, and returns the message's length (without
+// the NUL), as `snprintf` does: a result `>= len` means the copy was truncated, and
+// `result + 1` bytes hold the whole message. `buf` may be NULL when `len` is 0 (to ask for the
+// length). Does not change the message.
+//
+// # Safety
+// `buf` is NULL with `len == 0`, or points to `len` writable bytes.
+size_t jitmem_last_error_copy(char *buf, size_t len);
 
 // Self-check of the panic guard: runs a Rust panic inside jitmem and returns what a C caller
 // sees (`JITMEM_STATUS_INTERNAL`, with the panic's message in `jitmem_last_error()`), proving

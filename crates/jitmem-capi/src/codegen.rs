@@ -1,8 +1,17 @@
 //! Seed 000's `CodeGen` API (Play!-CodeGen's `MemoryUtil.h`), on every platform jitmem supports.
 //!
 //! The three modes map onto strategies and layouts: **Legacy** = Toggle + PerAllocation,
-//! **LuckNoTXM** = Mirror + PerAllocation, **LuckTXM** = Mirror + Arena (512 MiB reserved,
-//! pages used as touched). The seed's defects are fixed:
+//! **LuckNoTXM** = Mirror + Pooled (whole pages carved from shared memfd-backed chunks; the
+//! writable alias of an allocation is accessible only between
+//! `jitmem_codegen_writable_diff` and `jitmem_codegen_free_writable_region`, `PROT_NONE`
+//! otherwise, as the seed's alias existed only then; on Unix: on Windows the alias stays for
+//! the allocation's life), **LuckTXM** = Mirror + Arena (512 MiB
+//! reserved, sub-allocated at 16 bytes, pages used as touched, the alias permanent as in the
+//! seed). Live code is patched the same way in every mode: diff, a store through
+//! `ptr + diff` (Legacy: diff 0, inside `jitmem_codegen_write_enable` /
+//! `jitmem_codegen_write_disable`), then `jitmem_codegen_free_writable_region`, which
+//! publishes; in the mirror modes other threads may run the code meanwhile. The seed's defects
+//! are fixed:
 //! - allocation before `SetJitType` / `AllocateExecutableMemoryRegion` works (the seed's default
 //!   mode, LuckTXM, is set up on first use) instead of silently returning NULL;
 //! - the LuckTXM free checks its size, and no pointer is stored inside the code pages (the
@@ -35,11 +44,23 @@ use crate::status::{CError, JitmemStatus, guard};
 pub enum JitmemJitType {
     /// iOS < 26 in the seed: W^X toggled with mprotect (Toggle + PerAllocation).
     Legacy = 0,
-    /// iOS 26 without TXM in the seed: an RW mirror per RX allocation (Mirror + PerAllocation).
+    /// iOS 26 without TXM in the seed: an RW mirror per RX allocation, present only while a
+    /// writable region is open (Mirror + Pooled, the alias `PROT_NONE` otherwise).
     LuckNoTxm = 1,
     /// iOS 26 with TXM in the seed: one 512 MiB region with a permanent RW mirror
     /// (Mirror + Arena).
     LuckTxm = 2,
+}
+
+impl JitmemJitType {
+    /// The C++ name of the mode (`CodeGen::JitType::LuckTXM`), used in every message.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            JitmemJitType::Legacy => "Legacy",
+            JitmemJitType::LuckNoTxm => "LuckNoTXM",
+            JitmemJitType::LuckTxm => "LuckTXM",
+        }
+    }
 }
 
 /// What `jitmem_codegen_writable_diff` returns on failure (`PTRDIFF_MIN`, defined in the
@@ -69,7 +90,9 @@ impl Global {
         if self.registry.is_none() {
             let (strategy, layout) = match self.jit_type {
                 JitmemJitType::Legacy => (Strategy::Toggle, Layout::PerAllocation),
-                JitmemJitType::LuckNoTxm => (Strategy::Mirror, Layout::PerAllocation),
+                // A shared memfd-backed pool, the alias opened per window (Registry's transient
+                // alias), instead of a memfd and two mappings per allocation.
+                JitmemJitType::LuckNoTxm => (Strategy::Mirror, Layout::Pooled),
                 JitmemJitType::LuckTxm => (
                     Strategy::Mirror,
                     Layout::Arena {
@@ -81,7 +104,11 @@ impl Global {
             // the flag is ignored on other platforms.
             let base = jitmem::Config::new().txm_handshake(self.jit_type == JitmemJitType::LuckTxm);
             let memory = crate::make_memory_with(base, strategy, layout, 16, false)?;
-            self.registry = Some(Registry::new(memory));
+            self.registry = Some(if self.jit_type == JitmemJitType::LuckNoTxm {
+                Registry::with_transient_alias(memory)
+            } else {
+                Registry::new(memory)
+            });
         }
         self.registry
             .as_ref()
@@ -131,8 +158,9 @@ pub extern "C" fn jitmem_codegen_set_jit_type(jit_type: u32) -> JitmemStatus {
             return Err(CError::new(
                 JitmemStatus::WrongState,
                 format!(
-                    "cannot change the JIT type from {:?} to {jit_type:?} while {live} allocation(s) are live: free them first",
-                    g.jit_type
+                    "cannot change the JIT type from {} to {} while {live} allocation(s) are live: free them first",
+                    g.jit_type.name(),
+                    jit_type.name()
                 ),
             ));
         }
@@ -149,15 +177,18 @@ pub extern "C" fn jitmem_codegen_allocate_region() -> JitmemStatus {
     guard(|| global()?.registry().map(|_| ()))
 }
 
-/// `CodeGen::AllocateExecutableMemory`: `size` bytes, page-aligned, executable address
+/// `CodeGen::AllocateExecutableMemory`: `size` bytes (page-aligned in Legacy and LuckNoTXM,
+/// 16-byte aligned in LuckTXM, which sub-allocates its arena), executable address
 /// returned; NULL on failure, with the reason in `jitmem_last_error()`.
 #[unsafe(no_mangle)]
 pub extern "C" fn jitmem_codegen_allocate(size: usize) -> *mut c_void {
     let mut result = std::ptr::null_mut();
     guard(|| {
         let mut g = global()?;
-        let page = jitmem::page_size();
-        result = g.registry()?.allocate(size, Some(page))? as *mut c_void;
+        // LuckTXM sub-allocates at the arena's 16 bytes; the per-allocation modes hand out
+        // whole pages (the seed's mmap per allocation).
+        let align = (g.jit_type != JitmemJitType::LuckTxm).then(jitmem::page_size);
+        result = g.registry()?.allocate(size, align)? as *mut c_void;
         Ok(())
     });
     result
@@ -174,14 +205,13 @@ pub extern "C" fn jitmem_codegen_free(ptr: *mut c_void, size: usize) -> JitmemSt
 /// containing `[ptr, ptr + size)` (0 in Legacy mode, where code is written in place inside a
 /// `JITPageWriteEnableExecuteDisable` pair); `JITMEM_DIFF_ERROR` on failure, with the reason in
 /// `jitmem_last_error()`. A fork child of a mirror mode gets `JITMEM_DIFF_ERROR` too: its
-/// writable alias is not inherited.
+/// writable alias is not inherited. In LuckNoTXM this makes the allocation's alias writable
+/// until the matching `jitmem_codegen_free_writable_region` (calls nest per allocation).
 #[unsafe(no_mangle)]
 pub extern "C" fn jitmem_codegen_writable_diff(ptr: *mut c_void, size: usize) -> isize {
     let mut diff = JITMEM_DIFF_ERROR;
     guard(|| {
-        diff = global()?
-            .existing(ptr)?
-            .writable_offset(ptr as usize, size)?;
+        diff = global()?.existing(ptr)?.open_window(ptr as usize, size)?;
         Ok(())
     });
     diff
@@ -189,8 +219,11 @@ pub extern "C" fn jitmem_codegen_writable_diff(ptr: *mut c_void, size: usize) ->
 
 /// `CodeGen::FreeWritableRegion`: checks that `diff` is what `jitmem_codegen_writable_diff`
 /// returned for this allocation, then publishes `[ptr, ptr + size)` (makes the code written
-/// through `ptr + diff` coherent for instruction fetch), in every mode. The writable view lives
-/// as long as the allocation, so there is nothing else to free.
+/// through `ptr + diff` coherent for instruction fetch), in every mode. LuckNoTXM: when this
+/// closes the allocation's last open writable region, its alias becomes inaccessible
+/// (`PROT_NONE`: a later store through `ptr + diff` faults); without an open region it is
+/// refused (`JITMEM_STATUS_UNBALANCED`). Legacy and LuckTXM: the writable view lives as long as
+/// the allocation, so there is nothing else to free.
 #[unsafe(no_mangle)]
 pub extern "C" fn jitmem_codegen_free_writable_region(
     ptr: *mut c_void,
@@ -198,16 +231,9 @@ pub extern "C" fn jitmem_codegen_free_writable_region(
     diff: isize,
 ) -> JitmemStatus {
     guard(|| {
-        let g = global()?;
-        let registry = g.existing(ptr)?;
-        let actual = registry.writable_offset(ptr as usize, size)?;
-        if actual != diff {
-            return Err(CError::new(
-                JitmemStatus::InvalidArgument,
-                format!("diff {diff} is not this allocation's writable offset ({actual})"),
-            ));
-        }
-        registry.publish(ptr as usize, Some(size))
+        global()?
+            .existing(ptr)?
+            .close_window(ptr as usize, size, diff)
     })
 }
 
@@ -226,8 +252,10 @@ pub extern "C" fn jitmem_codegen_flush_instruction_cache(
 }
 
 /// `CodeGen::JITPageWriteEnableExecuteDisable`: in Legacy mode, makes the allocation containing
-/// `ptr` writable (and not executable) for this thread's scope; nests. In the mirror modes it
-/// only checks `ptr` (code is written through the writable view, always writable).
+/// `ptr` writable (and not executable) for this thread's scope; nests. In the mirror modes
+/// nothing is writable in place: after checking `ptr` it returns
+/// `JITMEM_STATUS_WRITE_THROUGH_DIFF`, with a message saying to write through
+/// `ptr + jitmem_codegen_writable_diff(ptr, size)`.
 #[unsafe(no_mangle)]
 pub extern "C" fn jitmem_codegen_write_enable(ptr: *mut c_void) -> JitmemStatus {
     guard(|| {
@@ -237,7 +265,14 @@ pub extern "C" fn jitmem_codegen_write_enable(ptr: *mut c_void) -> JitmemStatus 
         if legacy {
             registry.begin_write_block(ptr as usize).map(|_| ())
         } else {
-            registry.writable_offset(ptr as usize, 1).map(|_| ())
+            registry.writable_offset(ptr as usize, 1)?;
+            Err(CError::new(
+                JitmemStatus::WriteThroughDiff,
+                format!(
+                    "{}: JITPageWriteEnableExecuteDisable makes nothing writable in place (a store through {ptr:p} faults): write through ptr + AllocateWritableRegionAndGetDiff(ptr, size), then FreeWritableRegion",
+                    g.jit_type.name()
+                ),
+            ))
         }
     })
 }

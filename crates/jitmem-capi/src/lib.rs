@@ -31,7 +31,9 @@ use jitmem::{Config, JitMemory, Layout, Strategy};
 pub use codegen::*;
 use registry::Registry;
 use status::{CError, guard};
-pub use status::{JitmemStatus, jitmem_check_panic_guard, jitmem_last_error};
+pub use status::{
+    JitmemStatus, jitmem_check_panic_guard, jitmem_last_error, jitmem_last_error_copy,
+};
 
 /// `jitmem_config.strategy` values.
 #[repr(C)]

@@ -5,6 +5,14 @@
 //! pointers and double frees with an error instead of undefined behaviour. Write scopes opened
 //! through raw pointers are recorded per block (range and thread) so that unbalanced ends,
 //! ends on another thread, and frees with a scope open are refused.
+//!
+//! A registry made [`with_transient_alias`](Registry::with_transient_alias) (the CodeGen
+//! LuckNoTXM mode, on Unix) keeps each block's writable alias inaccessible (`PROT_NONE`) except
+//! between [`open_window`](Registry::open_window) and the matching
+//! [`close_window`](Registry::close_window): a store through the alias outside such a window
+//! faults, as the seed's unmapped alias would, while the block itself comes from a shared
+//! memfd-backed pool instead of a memfd, an open and two mappings of its own. Its blocks are
+//! page-aligned whole pages, so protecting one block's alias never touches another's.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -21,12 +29,48 @@ struct Entry {
     requested: usize,
     /// Open raw write scopes, innermost last.
     scopes: Vec<(Range<usize>, ThreadId)>,
+    /// Open writable windows (`open_window` minus `close_window`).
+    windows: u32,
 }
 
 /// The blocks of one [`JitMemory`], by executable start address.
 pub(crate) struct Registry {
     pub(crate) memory: JitMemory,
     blocks: Mutex<BTreeMap<usize, Entry>>,
+    /// Writable aliases are accessible only inside windows (see the module docs).
+    transient_alias: bool,
+}
+
+/// Makes the writable alias of `entry`'s block accessible (read-write) or not (`PROT_NONE`).
+/// Never makes anything executable, so W^X holds.
+#[cfg(unix)]
+fn protect_alias(entry: &Entry, writable: bool) -> Result<(), CError> {
+    let rw = (entry.block.as_ptr() as usize).wrapping_add_signed(entry.block.writable_offset());
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_NONE
+    };
+    // SAFETY: [rw, rw + len) is this block's own writable alias, mapped by jitmem for the
+    // block's life; transient-alias registries allocate page-aligned whole pages, so the range
+    // is page-aligned and holds no other block. Nothing reads or writes it while the registry
+    // lock (held by every caller) is held, except code the caller writes inside a window.
+    let r = unsafe { libc::mprotect(rw as *mut libc::c_void, entry.block.len(), prot) };
+    if r != 0 {
+        return Err(CError::new(
+            JitmemStatus::Os,
+            format!(
+                "mprotect of the writable alias at {rw:#x} failed: {}",
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn protect_alias(_entry: &Entry, _writable: bool) -> Result<(), CError> {
+    Ok(())
 }
 
 fn unknown(ptr: usize) -> CError {
@@ -60,6 +104,17 @@ impl Registry {
         Registry {
             memory,
             blocks: Mutex::new(BTreeMap::new()),
+            transient_alias: false,
+        }
+    }
+
+    /// A registry whose blocks' writable aliases are accessible only inside windows (see the
+    /// module docs); on Unix only (elsewhere, a plain registry). `memory` must be a Mirror.
+    pub(crate) fn with_transient_alias(memory: JitMemory) -> Self {
+        Registry {
+            memory,
+            blocks: Mutex::new(BTreeMap::new()),
+            transient_alias: cfg!(unix),
         }
     }
 
@@ -95,20 +150,32 @@ impl Registry {
     }
 
     /// Allocates `len` bytes aligned to `align` (None: the memory's default alignment).
+    /// A transient-alias registry allocates page-aligned whole pages, whatever `align` says.
     pub(crate) fn allocate(&self, len: usize, align: Option<usize>) -> Result<usize, CError> {
-        let block = match align {
-            Some(align) => self.memory.allocate_aligned(len, align)?,
-            None => self.memory.allocate(len)?,
+        let block = if self.transient_alias {
+            let page = self.memory.page_size();
+            let whole = len.checked_next_multiple_of(page).ok_or_else(|| {
+                CError::new(JitmemStatus::TooLarge, format!("{len} bytes is too large"))
+            })?;
+            self.memory.allocate_aligned(whole.max(page), page)?
+        } else {
+            match align {
+                Some(align) => self.memory.allocate_aligned(len, align)?,
+                None => self.memory.allocate(len)?,
+            }
         };
         let start = block.as_ptr() as usize;
-        self.lock()?.insert(
-            start,
-            Entry {
-                block,
-                requested: len,
-                scopes: Vec::new(),
-            },
-        );
+        let entry = Entry {
+            block,
+            requested: len,
+            scopes: Vec::new(),
+            windows: 0,
+        };
+        if self.transient_alias {
+            // If this fails the block is dropped with its alias still writable (trap fill).
+            protect_alias(&entry, false)?;
+        }
+        self.lock()?.insert(start, entry);
         Ok(start)
     }
 
@@ -135,6 +202,15 @@ impl Registry {
                     entry.scopes.len()
                 ),
             ));
+        }
+        // The free fills the block with traps through its alias: make it writable first. A
+        // fork child has no alias (not inherited) and jitmem does not fill there.
+        let forked = matches!(
+            entry.block.check_writable(),
+            Err(jitmem::Error::ForkedChild { .. })
+        );
+        if self.transient_alias && entry.windows == 0 && !forked {
+            protect_alias(entry, true)?;
         }
         // Unregister first, then free: no other thread can find a block being torn down
         // (the seed unmapped first and unregistered after).
@@ -222,6 +298,60 @@ impl Registry {
             // A fork child of a Mirror has no writable view: never hand out its old address.
             entry.block.check_writable()?;
             Ok(entry.block.writable_offset())
+        })
+    }
+
+    /// Opens a writable window over `[ptr, ptr + size)`, which must lie inside one block, and
+    /// returns `writable - executable` (`jitmem_codegen_writable_diff`). With a transient
+    /// alias, the block's alias becomes writable until the last window on it closes.
+    pub(crate) fn open_window(&self, ptr: usize, size: usize) -> Result<isize, CError> {
+        self.with_block(ptr, |entry, offset| {
+            check_inside(entry, ptr, offset, size)?;
+            entry.block.check_writable()?;
+            if self.transient_alias {
+                if entry.windows == 0 {
+                    protect_alias(entry, true)?;
+                }
+                entry.windows = entry.windows.checked_add(1).ok_or_else(|| {
+                    CError::new(JitmemStatus::Unbalanced, "too many open writable regions")
+                })?;
+            }
+            Ok(entry.block.writable_offset())
+        })
+    }
+
+    /// Closes a window opened by [`open_window`](Self::open_window) (`jitmem_codegen_free_
+    /// writable_region`): checks `diff`, publishes `[ptr, ptr + size)`, and with a transient
+    /// alias makes the alias inaccessible again when this was the block's last open window.
+    pub(crate) fn close_window(&self, ptr: usize, size: usize, diff: isize) -> Result<(), CError> {
+        self.with_block(ptr, |entry, offset| {
+            check_inside(entry, ptr, offset, size)?;
+            let actual = entry.block.writable_offset();
+            if actual != diff {
+                return Err(CError::new(
+                    JitmemStatus::InvalidArgument,
+                    format!("diff {diff} is not this allocation's writable offset ({actual})"),
+                ));
+            }
+            if self.transient_alias && entry.windows == 0 {
+                return Err(CError::new(
+                    JitmemStatus::Unbalanced,
+                    format!(
+                        "FreeWritableRegion on {ptr:#x} without an open AllocateWritableRegionAndGetDiff on its allocation"
+                    ),
+                ));
+            }
+            // SAFETY: [offset, offset + size) lies inside a live block (checked; the registry
+            // lock held by with_block keeps it from being freed), whose executable view is
+            // mapped and readable.
+            unsafe { jitmem::icache::publish(entry.block.as_ptr().wrapping_add(offset), size) };
+            if self.transient_alias {
+                entry.windows -= 1;
+                if entry.windows == 0 {
+                    protect_alias(entry, false)?;
+                }
+            }
+            Ok(())
         })
     }
 

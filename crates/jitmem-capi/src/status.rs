@@ -41,6 +41,10 @@ pub enum JitmemStatus {
     ForkedChild = 12,
     /// A bug in jitmem (including a Rust panic caught at the boundary).
     Internal = 13,
+    /// The CodeGen mirror modes (LuckNoTXM, LuckTXM) make nothing writable in place: code is
+    /// written through `ptr + jitmem_codegen_writable_diff(ptr, size)`. What
+    /// `jitmem_codegen_write_enable` returns there.
+    WriteThroughDiff = 14,
 }
 
 /// An error on its way to C: a status and a message.
@@ -121,11 +125,41 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<(), CError>) -> JitmemStatus {
     }
 }
 
-/// The message of the last failed jitmem call on this thread ("" after a success). The pointer
-/// stays valid until the next jitmem call on this thread.
+/// The message of the last failed jitmem call on this thread ("" after a success).
+///
+/// Lifetime: the pointer is valid only until the next jitmem call on this thread other than
+/// `jitmem_last_error` / `jitmem_last_error_copy` (every other call rewrites the message, on
+/// success too), and never after the thread exits. Copy it before calling jitmem again, or use
+/// `jitmem_last_error_copy`.
 #[unsafe(no_mangle)]
 pub extern "C" fn jitmem_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// Copies this thread's last error message into `buf` (`len` bytes), always NUL-terminated
+/// when `len > 0` and truncated if it does not fit, and returns the message's length (without
+/// the NUL), as `snprintf` does: a result `>= len` means the copy was truncated, and
+/// `result + 1` bytes hold the whole message. `buf` may be NULL when `len` is 0 (to ask for the
+/// length). Does not change the message.
+///
+/// # Safety
+/// `buf` is NULL with `len == 0`, or points to `len` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn jitmem_last_error_copy(buf: *mut c_char, len: usize) -> usize {
+    LAST_ERROR.with(|e| {
+        let message = e.borrow();
+        let bytes = message.as_bytes();
+        if !buf.is_null() && len > 0 {
+            let n = bytes.len().min(len - 1);
+            // SAFETY: buf points to len writable bytes (the caller's contract) and n + 1 <= len;
+            // the message is a separate allocation, so the ranges do not overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr().cast::<c_char>(), buf, n);
+                *buf.add(n) = 0;
+            }
+        }
+        bytes.len()
+    })
 }
 
 /// Self-check of the panic guard: runs a Rust panic inside jitmem and returns what a C caller

@@ -41,10 +41,23 @@ fn c_and_cpp_suites_pass_under_ctest() {
         .arg(&build)
         .args(["--output-on-failure", "-V"]));
     assert!(
-        text.contains("100% tests passed, 0 tests failed out of 4"),
+        text.contains("100% tests passed, 0 tests failed out of 6"),
         "{text}"
     );
     assert!(text.contains("checks passed, 0 failed"), "{text}");
+    assert!(text.contains("declarations: all passed"), "{text}");
+    assert!(text.contains("document header: all passed"), "{text}");
+    assert_eq!(text.matches("ErrorText passed").count(), 3, "{text}");
+    assert_eq!(
+        text.matches("LivePatch passed (another thread running the code)")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains("LivePatch passed (no other thread: Legacy)"),
+        "{text}"
+    );
     for mode in ["Legacy", "LuckNoTXM", "LuckTXM"] {
         assert!(text.contains(&format!("{mode}: all passed")), "{text}");
     }

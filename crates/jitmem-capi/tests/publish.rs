@@ -68,15 +68,27 @@ fn codegen_paths_publish(mode: JitmemJitType) {
         unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), rw, code.len()) };
     };
 
+    // JITPageWriteEnableExecuteDisable makes the code writable in place only in Legacy; the
+    // mirror modes say to write through the diff.
+    let enable = || {
+        let status = jitmem_codegen_write_enable(p);
+        if mode == JitmemJitType::Legacy {
+            ok(status);
+        } else {
+            assert_eq!(status, JitmemStatus::WriteThroughDiff, "{mode:?}");
+            assert!(last_error().contains("AllocateWritableRegionAndGetDiff"));
+        }
+    };
+
     // JITPageWriteEnableExecuteDisable / JITPageWriteDisableExecuteEnable.
-    ok(jitmem_codegen_write_enable(p));
+    enable();
     write(1);
     let n = publishes(|| ok(jitmem_codegen_write_disable(p)));
     assert!(n >= 1, "{mode:?}: write_disable published {n} times");
     assert_eq!(call(p), 1);
 
     // Write through the diff, then FreeWritableRegion (the seed's order), then run.
-    ok(jitmem_codegen_write_enable(p));
+    enable();
     write(2);
     ok(jitmem_codegen_write_disable(p));
     let n = publishes(|| ok(jitmem_codegen_free_writable_region(p, SIZE, diff)));
