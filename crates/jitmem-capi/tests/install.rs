@@ -8,33 +8,12 @@
 
 #![cfg(unix)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: cannot start: {e}"));
-    let text = format!(
-        "{cmd:?}\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    text
-}
-
-fn have(tool: &str) -> bool {
-    if Command::new(tool).arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("JITMEM_REQUIRE_CMAKE").is_none(),
-        "{tool} is required (JITMEM_REQUIRE_CMAKE is set) but not installed"
-    );
-    eprintln!("note: {tool} is not installed: the install test was not (fully) run");
-    false
-}
+use common::{have, run};
 
 fn fresh_dir(path: &Path) {
     if path.exists() {
@@ -93,7 +72,7 @@ fn rustc_native_static_libs(cargo_dir: &Path) -> String {
 
 #[test]
 fn installed_package_serves_cmake_and_pkg_config_consumers() {
-    if !have("cmake") {
+    if !have("cmake", "the install test was") {
         return;
     }
     let source = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -217,7 +196,7 @@ fn installed_package_serves_cmake_and_pkg_config_consumers() {
     }
 
     // pkg-config: static (from the static-only prefix), then shared.
-    if !have("pkg-config") {
+    if !have("pkg-config", "its pkg-config part was") {
         return;
     }
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
