@@ -2,7 +2,8 @@
 //! (through cargo) and installs it into a temporary prefix, which is then moved (the package must
 //! be relocatable); `ctest/consumer` (C API and CodeGen API: allocate, write, run) is built
 //! against the moved prefix with `find_package(jitmem)` (static and shared) and with
-//! `pkg-config --static --cflags --libs jitmem` (static), with no cargo involved, and run.
+//! `pkg-config --static --cflags --libs jitmem` (static), with no cargo involved, and run. A
+//! prebuilt library (`JITMEM_PREBUILT_DIR`) is configured, tested and installed without cargo.
 //! Without `cmake` (or `pkg-config`) the test says so and passes, unless `JITMEM_REQUIRE_CMAKE`
 //! is set (CI sets it).
 
@@ -160,6 +161,46 @@ fn installed_package_serves_cmake_and_pkg_config_consumers() {
         .expect("jitmem.pc has Libs.private")
         .trim();
     assert_eq!(private, rustc_native_static_libs(&cargo_dir), "{pc}");
+
+    // A library built beforehand (here: by the build above) configured, tested and installed
+    // with no cargo at all: JITMEM_PREBUILT_DIR, and a cargo that does not exist.
+    let prebuilt = work.join("prebuilt-build");
+    let prebuilt_prefix = work.join("prebuilt-prefix");
+    fresh_dir(&prebuilt);
+    fresh_dir(&prebuilt_prefix);
+    let configure = run(Command::new("cmake")
+        .arg("-S")
+        .arg(source)
+        .arg("-B")
+        .arg(&prebuilt)
+        .arg(format!(
+            "-DJITMEM_PREBUILT_DIR={}",
+            cargo_dir.join("release").display()
+        ))
+        .args([
+            "-DJITMEM_CARGO=/nonexistent/cargo",
+            "-DJITMEM_BUILD_TESTS=ON",
+        ]));
+    let built = run(Command::new("cmake").arg("--build").arg(&prebuilt));
+    for text in [&configure, &built] {
+        assert!(!text.contains("cargo build"), "cargo ran:\n{text}");
+    }
+    let text = run(Command::new("ctest")
+        .arg("--test-dir")
+        .arg(&prebuilt)
+        .args(["--output-on-failure", "--no-tests=error"]));
+    assert!(text.contains("100% tests passed"), "{text}");
+    run(Command::new("cmake")
+        .arg("--install")
+        .arg(&prebuilt)
+        .arg("--prefix")
+        .arg(&prebuilt_prefix));
+    assert!(prebuilt_prefix.join("lib/libjitmem_capi.a").is_file());
+    assert!(
+        prebuilt_prefix
+            .join("lib/cmake/jitmem/jitmemConfig.cmake")
+            .is_file()
+    );
 
     // find_package(jitmem), static then shared, against the moved prefix.
     let consumer_src = source.join("ctest").join("consumer");
