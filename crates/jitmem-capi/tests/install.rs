@@ -162,21 +162,26 @@ fn installed_package_serves_cmake_and_pkg_config_consumers() {
         .trim();
     assert_eq!(private, rustc_native_static_libs(&cargo_dir), "{pc}");
 
-    // A library built beforehand (here: by the build above) configured, tested and installed
-    // with no cargo at all: JITMEM_PREBUILT_DIR, and a cargo that does not exist.
+    // A library built beforehand (here: the static one of the build above, alone) configured,
+    // tested and installed with no cargo at all: JITMEM_PREBUILT_DIR, and a cargo that does not
+    // exist.
+    let prebuilt_lib = work.join("prebuilt-lib");
     let prebuilt = work.join("prebuilt-build");
     let prebuilt_prefix = work.join("prebuilt-prefix");
-    fresh_dir(&prebuilt);
-    fresh_dir(&prebuilt_prefix);
+    for dir in [&prebuilt_lib, &prebuilt, &prebuilt_prefix] {
+        fresh_dir(dir);
+    }
+    std::fs::copy(
+        prefix.join("lib/libjitmem_capi.a"),
+        prebuilt_lib.join("libjitmem_capi.a"),
+    )
+    .unwrap();
     let configure = run(Command::new("cmake")
         .arg("-S")
         .arg(source)
         .arg("-B")
         .arg(&prebuilt)
-        .arg(format!(
-            "-DJITMEM_PREBUILT_DIR={}",
-            cargo_dir.join("release").display()
-        ))
+        .arg(format!("-DJITMEM_PREBUILT_DIR={}", prebuilt_lib.display()))
         .args([
             "-DJITMEM_CARGO=/nonexistent/cargo",
             "-DJITMEM_BUILD_TESTS=ON",
@@ -201,6 +206,7 @@ fn installed_package_serves_cmake_and_pkg_config_consumers() {
             .join("lib/cmake/jitmem/jitmemConfig.cmake")
             .is_file()
     );
+    assert!(!prebuilt_prefix.join(shared).exists());
 
     // find_package(jitmem), static then shared, against the moved prefix.
     let consumer_src = source.join("ctest").join("consumer");
