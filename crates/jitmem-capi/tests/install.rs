@@ -27,7 +27,8 @@ fn fresh_dir(path: &Path) {
 fn run_consumer(exe: &Path, lib_path: Option<&Path>) {
     let mut cmd = Command::new(exe);
     if let Some(dir) = lib_path {
-        cmd.env("LD_LIBRARY_PATH", dir);
+        cmd.env("LD_LIBRARY_PATH", dir)
+            .env("DYLD_LIBRARY_PATH", dir);
     }
     let text = run(&mut cmd);
     assert!(text.contains("consumer: ok"), "{text}");
@@ -255,7 +256,7 @@ fn installed_package_serves_cmake_and_pkg_config_consumers() {
         }
         let flags = run(pkg.args(["--cflags", "--libs", "jitmem"]));
         let flags = flags.lines().nth(1).unwrap().to_owned();
-        if static_link {
+        if static_link && cfg!(target_os = "linux") {
             assert!(flags.contains("-lpthread"), "{flags}");
         }
         let exe = work.join(if static_link {
