@@ -2,28 +2,16 @@
 //! bad-input test and seed 000's C++ program in its three modes. Without `cmake` the test says
 //! so and passes, unless `JITMEM_REQUIRE_CMAKE` is set (CI sets it).
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{cmd:?}\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    text
-}
+use common::run;
 
 #[test]
 fn c_and_cpp_suites_pass_under_ctest() {
-    if Command::new("cmake").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("JITMEM_REQUIRE_CMAKE").is_none(),
-            "cmake is required (JITMEM_REQUIRE_CMAKE is set) but not installed"
-        );
-        eprintln!("note: cmake is not installed: the C and C++ suites were not run");
+    if !common::have("cmake", "the C and C++ suites were") {
         return;
     }
     let source = env!("CARGO_MANIFEST_DIR");
