@@ -70,7 +70,7 @@ int main()
 	uint32_t value = 40;
 	for(CodeGen::JitType type : types)
 	{
-		CHECK(CodeGen::SetJitType(type));
+		CHECK(CodeGen::SetJitTypeChecked(type));
 		const size_t size = 4096;
 		void* rx = CodeGen::AllocateExecutableMemory(size);
 		CHECK(rx != nullptr);
@@ -80,9 +80,9 @@ int main()
 			CodeGen::ScopedJITPageWriteAndNoExecute guard(rx);
 			MakeFunction(static_cast<uint8_t*>(rx) + diff, value);
 		}
-		CHECK(CodeGen::FreeWritableRegion(rx, size, diff));
+		CHECK(CodeGen::FreeWritableRegionChecked(rx, size, diff));
 		CHECK(Call(rx) == value);
-		CHECK(CodeGen::FreeExecutableMemory(rx, size));
+		CHECK(CodeGen::FreeExecutableMemoryChecked(rx, size));
 		value++;
 	}
 	std::printf("consumer: ok\n");
