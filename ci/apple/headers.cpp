@@ -1,5 +1,8 @@
 // Compiled (syntax and semantics, no code generation) for the Apple targets by check-headers.sh:
 // jitmem's C++ CodeGen header and its C API header, as an Apple C++ program includes them.
+// No Apple SDK here: libc++'s <string> needs the C library's headers, so LastErrorString() is
+// left out (JITMEM_CODEGEN_NO_STD_STRING); everything else of the header is checked.
+#define JITMEM_CODEGEN_NO_STD_STRING 1
 #include "MemoryUtil.h"
 #include "jitmem.h"
 
@@ -17,9 +20,16 @@ bool UseEveryCall(void* p, size_t n)
 {
 	CodeGen::ScopedJITPageWriteAndNoExecute guard(p);
 	ptrdiff_t diff = CodeGen::AllocateWritableRegionAndGetDiff(p, n);
-	return CodeGen::SetJitType(CodeGen::JitType::Legacy) && CodeGen::AllocateExecutableMemoryRegion() &&
-	       CodeGen::AllocateExecutableMemory(n) != nullptr && CodeGen::FreeWritableRegion(p, n, diff) &&
-	       CodeGen::FlushInstructionCache(p, n) && CodeGen::JITPageWriteEnableExecuteDisable(p) &&
-	       CodeGen::JITPageWriteDisableExecuteEnable(p) && CodeGen::FreeExecutableMemory(p, n) &&
+	CodeGen::SetJitType(CodeGen::JitType::Legacy);
+	CodeGen::AllocateExecutableMemoryRegion();
+	CodeGen::FreeWritableRegion(p, n, diff);
+	CodeGen::JITPageWriteEnableExecuteDisable(p);
+	CodeGen::JITPageWriteDisableExecuteEnable(p);
+	CodeGen::FreeExecutableMemory(p, n);
+	return guard.ok() && CodeGen::SetJitTypeChecked(CodeGen::JitType::Legacy) &&
+	       CodeGen::AllocateExecutableMemoryRegionChecked() && CodeGen::AllocateExecutableMemory(n) != nullptr &&
+	       CodeGen::FreeWritableRegionChecked(p, n, diff) && CodeGen::FlushInstructionCache(p, n) &&
+	       CodeGen::JITPageWriteEnableExecuteDisableChecked(p) &&
+	       CodeGen::JITPageWriteDisableExecuteEnableChecked(p) && CodeGen::FreeExecutableMemoryChecked(p, n) &&
 	       CodeGen::LastError() != nullptr;
 }

@@ -42,7 +42,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#ifndef JITMEM_CODEGEN_NO_STD_STRING
 #include <string>
+#endif
 
 #include "jitmem.h"
 
@@ -74,7 +76,10 @@ inline const char* LastError()
 	return jitmem_last_error();
 }
 
-/// A copy of LastError() that stays valid (jitmem_last_error_copy).
+#ifndef JITMEM_CODEGEN_NO_STD_STRING
+/// A copy of LastError() that stays valid (jitmem_last_error_copy). Left out when
+/// JITMEM_CODEGEN_NO_STD_STRING is defined (freestanding builds without <string>; CI's Apple
+/// header check, which has no Apple SDK, compiles that way).
 inline std::string LastErrorString()
 {
 	std::string text(jitmem_last_error_copy(nullptr, 0), '\0');
@@ -82,6 +87,7 @@ inline std::string LastErrorString()
 		jitmem_last_error_copy(&text[0], text.size() + 1);
 	return text;
 }
+#endif
 
 // ============================================================================
 // The seed document's declarations, with its exact signatures (void where it says void), so
