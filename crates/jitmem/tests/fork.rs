@@ -14,6 +14,15 @@ use jitmem::{Error, Layout, Strategy};
 fn fork_scenario(strategy: Strategy, layout: Layout) {
     let memory = memory(strategy, layout).unwrap();
     let mut block = function(&memory, 1);
+    // A freed block the parent's thread cache keeps (Pooled, Arena): the child inherits it.
+    let spare = function(&memory, 5);
+    drop(spare);
+    let cached = layout != Layout::PerAllocation && strategy != Strategy::Toggle;
+    assert_eq!(
+        memory.stats().cached_blocks,
+        usize::from(cached),
+        "{strategy}/{layout}"
+    );
     let f: extern "C" fn() -> u32 = {
         // SAFETY: a return_constant function, alive until the end.
         unsafe { block.entry(0).unwrap() }
@@ -58,6 +67,27 @@ fn fork_scenario(strategy: Strategy, layout: Layout) {
                 }
             }
             _ => status |= 4,
+        }
+        // The child allocates the size the parent's cache holds: refused where the child may
+        // not use the memory (Mirror), otherwise a trap-filled range of its own (the cached one
+        // in the cached layouts) that it writes and runs.
+        match memory.allocate(16) {
+            Err(Error::ForkedChild { .. }) if strategy == Strategy::Mirror => {}
+            Ok(mut fresh) if strategy != Strategy::Mirror => {
+                if memory.stats().cached_blocks != 0 {
+                    status |= 32; // the inherited cache was not used
+                }
+                // SAFETY: the block's executable view is mapped and readable.
+                let old = unsafe { std::slice::from_raw_parts(fresh.as_ptr(), fresh.len()) };
+                let clean = old
+                    .chunks(jitmem::isa::TRAP.len())
+                    .all(|c| c == jitmem::isa::TRAP || c.iter().all(|b| *b == 0));
+                let written = fresh.patch(0, &jitmem::isa::return_constant(11)).is_ok();
+                if !clean || !written || call(&fresh) != 11 {
+                    status |= 32;
+                }
+            }
+            _ => status |= 32,
         }
         let rw_page = rw & !(page - 1);
         let mut placeholder = None;
@@ -119,7 +149,8 @@ fn fork_scenario(strategy: Strategy, layout: Layout) {
         status[0], 0,
         "{strategy}/{layout}: child status bits {:#b} (1 saw the parent's patch, 2 could not \
          write its copy, 4 wrong write outcome, 8 inherited the writable view, 16 its drop \
-         unmapped a page of its own; 0xff: died)",
+         unmapped a page of its own, 32 allocating after the fork (the inherited thread cache) \
+         went wrong; 0xff: died)",
         status[0]
     );
     assert_eq!(call(&block), 2, "the child's writes never reach the parent");
