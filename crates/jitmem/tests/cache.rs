@@ -10,11 +10,24 @@ use jitmem::{CodeBlock, JitMemory, Layout, Stats, Strategy, introspect, isa};
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 
+/// Every strategy with the sub-allocated layouts (the ones a thread cache serves), as
+/// available here (PerThread in the emulated-PKU VM), Toggle included when `with_toggle` (its
+/// page-sized blocks are never cached, but go through the same paths).
+fn sub_allocated(with_toggle: bool) -> Vec<JitMemory> {
+    let mut out = Vec::new();
+    for strategy in Strategy::CONCRETE {
+        if strategy == Strategy::Toggle && !with_toggle {
+            continue;
+        }
+        for layout in [Layout::Pooled, Layout::Arena { size: 16 << 20 }] {
+            out.extend(memory(strategy, layout));
+        }
+    }
+    out
+}
+
 fn cached_layouts() -> Vec<JitMemory> {
-    [Layout::Pooled, Layout::Arena { size: 16 << 20 }]
-        .into_iter()
-        .filter_map(|l| memory(Strategy::Mirror, l))
-        .collect()
+    sub_allocated(false)
 }
 
 #[derive(Clone, Debug)]
@@ -51,7 +64,7 @@ proptest! {
 
     #[test]
     fn random_sequences_through_the_cache(ops in prop::collection::vec(op(), 1..200)) {
-        for memory in cached_layouts() {
+        for memory in sub_allocated(true) {
             let mut live: Vec<(CodeBlock, u32)> = Vec::new();
             let mut next = 0u32;
             for op in &ops {
