@@ -57,12 +57,19 @@ impl CodeBlock {
         let range = self.patch_range(offset, bytes.len())?;
         self.check_runs_while_written()?;
         let addr = self.as_ptr() as usize + offset;
-        // SAFETY: the range lies inside the block (patch_range), whose executable view is
-        // mapped and readable; &mut self excludes any writer.
-        let old = unsafe { std::slice::from_raw_parts(self.as_ptr().add(offset), bytes.len()) };
-        isa::check_live_patch(addr, old, bytes)
-            .map_err(|reason| Error::NotLivePatchable { reason })?;
-        self.store_live(range, bytes)
+        // The old bytes are read with the rights held: reading PerThread code outside a scope
+        // is not promised (see the PerThread module docs).
+        self.acquire(&range)?;
+        // SAFETY: the range lies inside the block (patch_range), whose writable view is mapped
+        // and readable with the rights just acquired; &mut self excludes any writer.
+        let old = unsafe { std::slice::from_raw_parts(self.rw_ptr(offset), bytes.len()) };
+        let checked = isa::check_live_patch(addr, old, bytes)
+            .map_err(|reason| Error::NotLivePatchable { reason });
+        if let Err(e) = checked {
+            self.release(&range)?;
+            return Err(e);
+        }
+        self.store_acquired(range, bytes)
     }
 
     /// Replaces a 4- or 8-byte, naturally aligned data word inside the block (a literal pool
@@ -78,7 +85,8 @@ impl CodeBlock {
         self.check_runs_while_written()?;
         isa::check_live_data(self.as_ptr() as usize + offset, bytes.len())
             .map_err(|reason| Error::NotLivePatchable { reason })?;
-        self.store_live(range, bytes)
+        self.acquire(&range)?;
+        self.store_acquired(range, bytes)
     }
 
     fn patch_range(&self, offset: usize, len: usize) -> Result<std::ops::Range<usize>> {
@@ -98,12 +106,12 @@ impl CodeBlock {
     }
 
     /// One atomic store of `bytes` (1, 2, 4 or 8 bytes, aligned to its length: checked by the
-    /// caller) over `range`, with write rights for the duration, then published.
-    fn store_live(&mut self, range: std::ops::Range<usize>, bytes: &[u8]) -> Result<()> {
-        self.acquire(&range)?;
+    /// caller) over `range`, whose write rights the caller acquired; then the rights are
+    /// released and the range published.
+    fn store_acquired(&mut self, range: std::ops::Range<usize>, bytes: &[u8]) -> Result<()> {
         let dst = self.rw_ptr(range.start);
         // SAFETY: `dst` is the writable view of `range`, inside the block, writable by this
-        // thread until `release` (rights acquired above), and aligned to the store's size (the
+        // thread until `release` (rights acquired by the caller), and aligned to the store's size (the
         // executable address is, by the caller's check, and the two views differ by a multiple
         // of the page). The atomics make the store single-copy atomic for concurrent fetches.
         unsafe {
@@ -118,6 +126,7 @@ impl CodeBlock {
                     Ordering::Release,
                 ),
                 _ => {
+                    self.release(&range)?;
                     return Err(Error::Internal("live store of an unchecked length"));
                 }
             }

@@ -71,13 +71,17 @@ proptest! {
                 match *op {
                     Op::Alloc(len) => {
                         let mut block = memory.allocate(len.max(16)).unwrap();
-                        // A reused range comes back trap-filled (never used memory is zero):
-                        // nothing of a past life runs.
-                        // SAFETY: the block's executable view is mapped and readable.
-                        let old = unsafe { std::slice::from_raw_parts(block.as_ptr(), block.len()) };
-                        assert!(old.chunks(isa::TRAP.len()).all(|c| c == isa::TRAP || c.iter().all(|b| *b == 0)));
                         next += 1;
-                        block.patch(0, &isa::return_constant(next)).unwrap();
+                        // A reused range comes back trap-filled (never used memory is zero):
+                        // nothing of a past life runs. Read inside a write scope: PerThread
+                        // code pages may not be readable outside one on a thread older than
+                        // the protection key.
+                        let mut scope = block.write().unwrap();
+                        assert!(scope
+                            .chunks(isa::TRAP.len())
+                            .all(|c| c == isa::TRAP || c.iter().all(|b| *b == 0)));
+                        scope[..16].copy_from_slice(&isa::return_constant(next));
+                        scope.publish().unwrap();
                         live.push((block, next));
                     }
                     Op::Free(i) if !live.is_empty() => {

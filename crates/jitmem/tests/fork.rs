@@ -77,12 +77,17 @@ fn fork_scenario(strategy: Strategy, layout: Layout) {
                 if memory.stats().cached_blocks != 0 {
                     status |= 32; // the inherited cache was not used
                 }
-                // SAFETY: the block's executable view is mapped and readable.
-                let old = unsafe { std::slice::from_raw_parts(fresh.as_ptr(), fresh.len()) };
-                let clean = old
-                    .chunks(jitmem::isa::TRAP.len())
-                    .all(|c| c == jitmem::isa::TRAP || c.iter().all(|b| *b == 0));
-                let written = fresh.patch(0, &jitmem::isa::return_constant(11)).is_ok();
+                // Read inside a write scope (PerThread pages may be unreadable outside one).
+                let (clean, written) = match fresh.write() {
+                    Ok(mut scope) => {
+                        let clean = scope
+                            .chunks(jitmem::isa::TRAP.len())
+                            .all(|c| c == jitmem::isa::TRAP || c.iter().all(|b| *b == 0));
+                        scope[..16].copy_from_slice(&jitmem::isa::return_constant(11));
+                        (clean, scope.publish().is_ok())
+                    }
+                    Err(_) => (false, false),
+                };
                 if !clean || !written || call(&fresh) != 11 {
                     status |= 32;
                 }

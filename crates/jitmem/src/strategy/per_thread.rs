@@ -8,6 +8,12 @@
 //!   only count. A thread *created* inside a scope inherits its creator's rights (Linux copies
 //!   PKRU into new threads).
 //! - **Who may run, and when**: every thread, always (keys do not govern instruction fetch).
+//! - **Who may read the code as data**: every thread inside a write scope. Outside one it is
+//!   not promised: in CI's emulated-PKU VM a test thread faulted reading PerThread code bytes
+//!   outside a scope (the cause is not established; Linux gives a thread that existed before a
+//!   key was allocated the default rights for it, which deny access, and is one candidate).
+//!   jitmem reads code only with rights held (`patch_live` reads the bytes it replaces inside
+//!   its scope); read code bytes through a write scope.
 //! - **A neighbour during a write scope or a free**: unaffected (no page changes protection).
 //! - **A forked child**: Linux: a copy-on-write copy with the same key and the forking thread's
 //!   PKRU; it keeps using the memory. Apple: MAP_JIT across fork is not defined, so the child
