@@ -13,7 +13,8 @@
 # 600) and PKU_TEST_TIMEOUT (per test binary in the guest, default 300); PKU_MEM (guest MiB,
 # default 2048); PKU_PROFILE (the tests' cargo profile, release (default; measured faster in total
 # than debug under TCG) or debug); PKU_BENCH=0 to leave the benchmark out; PKU_SKIP, e.g.
-# "wx:some_test lifecycle:other_test", tests to skip (by exact name; none by default).
+# "wx:some_test lifecycle:other_test", tests to skip (by exact name; none by default); PKU_ONLY,
+# e.g. "per_thread_rights wx", the test binaries to run (by name; default all).
 # Everything it makes goes to target/pku/ (kernel, initramfs, console.log): never committed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -72,6 +73,15 @@ cargo test "${release[@]}" -p jitmem --no-run --message-format=json 2> "$out/bui
 }
 mapfile -t tests < <(jq -r 'select(.reason == "compiler-artifact" and .profile.test and .executable != null) | .executable' "$out/build.json")
 [ ${#tests[@]} -gt 0 ] || { echo "pku: cargo built no test executable" >&2; exit 1; }
+if [ -n "${PKU_ONLY:-}" ]; then
+  only=()
+  for exe in "${tests[@]}"; do
+    name=$(basename "$exe")
+    for want in $PKU_ONLY; do [ "${name%-*}" = "$want" ] && only+=("$exe"); done
+  done
+  [ ${#only[@]} -gt 0 ] || { echo "pku: PKU_ONLY=$PKU_ONLY matches no test binary" >&2; exit 1; }
+  tests=("${only[@]}")
+fi
 note "building jitmem (and jitmem-bench) in release"
 packages=(-p jitmem-cli)
 [ "$bench" = 1 ] && packages+=(-p jitmem-bench)

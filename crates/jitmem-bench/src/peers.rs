@@ -14,7 +14,9 @@
 //! the fragmented variant cannot be expressed) nor to make finalized code writable again (so
 //! `patch` and `race` cannot either). Its signatures also name `cranelift_module::ModuleResult`,
 //! which pulls in `cranelift-codegen`, the largest crate of the Cranelift tree, for an allocator
-//! that could fill one column of seven (`overhead`).
+//! that could fill one column of seven (`overhead`). cranelift-jit's providers are compared with
+//! jitmem's provider (`crates/jitmem-cranelift`) where they can be: whole modules defined,
+//! finalized, called and freed, in `cargo bench -p jitmem-cranelift --bench modules`.
 
 use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -288,6 +288,14 @@ size_t jitmem_last_error_copy(char *buf, size_t len);
 // that no panic unwinds into C.
 enum jitmem_status jitmem_check_panic_guard(void);
 
+// Lets the calling thread, or the signal handler it is running, read JIT code as data (never
+// write it): `jitmem::allow_code_reads`. Call it in a signal handler that reads JIT code (a
+// fault handler decoding the faulting instruction) or runs code that reads its own bytes
+// (constant pools), and on a thread older than the library that runs such code without calling
+// jitmem. Only Linux PerThread (protection keys) restricts reads; elsewhere it does nothing.
+// Async-signal-safe: no system call, lock or allocation.
+void jitmem_allow_code_reads(void);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

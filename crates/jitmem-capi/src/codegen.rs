@@ -6,8 +6,11 @@
 //! `jitmem_codegen_writable_diff` and `jitmem_codegen_free_writable_region`, `PROT_NONE`
 //! otherwise, as the seed's alias existed only then; on Unix: on Windows the alias stays for
 //! the allocation's life), **LuckTXM** = Mirror + Arena (512 MiB
-//! reserved, sub-allocated at 16 bytes, pages used as touched, the alias permanent as in the
-//! seed). Live code is patched the same way in every mode: diff, a store through
+//! reserved, sub-allocated at 16 bytes, the alias permanent as in the seed; on an iOS device the
+//! TXM handshake detects the debugger-side script's protocol, `TxmProtocol::Auto`, and under
+//! StikDebug's universal script the debugger allocates the executable region itself. Elsewhere
+//! pages are used as touched, but on a TXM device the script's prepare step writes one byte per
+//! 16 KiB page, so all 512 MiB are dirty from the start; see docs/apple.md). Live code is patched the same way in every mode: diff, a store through
 //! `ptr + diff` (Legacy: diff 0, inside `jitmem_codegen_write_enable` /
 //! `jitmem_codegen_write_disable`), then `jitmem_codegen_free_writable_region`, which
 //! publishes; in the mirror modes other threads may run the code meanwhile. The seed's defects
@@ -100,9 +103,13 @@ impl Global {
                     },
                 ),
             };
-            // LuckTXM announces its arena to the debugger on iOS (seed 000's brk #0x69);
-            // the flag is ignored on other platforms.
-            let base = jitmem::Config::new().txm_handshake(self.jit_type == JitmemJitType::LuckTxm);
+            // LuckTXM announces its arena to the debugger-side script on iOS devices, detecting
+            // the protocol once (TxmProtocol::Auto): seed 000's brk #0x69 for the legacy
+            // scripts, or StikDebug's universal script, which allocates the arena's executable
+            // region itself. Ignored on other platforms.
+            let base = jitmem::Config::new().txm(
+                (self.jit_type == JitmemJitType::LuckTxm).then_some(jitmem::TxmProtocol::Auto),
+            );
             let memory = crate::make_memory_with(base, strategy, layout, 16, false)?;
             self.registry = Some(if self.jit_type == JitmemJitType::LuckNoTxm {
                 Registry::with_transient_alias(memory)

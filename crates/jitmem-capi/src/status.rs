@@ -177,3 +177,14 @@ pub extern "C" fn jitmem_check_panic_guard() -> JitmemStatus {
         }
     })
 }
+
+/// Lets the calling thread, or the signal handler it is running, read JIT code as data (never
+/// write it): `jitmem::allow_code_reads`. Call it in a signal handler that reads JIT code (a
+/// fault handler decoding the faulting instruction) or runs code that reads its own bytes
+/// (constant pools), and on a thread older than the library that runs such code without calling
+/// jitmem. Only Linux PerThread (protection keys) restricts reads; elsewhere it does nothing.
+/// Async-signal-safe: no system call, lock or allocation.
+#[unsafe(no_mangle)]
+pub extern "C" fn jitmem_allow_code_reads() {
+    jitmem::allow_code_reads();
+}

@@ -18,7 +18,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print what this process may do with executable memory, and what Auto picks.
-    Probe,
+    Probe {
+        /// Also map (and unmap) one writable and executable page, to tell whether the Rwx
+        /// opt-in would work (not done by default: security policies and audits flag it).
+        #[arg(long)]
+        rwx: bool,
+    },
     /// Run the whole life of a function in every strategy x layout, checking W^X; exit 0 only
     /// if everything that should work works.
     Selftest,
@@ -26,8 +31,13 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Probe => {
-            print!("{}", jitmem::probe::Probe::run());
+        Command::Probe { rwx } => {
+            let probe = if rwx {
+                jitmem::probe::Probe::run_trying_rwx()
+            } else {
+                jitmem::probe::Probe::run()
+            };
+            print!("{probe}");
             ExitCode::SUCCESS
         }
         Command::Selftest => selftest_table(),

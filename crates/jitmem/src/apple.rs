@@ -19,7 +19,7 @@
 
 use std::ffi::{c_int, c_void};
 
-use crate::config::{Config, Layout, Strategy};
+use crate::config::{Config, Layout, Strategy, TxmProtocol};
 use crate::error::Result;
 
 /// Seed 000's iOS JIT modes. The host app detects which one applies (iOS version, TXM) and
@@ -32,9 +32,11 @@ pub enum IosMode {
     /// iOS 26 and later without TXM: an RW mirror of each RX allocation (Mirror +
     /// PerAllocation).
     LuckNoTxm,
-    /// iOS 26 and later with TXM: one 512 MiB RX region announced to the debugger once
-    /// (`brk #0x69`) and mirrored RW (Mirror + Arena of [`Layout::DEFAULT_ARENA_SIZE`] + the TXM
-    /// handshake). Needs the debugger attached while the arena is made.
+    /// iOS 26 and later with TXM: one 512 MiB RX region prepared by the debugger-side script
+    /// once and mirrored RW (Mirror + Arena of [`Layout::DEFAULT_ARENA_SIZE`] +
+    /// [`TxmProtocol::Auto`]: the legacy scripts' `brk #0x69` on jitmem's region, or StikDebug's
+    /// universal script allocating the region itself). Needs the JIT enabler attached while
+    /// the arena is made; its prepare step dirties all 512 MiB (see `docs/apple.md`).
     LuckTxm,
 }
 
@@ -46,7 +48,7 @@ impl IosMode {
 }
 
 /// The [`Config`] for one of seed 000's iOS modes: Legacy = Toggle + PerAllocation, LuckNoTXM =
-/// Mirror + PerAllocation, LuckTXM = Mirror + 512 MiB Arena + [`Config::txm_handshake`]. The
+/// Mirror + PerAllocation, LuckTXM = Mirror + 512 MiB Arena + [`Config::txm`]`(Some(`[`TxmProtocol::Auto`]`))`. The
 /// strategy and layout are explicit, so `JITMEM_STRATEGY` and `JITMEM_LAYOUT` do not apply.
 pub fn ios_mode_config(mode: IosMode) -> Config {
     match mode {
@@ -61,7 +63,7 @@ pub fn ios_mode_config(mode: IosMode) -> Config {
             .layout(Layout::Arena {
                 size: Layout::DEFAULT_ARENA_SIZE,
             })
-            .txm_handshake(true),
+            .txm(Some(TxmProtocol::Auto)),
     }
 }
 
@@ -93,6 +95,23 @@ pub fn code_signing_flags() -> std::io::Result<u32> {
 /// unsigned or ad-hoc signed process without entitlements has none).
 pub fn has_entitlement(key: &str) -> std::io::Result<bool> {
     crate::sys::has_entitlement(key)
+}
+
+/// Tells StikDebug's universal script to detach (its command 0: `mov x16, #0; brk #0xf00d`),
+/// once the app has made every TXM arena it needs. Only on an iOS device, after a universal
+/// handshake in this process (a [`TxmProtocol::Auto`] that detected it, or
+/// [`TxmProtocol::Universal`]), with a debugger attached (`P_TRACED`; a failed check refuses
+/// unless `app_states_debugger`). Afterwards jitmem never traps again: after the debugger
+/// detached, any `brk` kills the process with `SIGTRAP`, so new TXM arenas are refused. The
+/// legacy scripts have no detach command.
+pub fn txm_detach(app_states_debugger: bool) -> Result<()> {
+    crate::sys::txm_detach(app_states_debugger)
+}
+
+/// The TXM protocol spoken in this process so far: what [`TxmProtocol::Auto`] detected, or the
+/// explicit protocol of the last handshake; `None` before any handshake (and off iOS devices).
+pub fn txm_protocol() -> Option<TxmProtocol> {
+    crate::sys::txm_protocol()
 }
 
 pub use crate::sys::JitWriteCallback;
@@ -162,43 +181,22 @@ pub unsafe fn jit_write_with_callback(
 /// `pthread_jit_write_freeze_callbacks_np` (macOS 12.1+): with the
 /// `com.apple.security.cs.jit-write-allowlist-freeze-late` entitlement, callbacks of libraries
 /// loaded with `dlopen` join the allow-list until this is called, exactly once, after the last
-/// such library is loaded and before the first [`jit_write_with_callback`]. Without that
-/// entitlement the call is an error that libpthread punishes by terminating the process, so
-/// this checks the entitlement first and returns [`Error::WrongState`](crate::Error::WrongState)
-/// instead.
+/// such library is loaded and before the first [`jit_write_with_callback`] (which refuses
+/// until then in such a process). libpthread terminates the process on a second call, on a
+/// call without `jit-write-allowlist-freeze-late`, and on a call without
+/// `com.apple.security.cs.jit-write-allowlist`; this checks all three first (a call-once
+/// guard and both entitlements; an unreadable entitlement counts as absent) and returns an
+/// error instead: [`Error::WrongState`](crate::Error::WrongState) for a second call, an
+/// [`Error::Os`](crate::Error::Os) refusal otherwise.
 #[doc(alias = "pthread_jit_write_freeze_callbacks_np")]
 pub fn freeze_jit_write_callbacks() -> Result<()> {
     crate::sys::freeze_jit_write_callbacks()
 }
 
-/// Declares this image's allow-list of [`JitWriteCallback`]s for
-/// [`jit_write_with_callback`]: the Rust form of libpthread's
-/// `PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP(...)`, a NULL-terminated array of function pointers in
-/// the `__DATA_CONST,__pth_jit_func` section, which libpthread reads at start-up.
-///
-/// Use it once per executable or library (Apple: "It may be invoked only once per
-/// executable/library"), at module scope, listing every callback; jitmem itself declares none.
-/// Apple platforms only.
-///
-/// ```no_run
-/// extern "C" fn emit(_ctx: *mut std::ffi::c_void) -> std::ffi::c_int { 0 }
-/// extern "C" fn patch(_ctx: *mut std::ffi::c_void) -> std::ffi::c_int { 0 }
-/// jitmem::jit_write_allow_callbacks!(emit, patch);
-/// ```
-#[macro_export]
-#[doc(alias = "PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP")]
-macro_rules! jit_write_allow_callbacks {
-    ($($callback:path),+ $(,)?) => {
-        #[used]
-        #[unsafe(link_section = "__DATA_CONST,__pth_jit_func")]
-        static __JITMEM_PTHREAD_JIT_WRITE_CALLBACK_ALLOWLIST: [::core::option::Option<
-            $crate::apple::JitWriteCallback,
-        >; [$(::core::stringify!($callback)),+].len() + 1] = [
-            $(::core::option::Option::Some($callback as $crate::apple::JitWriteCallback),)+
-            ::core::option::Option::None,
-        ];
-    };
-}
+// `jit_write_allow_callbacks!` lives in its own file so that CI can compile the very same
+// macro into a small object for aarch64-apple-darwin and inspect its section
+// (ci/apple/allowlist-object).
+include!("jit_write_allow_callbacks.rs");
 
 #[cfg(test)]
 mod tests {
@@ -216,8 +214,8 @@ mod tests {
 
     #[test]
     fn allow_list_is_null_terminated() {
-        assert_eq!(__JITMEM_PTHREAD_JIT_WRITE_CALLBACK_ALLOWLIST.len(), 3);
-        assert!(__JITMEM_PTHREAD_JIT_WRITE_CALLBACK_ALLOWLIST[2].is_none());
+        assert_eq!(JITMEM_PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP.len(), 3);
+        assert!(JITMEM_PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP[2].is_none());
     }
 
     #[test]
@@ -225,7 +223,7 @@ mod tests {
         let legacy = ios_mode_config(IosMode::Legacy);
         assert_eq!(legacy.requested_strategy(), Strategy::Toggle);
         assert_eq!(legacy.layout, Some(Layout::PerAllocation));
-        assert!(!legacy.txm_handshake);
+        assert_eq!(legacy.txm, None);
         let txm = IosMode::LuckTxm.config();
         assert_eq!(txm.requested_strategy(), Strategy::Mirror);
         assert_eq!(
@@ -234,9 +232,9 @@ mod tests {
                 size: Layout::DEFAULT_ARENA_SIZE
             })
         );
-        assert!(txm.txm_handshake);
+        assert_eq!(txm.txm, Some(TxmProtocol::Auto));
         let no_txm = IosMode::LuckNoTxm.config();
         assert_eq!(no_txm.layout, Some(Layout::PerAllocation));
-        assert!(!no_txm.txm_handshake);
+        assert_eq!(no_txm.txm, None);
     }
 }

@@ -16,7 +16,7 @@ use crate::isa;
 use crate::strategy::{OpenScopes, StrategyRules};
 
 /// An owned block of code memory. Freed when dropped: its bytes are filled with trap
-/// instructions (`int3`, `brk #0`) so that a stale call traps, and its range goes back to the
+/// instructions (`int3`, `brk #0xF000`) so that a stale call traps, and its range goes back to the
 /// heap (PerAllocation: the mapping is unmapped).
 ///
 /// Written through a [`WriteScope`] ([`write`](Self::write), [`write_range`](Self::write_range)),
@@ -191,6 +191,10 @@ impl CodeBlock {
     /// # Errors
     /// [`Error::OutOfRange`] when `offset` is not inside the block.
     pub unsafe fn entry<F: FnPtr>(&self, offset: usize) -> Result<F> {
+        if self.strategy() == Strategy::PerThread {
+            // The calling thread may run code that reads its own bytes (crate::allow_code_reads).
+            crate::sys::allow_thread_code_reads();
+        }
         // SAFETY: forwarded from the caller; the range is the block's executable range.
         unsafe { crate::fn_ptr::entry_at(self.rx, self.len, offset) }
     }

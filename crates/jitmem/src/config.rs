@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+pub use crate::sys::TxmProtocol;
+
 /// How W^X (write xor execute) is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Strategy {
@@ -82,7 +84,8 @@ pub enum Layout {
     /// only empty one (kept to avoid map/unmap churn).
     Pooled,
     /// One reservation of `size` bytes up front, sub-allocated; physical pages are used only
-    /// when touched. All code lies in one range, so x86-64 rel32 calls (+-2 GiB) between any two
+    /// when touched (except with a TXM handshake on iOS, whose prepare step dirties every
+    /// page: see [`Config::txm`]). All code lies in one range, so x86-64 rel32 calls (+-2 GiB) between any two
     /// functions reach when `size` <= 2 GiB, and AArch64 BL (+-128 MiB) when `size` <= 128 MiB.
     Arena {
         /// Bytes to reserve, rounded up to the page size.
@@ -155,7 +158,10 @@ pub struct Config {
     pub(crate) default_align: usize,
     pub(crate) rwx_opt_in: bool,
     pub(crate) use_environment: bool,
-    pub(crate) txm_handshake: bool,
+    pub(crate) txm: Option<TxmProtocol>,
+    pub(crate) txm_debugger_speaks_protocol: bool,
+    pub(crate) near: Option<(usize, usize)>,
+    pub(crate) bti: bool,
 }
 
 impl Default for Config {
@@ -168,6 +174,9 @@ impl Default for Config {
 pub const STRATEGY_ENV: &str = "JITMEM_STRATEGY";
 /// The environment variable that forces the layout when the configuration leaves it unset.
 pub const LAYOUT_ENV: &str = "JITMEM_LAYOUT";
+/// The environment variable that turns [`Config::bti`] on (`1`) when the configuration
+/// honours the environment (for test suites run under `qemu-aarch64 -cpu max`).
+pub const BTI_ENV: &str = "JITMEM_BTI";
 
 impl Config {
     /// `Auto` strategy, the layout `Auto` picks (Pooled), 16-byte default alignment, environment
@@ -179,7 +188,10 @@ impl Config {
             default_align: 16,
             rwx_opt_in: false,
             use_environment: true,
-            txm_handshake: false,
+            txm: None,
+            txm_debugger_speaks_protocol: false,
+            near: None,
+            bti: false,
         }
     }
 
@@ -202,7 +214,7 @@ impl Config {
         self
     }
 
-    /// Ignore `JITMEM_STRATEGY` and `JITMEM_LAYOUT` (for tests and tools that must get exactly
+    /// Ignore `JITMEM_STRATEGY`, `JITMEM_LAYOUT` and `JITMEM_BTI` (for tests and tools that must get exactly
     /// what they ask for).
     pub fn ignore_environment(mut self) -> Self {
         self.use_environment = false;
@@ -225,13 +237,67 @@ impl Config {
         self
     }
 
+    /// iOS 26 with TXM (seed 000's LuckTXM): shorthand for [`Config::txm`] with
+    /// [`TxmProtocol::Auto`] (`true`) or no handshake (`false`). Kept for existing callers; it
+    /// used to mean the legacy protocol only, which Auto still speaks when the debugger's
+    /// script does.
+    pub fn txm_handshake(self, on: bool) -> Self {
+        self.txm(on.then_some(TxmProtocol::Auto))
+    }
+
     /// iOS 26 with TXM (seed 000's LuckTXM): announce each Mirror region to the attached
-    /// debugger with `brk #0x69` (x0 = address, x1 = size) before its writable mirror is made.
-    /// Use it with `Strategy::Mirror` and an `Arena`, so that the handshake happens once, when
-    /// the arena is reserved. TXM detection belongs to the host app: set this when it says TXM
-    /// is active. Ignored on other platforms.
-    pub fn txm_handshake(mut self, on: bool) -> Self {
-        self.txm_handshake = on;
+    /// debugger-side script with `protocol` (`None`: no handshake, the default). Use it with
+    /// `Strategy::Mirror` and an `Arena` (whose size is a multiple of 16 KiB and which
+    /// StikDebug's prepare step dirties completely: see `docs/apple.md`), so that the
+    /// handshake happens once, when the arena is reserved. TXM detection belongs to the host
+    /// app: set this when it says TXM is active. Ignored on every platform but an iOS device.
+    ///
+    /// jitmem traps only when a debugger is attached (`P_TRACED`); a failed check counts as
+    /// "not attached" unless [`Config::txm_debugger_speaks_protocol`] says otherwise.
+    pub fn txm(mut self, protocol: Option<TxmProtocol>) -> Self {
+        self.txm = protocol;
+        self
+    }
+
+    /// The app states that the debugger attached to it is a JIT enabler that answers the TXM
+    /// traps (StikDebug and its scripts), not a debugger that merely stops the app on a `brk`
+    /// (Xcode's lldb: `P_TRACED` is set, and the app just stops). With it, jitmem also traps
+    /// when the `P_TRACED` check itself fails (some sandboxes refuse `sysctl(KERN_PROC)`); a
+    /// check that says "not attached" still refuses, and a SIGTRAP guard still turns an
+    /// unanswered trap into an error. Default: `false`.
+    pub fn txm_debugger_speaks_protocol(mut self, yes: bool) -> Self {
+        self.txm_debugger_speaks_protocol = yes;
+        self
+    }
+
+    /// The TXM protocol asked for ([`Config::txm`]).
+    pub fn requested_txm(&self) -> Option<TxmProtocol> {
+        self.txm
+    }
+
+    /// Places the code within reach of `address`: every byte of every region's executable view
+    /// (Pooled chunks, the Arena, PerAllocation mappings, guard pages included) lies at most
+    /// `max_distance` bytes from it, so that code can call a function at `address` directly:
+    /// x86-64 `call rel32` reaches +-2 GiB, AArch64 `bl` +-128 MiB (leave a margin for the
+    /// size of the code being called). Regions go in the nearest free gaps of the address
+    /// space; when there is no room within reach, mapping a region (a new chunk, the arena)
+    /// fails with [`Error::NoRoomNear`](crate::Error::NoRoomNear), never placing code farther.
+    /// Linux only (it moves each fresh mapping into a reservation, `mremap`); elsewhere
+    /// [`JitMemory::new`](crate::JitMemory::new) gives
+    /// [`Error::FeatureUnsupported`](crate::Error::FeatureUnsupported).
+    pub fn near(mut self, address: usize, max_distance: usize) -> Self {
+        self.near = Some((address, max_distance));
+        self
+    }
+
+    /// Maps executable views with `PROT_BTI` (Linux on AArch64 with BTI): an indirect branch
+    /// (`br`, `blr`) into the code faults (`SIGILL`) unless it lands on a `bti` landing pad of
+    /// the right kind, so every function entry and every other indirect-branch target of the
+    /// generated code must begin with one (`bti c` for calls). Toggle, Mirror and Rwx. Where
+    /// the CPU or the platform has no BTI, [`JitMemory::new`](crate::JitMemory::new) gives
+    /// [`Error::FeatureUnsupported`](crate::Error::FeatureUnsupported).
+    pub fn bti(mut self, on: bool) -> Self {
+        self.bti = on;
         self
     }
 

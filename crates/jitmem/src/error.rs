@@ -49,6 +49,12 @@ pub enum Error {
         strategy: Strategy,
         /// Why, in words a user can act on.
         reason: String,
+        /// The operating system's error when a system call failed (for example Windows'
+        /// `ERROR_DYNAMIC_CODE_BLOCKED` under Arbitrary Code Guard, or `ERROR_COMMITMENT_LIMIT`),
+        /// with its raw code ([`std::io::Error::raw_os_error`]); `None` when the platform
+        /// refused the strategy outright (a policy read, a missing CPU feature).
+        #[source]
+        source: Option<std::io::Error>,
     },
     /// [`Strategy::Rwx`] was asked for without the unsafe opt-in
     /// [`Config::allow_rwx_without_wx`](crate::Config::allow_rwx_without_wx).
@@ -130,6 +136,32 @@ pub enum Error {
     /// scope was dropped) left this memory in a state we cannot vouch for.
     #[error("this memory is poisoned: restoring execute rights failed earlier ({0})")]
     Poisoned(String),
+    /// Debug information (the `debuginfo` feature) that cannot be made or registered: a bad
+    /// symbol name, CFI that does not encode, a target without the needed interface.
+    #[error("debug info: {0}")]
+    DebugInfo(String),
+    /// No room for a region within reach of the address given to
+    /// [`Config::near`](crate::Config::near): the address space there is taken. Code is never
+    /// placed farther instead.
+    #[error(
+        "no room for a region of {len} bytes within {max_distance} bytes of {address:#x}: the address space there is taken (Config::near never places code farther)"
+    )]
+    NoRoomNear {
+        /// The address code must stay near.
+        address: usize,
+        /// The largest distance allowed from it, for every byte.
+        max_distance: usize,
+        /// Bytes the region needed (its guard pages included).
+        len: usize,
+    },
+    /// An option of the configuration is not available on this platform or CPU.
+    #[error("{feature} is not available here: {reason}")]
+    FeatureUnsupported {
+        /// The option, as the configuration names it.
+        feature: &'static str,
+        /// Why, in words a user can act on.
+        reason: String,
+    },
     /// A broken internal invariant: a bug in jitmem. Please report it.
     #[error("internal error in jitmem: {0}")]
     Internal(&'static str),
@@ -141,10 +173,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Wraps the calling thread's last OS error (`errno`).
     #[cfg_attr(
-        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        not(any(
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            all(feature = "debuginfo", target_os = "linux")
+        )),
         expect(
             dead_code,
-            reason = "only the OS backends use it; other targets have none"
+            reason = "only the OS backends and Linux's jitdump use it; other targets have none"
         )
     )]
     pub(crate) fn last_os(op: &'static str) -> Self {

@@ -37,8 +37,21 @@ pub struct Stats {
     pub live_bytes: usize,
     /// Free bytes inside reserved regions.
     pub free_bytes: usize,
-    /// Bytes of address space reserved (physical memory is used only where touched).
+    /// Bytes of address space reserved for code (physical memory is used only where touched),
+    /// as the system reserves it, every view counted (a Mirror region has two: twice its
+    /// length). Guard pages are not in it: see `guard_bytes`. A pooled chunk or the arena is a
+    /// multiple of the reservation unit already; a PerAllocation block takes its length rounded
+    /// up to that unit. The unit is the page on Linux and Apple, and the 64 KiB allocation
+    /// granularity on Windows, where each PerAllocation function takes at least 64 KiB of
+    /// address space (128 KiB for Mirror). On Windows only the parts blocks were handed out
+    /// from are committed (in 64 KiB steps, counted against the commit limit): the rest is
+    /// reserved address space with no commit charge.
     pub reserved_bytes: usize,
+    /// Bytes of address space held as inaccessible guard pages: one page before and after each
+    /// Pooled chunk and the Arena, for each view (two views for Mirror), on platforms that
+    /// make them (Linux). The address space in use is `reserved_bytes + guard_bytes`; guard
+    /// pages use no memory.
+    pub guard_bytes: usize,
     /// Regions (chunks, the arena, or per-allocation mappings) currently mapped. Each is one
     /// mapping, or two for Mirror.
     pub regions: usize,
@@ -71,6 +84,17 @@ pub(crate) struct Core {
 struct PerAllocationStats {
     blocks: AtomicUsize,
     bytes: AtomicUsize,
+    /// Address space the blocks' mappings take: each rounded up to the system's reservation
+    /// granularity (64 KiB on Windows; twice that for a Mirror block, which has two views).
+    reserved: AtomicUsize,
+}
+
+/// The address space a per-allocation mapping of `len` bytes takes, all views counted: Windows
+/// reserves 64 KiB units (a 4 KiB Toggle block takes 64 KiB, a Mirror block two views of
+/// 64 KiB), elsewhere the page-rounded length (two of them for Mirror).
+fn per_allocation_reservation(core: &Core, len: usize) -> usize {
+    let one = round_up(len, sys::reservation_granularity()).unwrap_or(len);
+    one.saturating_mul(core.views())
 }
 
 impl Core {
@@ -85,7 +109,7 @@ impl Core {
         // (which decides what a child may do with memory made before the fork) only counts forks
         // once they are installed.
         fork::ensure_handlers()?;
-        let rules = Rules::new(choice.strategy)?;
+        let rules = Rules::new(choice.strategy, options.bti)?;
         let page = sys::page_size();
         Ok(Arc::new(Core {
             granule: rules.granule(page, MIN_GRANULE),
@@ -103,6 +127,15 @@ impl Core {
 
     pub(crate) fn strategy(&self) -> Strategy {
         self.rules.strategy()
+    }
+
+    /// How many views (reservations of address space) each region has: two for Mirror.
+    fn views(&self) -> usize {
+        if self.strategy() == Strategy::Mirror {
+            2
+        } else {
+            1
+        }
     }
 
     /// Refuses work on memory that a fork child may not use (the strategy's fork policy) or
@@ -132,6 +165,9 @@ impl Core {
     pub(crate) fn per_allocation_freed(&self, len: usize) {
         self.per_allocation.blocks.fetch_sub(1, Ordering::Relaxed);
         self.per_allocation.bytes.fetch_sub(len, Ordering::Relaxed);
+        self.per_allocation
+            .reserved
+            .fetch_sub(per_allocation_reservation(self, len), Ordering::Relaxed);
     }
 }
 
@@ -299,6 +335,9 @@ impl Shard {
             core.per_allocation
                 .bytes
                 .fetch_add(rounded, Ordering::Relaxed);
+            core.per_allocation
+                .reserved
+                .fetch_add(per_allocation_reservation(core, rounded), Ordering::Relaxed);
             return Ok(Allocation {
                 rx: region.rx(),
                 len: rounded,
@@ -335,9 +374,17 @@ impl Shard {
         };
         let chunk = heap.chunk(allocation.pool)?;
         let base = chunk.region.rx().as_ptr() as usize;
-        chunk
-            .region
-            .note_used(allocation.start + allocation.len - base);
+        let end = allocation.start + allocation.len - base;
+        // Commit on demand (Windows): the range's pages are committed before it is handed out;
+        // if the system refuses (its commit limit), the range goes back and the caller gets the
+        // OS error, nothing is left half-usable.
+        if let Err(e) = chunk.region.ensure_committed(end) {
+            heap.ranges
+                .free(allocation.id)
+                .map_err(|_| Error::Internal("a range just allocated could not be freed"))?;
+            return Err(e);
+        }
+        chunk.region.note_used(end);
         let writable_offset = chunk.region.writable_offset();
         drop(heap);
         let rx = NonNull::new(allocation.start as *mut u8).ok_or(Error::Internal("null block"))?;
@@ -438,7 +485,7 @@ impl Shard {
                 let bytes = pa.bytes.load(Ordering::Relaxed);
                 stats.live_blocks += blocks;
                 stats.live_bytes += bytes;
-                stats.reserved_bytes += bytes;
+                stats.reserved_bytes += pa.reserved.load(Ordering::Relaxed);
                 stats.regions += blocks;
             }
             Some(heap) => {
@@ -454,7 +501,12 @@ impl Shard {
                 stats.live_bytes += s.live_bytes.saturating_sub(cached_bytes);
                 stats.free_bytes += s.free_bytes + cached_bytes;
                 stats.cached_blocks += cached_blocks;
-                stats.reserved_bytes += s.pool_bytes;
+                stats.reserved_bytes += s.pool_bytes.saturating_mul(self.core.views());
+                stats.guard_bytes += h
+                    .chunks
+                    .iter()
+                    .map(|c| c.region.guard_bytes())
+                    .sum::<usize>();
                 stats.regions += h.chunks.len();
             }
         }

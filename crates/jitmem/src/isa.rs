@@ -5,17 +5,29 @@
 pub const ARCH: &str = std::env::consts::ARCH;
 
 /// The trap instruction of this ISA, as the bytes that repeat in freed code: `int3` on x86-64,
-/// `brk #0` on AArch64 (4-byte aligned; blocks are at least 16-byte granular).
+/// `brk #0xF000` on AArch64 (4-byte aligned; blocks are at least 16-byte granular).
 #[cfg(target_arch = "x86_64")]
 pub const TRAP: &[u8] = &[0xCC];
 /// The trap instruction of this ISA, as the bytes that repeat in freed code: `int3` on x86-64,
-/// `brk #0` on AArch64 (4-byte aligned; blocks are at least 16-byte granular).
+/// `brk #0xF000` on AArch64 (4-byte aligned; blocks are at least 16-byte granular).
+///
+/// `brk #0xF000` ([`A64_BRK_F000`]) on every OS, not `brk #0`: Windows on ARM64 reports only
+/// `brk #0xF000` as a breakpoint (`EXCEPTION_BREAKPOINT`; it is what MSVC's `__debugbreak`
+/// emits: <https://learn.microsoft.com/en-us/cpp/intrinsics/debugbreak>, "On ARM64, the
+/// __debugbreak intrinsic is compiled into the instruction brk #0xF000"; Rust's
+/// `core::arch::breakpoint` emits it too), and turns other `brk` immediates such as `brk #0`
+/// into an illegal-instruction exception. Linux reports every `brk` immediate as `SIGTRAP`
+/// (arch/arm64/kernel/debug-monitors.c, `brk_handler`), and so does qemu-user.
 #[cfg(target_arch = "aarch64")]
-pub const TRAP: &[u8] = &0xD420_0000u32.to_le_bytes();
+pub const TRAP: &[u8] = &A64_BRK_F000.to_le_bytes();
 /// No JIT on other instruction sets (the platform layer refuses executable memory there), so no
 /// freed code is ever filled: a zero byte, an invalid instruction on most ISAs.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub const TRAP: &[u8] = &[0];
+
+/// `brk #0xF000`, the A64 trap word that fills freed code on AArch64 (see [`TRAP`]): `BRK` is
+/// `0xD420_0000 | imm16 << 5`.
+pub const A64_BRK_F000: u32 = 0xD420_0000 | (0xF000 << 5);
 
 /// Fills `code` with trap instructions. `code` starts on an instruction boundary.
 pub fn fill_traps(code: &mut [u8]) {
@@ -152,6 +164,18 @@ pub fn patch_return_constant(code: &mut [u8], value: u32) {
 mod tests {
     use super::*;
 
+    /// The AArch64 trap is `brk #0xF000` (Windows on ARM64's breakpoint) on every OS: the word
+    /// `d43e0000` that MSVC emits for `__debugbreak` (and that `aarch64-linux-gnu-objdump`
+    /// disassembles as `brk #0xf000`).
+    #[test]
+    fn a64_trap_is_brk_f000() {
+        assert_eq!(A64_BRK_F000, 0xD43E_0000);
+        assert!(a64_concurrently_modifiable(A64_BRK_F000));
+        if cfg!(target_arch = "aarch64") {
+            assert_eq!(TRAP, &A64_BRK_F000.to_le_bytes());
+        }
+    }
+
     #[test]
     fn traps_fill_every_byte() {
         let mut code = [0u8; 32];
@@ -162,14 +186,15 @@ mod tests {
     #[test]
     fn a64_modifiable_set() {
         for ok in [
-            0x1400_0002, // b #8
-            0x97FF_FFFF, // bl #-4
-            0xD503_201F, // nop
-            0xD503_3FDF, // isb
-            0xD420_0000, // brk #0
-            0xD400_0001, // svc #0
-            0xD400_1002, // hvc #0x80
-            0xD400_0003, // smc #0
+            0x1400_0002,  // b #8
+            0x97FF_FFFF,  // bl #-4
+            0xD503_201F,  // nop
+            0xD503_3FDF,  // isb
+            0xD420_0000,  // brk #0
+            A64_BRK_F000, // brk #0xF000
+            0xD400_0001,  // svc #0
+            0xD400_1002,  // hvc #0x80
+            0xD400_0003,  // smc #0
         ] {
             assert!(a64_concurrently_modifiable(ok), "{ok:#x}");
         }

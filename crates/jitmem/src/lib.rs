@@ -41,7 +41,11 @@
 //! access, so keys protect against stray writes, not against code injection that already
 //! succeeded. Signal handlers run with the kernel's default PKRU (our key write- and
 //! access-disabled) and get the interrupted PKRU back on return: do not open write scopes in a
-//! signal handler. Threads start with the PKRU of the thread that created them.
+//! signal handler, and call [`allow_code_reads`] in one before it reads code (or runs code that
+//! reads its own bytes). Threads start with the PKRU of the thread that created them; jitmem
+//! allocates its key when the program is loaded, so that every later thread may read code
+//! (`JITMEM_PKEY_AT_LOAD=0` defers it to the first PerThread memory; the `PerThread` docs say
+//! what older threads must do).
 //!
 //! ## fork()
 //! See [`fork_safety`] for what a child process may do with code memory.
@@ -66,6 +70,12 @@ pub mod apple;
 )]
 mod block;
 mod config;
+#[cfg(feature = "debuginfo")]
+#[expect(
+    unsafe_code,
+    reason = "the GDB JIT interface's descriptor, the unwinder's registration functions and the jitdump marker mapping are C interfaces"
+)]
+pub mod debuginfo;
 mod error;
 #[expect(
     unsafe_code,
@@ -100,6 +110,11 @@ mod memory;
     reason = "the one atomic store of a live patch through a block's writable view"
 )]
 mod patch;
+#[expect(
+    unsafe_code,
+    reason = "gives back a reservation it made that landed outside the window"
+)]
+mod placement;
 pub mod probe;
 #[expect(unsafe_code, reason = "calls the code it wrote (a code-entry point)")]
 pub mod selftest;
@@ -121,7 +136,9 @@ mod sys;
 mod thread_cache;
 
 pub use block::{CodeBlock, WriteScope};
-pub use config::{Choice, Config, LAYOUT_ENV, Layout, STRATEGY_ENV, Strategy};
+pub use config::{
+    BTI_ENV, Choice, Config, LAYOUT_ENV, Layout, STRATEGY_ENV, Strategy, TxmProtocol,
+};
 pub use error::{Error, Result};
 pub use exec_buffer::{ExecBuffer, page_size, round_to_page};
 pub use fn_ptr::FnPtr;
@@ -144,4 +161,19 @@ const _: () = {
 pub mod fork_safety {
     #![doc = include_str!("fork.md")]
     pub use crate::fork::generation;
+}
+
+/// Lets the calling thread, or the signal handler it is running, read code as data (never
+/// write it): call it in a signal handler that reads JIT code (a fault handler decoding the
+/// faulting instruction) or runs code that reads its own bytes (constant pools), and on a
+/// thread that existed before jitmem was loaded and runs such code without calling jitmem.
+///
+/// Only Linux PerThread (protection keys) restricts reads: there a thread's rights for the key
+/// live in its PKRU register, and signal handlers and threads older than the key start with
+/// access disabled (the `PerThread` strategy's docs). Costs one `RDPKRU` (and one `WRPKRU` when
+/// reads were disabled) once PerThread memory exists, nothing otherwise. Async-signal-safe: no
+/// system call, lock or allocation. A handler's rights end with it (the kernel restores the
+/// interrupted thread's PKRU on return).
+pub fn allow_code_reads() {
+    sys::allow_thread_code_reads();
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::block::CodeBlock;
-use crate::config::{Choice, Config, LAYOUT_ENV, Layout, STRATEGY_ENV, Strategy};
+use crate::config::{BTI_ENV, Choice, Config, LAYOUT_ENV, Layout, STRATEGY_ENV, Strategy};
 use crate::error::{Error, Result};
 use crate::heap::{Core, FIRST_CHUNK, Shard, Stats, round_up};
 use crate::probe;
@@ -75,16 +75,35 @@ impl JitMemory {
         if strategy == Strategy::Rwx && !config.rwx_opt_in {
             return Err(Error::RwxNotOptedIn);
         }
+        if config.bti {
+            sys::bti_support().map_err(|reason| Error::FeatureUnsupported {
+                feature: "BTI landing-pad protection (Config::bti)",
+                reason,
+            })?;
+        }
+        if config.near.is_some() && !sys::MOVES {
+            return Err(Error::FeatureUnsupported {
+                feature: "placement near an address (Config::near)",
+                reason: "implemented on Linux only: regions are moved into a reservation with mremap, and this platform cannot move a mapping".to_owned(),
+            });
+        }
         // The first region proves the strategy works: any refusal there is "unsupported".
-        let unsupported = |e: Error| match e {
-            e @ (Error::Unsupported { .. } | Error::MappingLimit { .. }) => e,
-            e => Error::Unsupported {
-                strategy,
-                reason: sys::error_chain(&e),
-            },
+        let unsupported = |e: Error| unsupported(strategy, e);
+        // Guard pages around each Pooled chunk and the Arena (both views of a mirror), where a
+        // mapping can be moved into a reservation; PerAllocation blocks have none.
+        let guard = match choice.layout {
+            Layout::Pooled | Layout::Arena { .. } if sys::MOVES => page,
+            _ => 0,
         };
         let options = sys::MapOptions {
-            txm_handshake: config.txm_handshake,
+            txm: config.txm,
+            txm_debugger_speaks_protocol: config.txm_debugger_speaks_protocol,
+            guard,
+            near: config.near.map(|(address, max_distance)| sys::Near {
+                address,
+                max_distance,
+            }),
+            bti: config.bti,
         };
         let core = Core::new(choice, options, config.default_align)?;
         let shards: Vec<Arc<Shard>> = match core.layout {
@@ -97,7 +116,9 @@ impl JitMemory {
                 vec![Shard::new(&core, None)?]
             }
             Layout::Arena { size } => {
-                let size = round_up(size.max(1), page).ok_or(Error::TooLarge { len: size })?;
+                // The whole reservation: Windows reserves 64 KiB units, elsewhere pages.
+                let unit = sys::reservation_granularity().max(page);
+                let size = round_up(size.max(1), unit).ok_or(Error::TooLarge { len: size })?;
                 vec![Shard::new(&core, Some((Some(size), 0))).map_err(unsupported)?]
             }
             Layout::Pooled => {
@@ -195,6 +216,12 @@ impl JitMemory {
         stats
     }
 
+    /// Whether executable views are mapped with `PROT_BTI` ([`Config::bti`], or `JITMEM_BTI=1`):
+    /// code written here must start every indirect-branch target with a `bti` landing pad.
+    pub fn bti(&self) -> bool {
+        self.core.options.bti
+    }
+
     /// The page size this memory works with.
     pub fn page_size(&self) -> usize {
         self.core.page
@@ -221,8 +248,29 @@ impl std::fmt::Debug for JitMemory {
     }
 }
 
+/// A failure of the first region of a memory of `strategy` (which proves the strategy works) as
+/// `Error::Unsupported`, keeping the OS error, when there is one, as the source with its raw
+/// code (not flattened into the reason); `Unsupported` and `MappingLimit` pass through.
+fn unsupported(strategy: Strategy, e: Error) -> Error {
+    match e {
+        e @ (Error::Unsupported { .. } | Error::MappingLimit { .. } | Error::NoRoomNear { .. }) => {
+            e
+        }
+        Error::Os { op, source } => Error::Unsupported {
+            strategy,
+            reason: format!("{op} failed"),
+            source: Some(source),
+        },
+        e => Error::Unsupported {
+            strategy,
+            reason: sys::error_chain(&e),
+            source: None,
+        },
+    }
+}
+
 /// Resolves the environment: `JITMEM_STRATEGY` when the strategy is `Auto`, `JITMEM_LAYOUT`
-/// when no layout was set (unless the configuration ignores the environment).
+/// when no layout was set, `JITMEM_BTI` (unless the configuration ignores the environment).
 fn with_environment(config: &Config) -> Result<Config> {
     let mut config = config.clone();
     if !config.use_environment {
@@ -237,6 +285,19 @@ fn with_environment(config: &Config) -> Result<Config> {
                 reason: "expected auto, toggle, mirror or perthread (rwx can only be enabled in code)",
             })?;
         }
+    }
+    if let Ok(value) = std::env::var(BTI_ENV) {
+        config.bti |= match value.trim() {
+            "1" => true,
+            "0" | "" => false,
+            _ => {
+                return Err(Error::BadEnvironment {
+                    var: BTI_ENV,
+                    value,
+                    reason: "expected 1 (map code with PROT_BTI) or 0",
+                });
+            }
+        };
     }
     if config.layout.is_none() {
         if let Ok(value) = std::env::var(LAYOUT_ENV) {
@@ -256,6 +317,7 @@ fn resolve(config: &Config) -> Result<Choice> {
         Strategy::Auto => probe::auto_choice().map_err(|reason| Error::Unsupported {
             strategy: Strategy::Auto,
             reason,
+            source: None,
         })?,
         strategy => Choice {
             strategy,
@@ -267,4 +329,40 @@ fn resolve(config: &Config) -> Result<Choice> {
         choice.layout = layout;
     }
     Ok(choice)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed system call behind the first region keeps its OS error as the source, with the
+    /// raw code (e.g. Windows' `ERROR_DYNAMIC_CODE_BLOCKED`, 1655), instead of a flattened
+    /// string.
+    #[test]
+    fn first_region_failures_keep_the_os_error() {
+        let os = Error::Os {
+            op: "VirtualAlloc(MEM_COMMIT)",
+            source: std::io::Error::from_raw_os_error(1655),
+        };
+        let e = unsupported(Strategy::Toggle, os);
+        assert!(matches!(
+            e,
+            Error::Unsupported {
+                strategy: Strategy::Toggle,
+                ..
+            }
+        ));
+        let source = std::error::Error::source(&e).expect("the OS error is the source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("the source is a std::io::Error");
+        assert_eq!(io.raw_os_error(), Some(1655));
+        assert!(
+            e.to_string().contains("VirtualAlloc(MEM_COMMIT) failed"),
+            "{e}"
+        );
+        // Errors that are not OS errors keep their words and have no source.
+        let e = unsupported(Strategy::Mirror, Error::Internal("x"));
+        assert!(std::error::Error::source(&e).is_none());
+    }
 }

@@ -44,9 +44,23 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Runs every check (a dozen system calls, a few page mappings).
+    /// Runs every check (a dozen system calls, a few page mappings), except mapping a page that
+    /// is writable and executable at once: what only the unsafe Rwx opt-in uses, and what
+    /// security policies forbid (it shows up in Arbitrary Code Guard audits, EDR heuristics and
+    /// SELinux `execmem` denials). Rwx is then reported "not tried"; see
+    /// [`run_trying_rwx`](Self::run_trying_rwx).
     pub fn run() -> Probe {
-        let f = sys::probe_facts();
+        Probe::run_with(false)
+    }
+
+    /// [`run`](Self::run), and also maps (and unmaps) one writable and executable page to tell
+    /// whether Rwx would work (`jitmem-cli probe --rwx`).
+    pub fn run_trying_rwx() -> Probe {
+        Probe::run_with(true)
+    }
+
+    fn run_with(rwx_trial: bool) -> Probe {
+        let f = sys::probe_facts(rwx_trial);
         let strategies = vec![
             (Strategy::Mirror, f.mirror),
             (Strategy::PerThread, f.per_thread),
@@ -129,11 +143,19 @@ fn choose(
     ))
 }
 
-static AUTO: OnceLock<Result<Choice, String>> = OnceLock::new();
+static AUTO: OnceLock<Choice> = OnceLock::new();
 
-/// What `Auto` picks in this process (the probe runs once; later calls reuse its answer).
+/// What `Auto` picks in this process. A choice is kept (the probe runs once it succeeds; later
+/// calls reuse it); a refusal is not: the probe runs again on the next call, because what a
+/// process may do can change, and can differ per thread (Windows' Arbitrary Code Guard with
+/// `AllowThreadOptOut`: a thread that opted out with `SetThreadInformation(ThreadDynamicCodePolicy)`
+/// may make code while the others may not).
 pub fn auto_choice() -> Result<Choice, String> {
-    AUTO.get_or_init(|| Probe::run().auto).clone()
+    if let Some(choice) = AUTO.get() {
+        return Ok(choice.clone());
+    }
+    let choice = Probe::run().auto?;
+    Ok(AUTO.get_or_init(|| choice).clone())
 }
 
 /// Whether this process can run generated code at all (seed 002's "is JIT available" check):
@@ -187,6 +209,31 @@ impl fmt::Display for Probe {
 mod tests {
     use super::*;
 
+    /// The default probe maps no writable and executable page: Rwx is "not tried", and the RWX
+    /// trial of the checks says so; asked, it tries.
+    #[test]
+    fn the_default_probe_does_not_try_rwx() {
+        let p = Probe::run();
+        let rwx = p.strategies.iter().find(|(s, _)| *s == Strategy::Rwx);
+        assert!(
+            matches!(rwx, Some((_, Err(e))) if e.starts_with("not tried")),
+            "{p}"
+        );
+        assert!(
+            p.checks
+                .iter()
+                .filter(|c| c.name.contains("RWX"))
+                .all(|c| !c.ok && c.detail.starts_with("not tried")),
+            "{p}"
+        );
+        let asked = Probe::run_trying_rwx();
+        let rwx = asked.strategies.iter().find(|(s, _)| *s == Strategy::Rwx);
+        assert!(
+            matches!(rwx, Some((_, r)) if !matches!(r, Err(e) if e.starts_with("not tried"))),
+            "{asked}"
+        );
+    }
+
     #[test]
     fn choose_prefers_mirror_then_perthread_then_toggle_never_rwx() {
         let no = || Err::<(), _>("refused".to_owned());
@@ -224,7 +271,7 @@ mod tests {
     )]
     fn probe_agrees_with_jitmem_memory_new_for_every_strategy() {
         use crate::{Config, Error, JitMemory, Layout};
-        let p = Probe::run();
+        let p = Probe::run_trying_rwx();
         assert!(p.page_size.is_power_of_two());
         assert!(p.to_string().contains("auto"));
         for strategy in Strategy::CONCRETE {

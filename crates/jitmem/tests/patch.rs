@@ -28,13 +28,13 @@ fn selector() -> (Vec<u8>, usize, [u8; 4], [u8; 4]) {
 fn selector() -> (Vec<u8>, usize, [u8; 4], [u8; 4]) {
     let words: [u32; 8] = [
         0x1400_0002, // b #8
-        0xD420_0000, // brk #0
+        0xD43E_0000, // brk #0xF000 (jitmem's trap; Windows on ARM64's breakpoint)
         0x5280_0020, // mov w0, #1
         0xD65F_03C0, // ret
         0x5280_0040, // mov w0, #2
         0xD65F_03C0, // ret
-        0xD420_0000,
-        0xD420_0000,
+        0xD43E_0000,
+        0xD43E_0000,
     ];
     let code = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     (

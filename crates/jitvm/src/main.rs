@@ -94,6 +94,21 @@ struct RunOptions {
     /// Exit with main's return value (low 8 bits) as the status.
     #[arg(long)]
     exit_code: bool,
+    /// Name compiled functions after their bytecode functions in /tmp/perf-<pid>.map, where
+    /// `perf report` and `perf script` look. Without --strategy this uses the toggle strategy:
+    /// perf reads perf maps only for anonymous memory, and the mirror strategy's executable
+    /// view is a memfd file (--jitdump has no such limit).
+    #[arg(long)]
+    perf_map: bool,
+    /// Record compiled code in $JITDUMPDIR/jit-<pid>.dump (the current directory when
+    /// JITDUMPDIR is not set) for `perf inject --jit`; record with `perf record -k 1` (see
+    /// jitmem::debuginfo::JitDump).
+    #[arg(long)]
+    jitdump: bool,
+    /// Register compiled code, named and with its frames described, with gdb's JIT interface
+    /// and with the process's unwinder.
+    #[arg(long)]
+    gdb_jit: bool,
 }
 
 impl RunOptions {
@@ -187,6 +202,9 @@ fn run_program(program: &Program, opts: &RunOptions) -> ExitCode {
             }
         }
     }
+    if opts.perf_map && opts.strategy.is_none() {
+        memory = memory.strategy(jitmem::Strategy::Toggle);
+    }
     if let Some(name) = &opts.layout {
         match jitmem::Layout::from_name(name) {
             Some(l) => memory = memory.layout(l),
@@ -196,6 +214,13 @@ fn run_program(program: &Program, opts: &RunOptions) -> ExitCode {
             }
         }
     }
+    let debug = match debug_info(opts) {
+        Ok(debug) => debug,
+        Err(e) => {
+            eprintln!("jitvm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let options = vm::RunOptions {
         jit: if opts.no_jit {
             JitMode::Off
@@ -210,6 +235,7 @@ fn run_program(program: &Program, opts: &RunOptions) -> ExitCode {
         stats: opts.stats,
         memory,
         native_stack: None,
+        debug,
     };
     let out = BufWriter::new(std::io::stdout());
     let report = vm::run(program, &options, out);
@@ -231,6 +257,7 @@ fn run_program(program: &Program, opts: &RunOptions) -> ExitCode {
             j.compile_time
         );
         eprintln!("OSR entries:              {}", j.osr_entries);
+        eprintln!("helper calls:             {}", j.helper_calls);
         if j.skipped > 0 {
             eprintln!(
                 "skipped:                  {} functions (no executable memory left)",
@@ -242,6 +269,32 @@ fn run_program(program: &Program, opts: &RunOptions) -> ExitCode {
         }
     }
     report_end(program, report.ended, report.write_error, opts)
+}
+
+/// The debug-info sinks `--perf-map`, `--jitdump` and `--gdb-jit` ask for (`None`: none).
+fn debug_info(
+    opts: &RunOptions,
+) -> jitmem::Result<Option<std::sync::Arc<jitmem::debuginfo::DebugInfo>>> {
+    let mut debug = jitmem::debuginfo::DebugInfo::new();
+    if opts.perf_map {
+        debug = debug.with_perf_map()?;
+    }
+    if opts.jitdump {
+        #[cfg(target_os = "linux")]
+        {
+            let dir =
+                std::env::var_os("JITDUMPDIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
+            debug = debug.with_jitdump(&dir)?;
+        }
+        #[cfg(not(target_os = "linux"))]
+        return Err(jitmem::Error::DebugInfo(
+            "--jitdump: jitdump is perf's format, Linux only".into(),
+        ));
+    }
+    if opts.gdb_jit {
+        debug = debug.with_gdb_jit().with_unwind_registration();
+    }
+    Ok(debug.is_enabled().then(|| std::sync::Arc::new(debug)))
 }
 
 /// Turns a run's outcome into the exit status (and the trap message on stderr).

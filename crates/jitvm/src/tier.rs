@@ -9,7 +9,8 @@
 //! bridge, which runs them in the interpreter (where they may tier up in turn).
 //!
 //! When executable memory runs out (jitmem's arena is exhausted, the process is at its limit of
-//! memory mappings, or the OS refuses memory), compilation stops for the rest of the run: the
+//! memory mappings, the address space within reach of the helpers is full, or the OS refuses
+//! memory), compilation stops for the rest of the run: the
 //! engine says so once ([`JitEngine::notice`]), counts the functions it no longer compiles
 //! ([`JitStats::skipped`]), and the program keeps running in the interpreter (code already
 //! compiled keeps running natively).
@@ -46,8 +47,11 @@ use std::time::{Duration, Instant};
 
 use jitmem::{CodeBlock, JitMemory};
 
-use crate::jit::runtime::{Ctx, Entry, Runtime, RuntimeHost, STACK_MARGIN, decode_stop, publish};
-use crate::jit::{CodegenOptions, Isa, JitError, compile_for, native_runtime};
+use crate::jit::runtime::{Ctx, Entry, Runtime, RuntimeHost, STACK_MARGIN, decode_stop, helpers};
+use crate::jit::{
+    CodegenOptions, Helpers, Isa, JitError, Target, call_reach, compile_for, native_runtime,
+    publish_compiled,
+};
 use crate::program::{Counters, Engine, FuncId, Limits, Program, Stop, Trap, TrapKind};
 
 /// Where `print` writes (any writer).
@@ -79,6 +83,10 @@ pub struct JitConfig {
     pub count: bool,
     /// Bytes of native stack that are guaranteed below the first entry into compiled code.
     pub native_stack: usize,
+    /// Where compiled functions are named and their frames described (perf map, jitdump,
+    /// GDB JIT, unwinder); `None`: nowhere.
+    #[cfg(feature = "debuginfo")]
+    pub debug: Option<std::sync::Arc<jitmem::debuginfo::DebugInfo>>,
 }
 
 impl Default for JitConfig {
@@ -88,6 +96,8 @@ impl Default for JitConfig {
             memory: jitmem::Config::new(),
             count: false,
             native_stack: 512 * 1024,
+            #[cfg(feature = "debuginfo")]
+            debug: None,
         }
     }
 }
@@ -110,6 +120,44 @@ pub struct JitStats {
     /// Functions left interpreted because executable memory ran out earlier in the run (see
     /// the module documentation); the first such failure is in [`JitEngine::notice`].
     pub skipped: u32,
+    /// How compiled code calls the runtime's helpers.
+    pub helper_calls: HelperCalls,
+}
+
+/// How compiled code calls the runtime's helpers (`print`, the bridge to the interpreter).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HelperCalls {
+    /// No code is compiled (the JIT is off or unavailable).
+    #[default]
+    NoCode,
+    /// Directly (x86-64 `call rel32`, AArch64 `bl`): the executable memory was placed within
+    /// reach of the helpers (`jitmem::Config::near`).
+    Direct {
+        /// The largest distance allowed between any code byte and the helpers' midpoint.
+        max_distance: usize,
+    },
+    /// Through a register (the address loaded from the context): the memory could not be
+    /// placed within reach of the helpers, for the reason given.
+    Register(String),
+}
+
+impl std::fmt::Display for HelperCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HelperCalls::NoCode => f.write_str("none (no compiled code)"),
+            HelperCalls::Direct { max_distance } => write!(
+                f,
+                "direct (call rel32 / bl): code placed within {} MiB of the helpers",
+                max_distance >> 20
+            ),
+            HelperCalls::Register(why) => {
+                write!(
+                    f,
+                    "through a register: code not placed near the helpers ({why})"
+                )
+            }
+        }
+    }
 }
 
 /// The function table compiled callers call through (one address per function): its own raw
@@ -157,6 +205,9 @@ impl Drop for FnTable {
 }
 
 struct Jit {
+    /// See [`JitConfig::debug`].
+    #[cfg(feature = "debuginfo")]
+    debug: Option<std::sync::Arc<jitmem::debuginfo::DebugInfo>>,
     memory: JitMemory,
     runtime: Runtime,
     isa: Isa,
@@ -165,6 +216,10 @@ struct Jit {
 }
 
 struct NativeCode {
+    /// What debuggers and profilers were told about the code: withdrawn before the block is
+    /// freed (fields drop in order).
+    #[cfg(feature = "debuginfo")]
+    _debug: Option<jitmem::debuginfo::Registration>,
     /// Keeps the code alive while the table points into it.
     _block: CodeBlock,
     /// Array entry at the start.
@@ -243,10 +298,11 @@ impl<W: Output> JitEngine<W> {
             nesting: 0,
         });
         if config.mode != JitMode::Off {
-            match start(program, limits, config) {
-                Ok(jit) => {
+            match start(program, limits, config, helpers::<State<W>>()) {
+                Ok((jit, calls)) => {
                     state.ctx.attach(&jit.runtime, jit.table.as_ptr());
                     state.jit = Some(jit);
+                    state.stats.helper_calls = calls;
                 }
                 Err(why) => state.notice = Some(format!("JIT unavailable, interpreting: {why}")),
             }
@@ -327,7 +383,12 @@ impl<W: Output> JitEngine<W> {
     }
 }
 
-fn start(program: &Program, limits: Limits, config: &JitConfig) -> Result<Jit, String> {
+fn start(
+    program: &Program,
+    limits: Limits,
+    config: &JitConfig,
+    helpers: Helpers,
+) -> Result<(Jit, HelperCalls), String> {
     let isa = Isa::native().ok_or_else(|| JitError::UnsupportedIsa.to_string())?;
     if !jitmem::probe::jit_available() {
         let why = jitmem::probe::auto_choice()
@@ -335,10 +396,26 @@ fn start(program: &Program, limits: Limits, config: &JitConfig) -> Result<Jit, S
             .unwrap_or_else(|| "the probe found no way to run generated code".into());
         return Err(why);
     }
-    let memory = JitMemory::new(config.memory.clone()).map_err(|e| e.to_string())?;
-    let runtime = native_runtime(&memory).map_err(|e| e.to_string())?;
+    let (memory, calls) = placed_memory(&config.memory, helpers, isa)?;
+    let target = Target {
+        helpers: matches!(calls, HelperCalls::Direct { .. }).then_some(helpers),
+        bti: memory.bti(),
+    };
+    #[cfg_attr(
+        not(feature = "debuginfo"),
+        expect(unused_mut, reason = "registered below")
+    )]
+    let mut runtime = native_runtime(&memory, target).map_err(|e| e.to_string())?;
+    #[cfg(feature = "debuginfo")]
+    if let Some(debug) = &config.debug {
+        runtime
+            .register(debug, isa)
+            .map_err(|e| format!("registering the runtime stubs: {e}"))?;
+    }
     let table = FnTable::new(program.functions().len(), runtime.bridge());
-    Ok(Jit {
+    let jit = Jit {
+        #[cfg(feature = "debuginfo")]
+        debug: config.debug.clone(),
         memory,
         runtime,
         isa,
@@ -346,16 +423,74 @@ fn start(program: &Program, limits: Limits, config: &JitConfig) -> Result<Jit, S
         options: CodegenOptions {
             steps: limits.max_steps != u64::MAX,
             count: config.count,
+            target,
         },
-    })
+    };
+    Ok((jit, calls))
+}
+
+/// Executable memory placed within reach of `helpers` when it can be had there (compiled code
+/// then calls them directly), else anywhere (it calls them through a register), and which.
+///
+/// Every code byte is kept within `max_distance` of the helpers' midpoint, where
+/// `max_distance` leaves the call's reach minus half the helpers' spread and a 1 MiB margin:
+/// every call from the code to either helper then reaches.
+fn placed_memory(
+    config: &jitmem::Config,
+    helpers: Helpers,
+    isa: Isa,
+) -> Result<(JitMemory, HelperCalls), String> {
+    let low = helpers.print.min(helpers.bridge);
+    let spread = helpers.print.max(helpers.bridge) - low;
+    let centre = low + spread / 2;
+    let max_distance = call_reach(isa)
+        .checked_sub(spread.div_ceil(2) + (1 << 20))
+        .ok_or("the helpers lie farther apart than a direct call reaches")
+        .map_err(str::to_owned);
+    let near = max_distance.and_then(|max_distance| {
+        let memory =
+            JitMemory::new(config.clone().near(centre, max_distance)).map_err(|e| e.to_string())?;
+        // One placement per function would search the address space for each (and, under
+        // qemu-user at the mapping limit, takes minutes): PerAllocation is not placed.
+        if memory.layout() == jitmem::Layout::PerAllocation {
+            return Err("the per-allocation layout is not placed near the helpers".to_owned());
+        }
+        Ok((memory, max_distance))
+    });
+    match near {
+        Ok((memory, max_distance)) => Ok((memory, HelperCalls::Direct { max_distance })),
+        Err(why) => {
+            let memory = JitMemory::new(config.clone()).map_err(|e| e.to_string())?;
+            Ok((memory, HelperCalls::Register(why)))
+        }
+    }
+}
+
+/// Names the block of `func` after the bytecode function and registers the CFI of its
+/// frames with `debug`.
+#[cfg(feature = "debuginfo")]
+fn register(
+    debug: &jitmem::debuginfo::DebugInfo,
+    isa: Isa,
+    program: &Program,
+    func: FuncId,
+    block: &CodeBlock,
+    code: &crate::jit::CompiledCode,
+) -> Result<jitmem::debuginfo::Registration, JitError> {
+    let name = program.function(func).map_or("?", |f| f.name());
+    let symbol = jitmem::debuginfo::Symbol::new(0, code.code.len(), name)?;
+    let cfi = crate::jit::cfi::frame_table(isa, &code.frame_steps, code.code.len())?;
+    Ok(debug.register(block, &code.code, &[symbol], Some(&cfi))?)
 }
 
 /// Whether a compile error means executable memory ran out (so later ones would fail too).
 fn out_of_memory(error: &JitError) -> bool {
     match error {
-        JitError::Memory(jitmem::Error::Exhausted { .. } | jitmem::Error::MappingLimit { .. }) => {
-            true
-        }
+        JitError::Memory(
+            jitmem::Error::Exhausted { .. }
+            | jitmem::Error::MappingLimit { .. }
+            | jitmem::Error::NoRoomNear { .. },
+        ) => true,
         JitError::Memory(jitmem::Error::Os { source, .. }) => {
             source.kind() == io::ErrorKind::OutOfMemory || source.raw_os_error() == Some(ENOMEM)
         }
@@ -388,7 +523,12 @@ impl<W: Output> State<W> {
         }
         let start = Instant::now();
         let result = compile_for(jit.isa, program, func, jit.options).and_then(|code| {
-            let block = publish(&jit.memory, &code.code)?;
+            let block = publish_compiled(jit.isa, &jit.memory, &code)?;
+            #[cfg(feature = "debuginfo")]
+            let debug = match &jit.debug {
+                Some(debug) => Some(register(debug, jit.isa, program, func, &block, &code)?),
+                None => None,
+            };
             let base = block.as_ptr() as usize;
             let osr = code
                 .osr_entries
@@ -396,17 +536,20 @@ impl<W: Output> State<W> {
                 .map(|&(index, offset)| (index, base + offset))
                 .collect();
             let start = base + code.start_entry;
-            Ok((block, base + code.native_entry, start, osr, code.code.len()))
+            let native = NativeCode {
+                #[cfg(feature = "debuginfo")]
+                _debug: debug,
+                _block: block,
+                start,
+                osr,
+            };
+            Ok((native, base + code.native_entry, code.code.len()))
         });
         self.stats.compile_time += start.elapsed();
         match result {
-            Ok((block, native, start, osr, bytes)) => {
+            Ok((code, native, bytes)) => {
                 jit.table.set(func as usize, native);
-                state.compiled = Some(NativeCode {
-                    _block: block,
-                    start,
-                    osr,
-                });
+                state.compiled = Some(code);
                 self.stats.compiled_functions += 1;
                 self.stats.code_bytes += bytes as u64;
                 self.stats.compiled_instructions +=

@@ -27,6 +27,10 @@ pub struct RunOptions {
     /// Native stack of the run's thread, in bytes; `None` sizes it from the program and the
     /// depth limit (up to [`MAX_STACK`] of address space, refusing programs that need more).
     pub native_stack: Option<usize>,
+    /// Where compiled functions are named and their frames described (see
+    /// [`JitConfig::debug`]).
+    #[cfg(feature = "debuginfo")]
+    pub debug: Option<std::sync::Arc<jitmem::debuginfo::DebugInfo>>,
 }
 
 impl Default for RunOptions {
@@ -37,6 +41,8 @@ impl Default for RunOptions {
             stats: false,
             memory: jitmem::Config::new(),
             native_stack: None,
+            #[cfg(feature = "debuginfo")]
+            debug: None,
         }
     }
 }
@@ -252,6 +258,8 @@ pub fn run<W: Write + Send>(program: &Program, options: &RunOptions, out: W) -> 
         memory: options.memory.clone(),
         count: options.stats,
         native_stack: stack.saturating_sub(1 << 20),
+        #[cfg(feature = "debuginfo")]
+        debug: options.debug.clone(),
     };
     let spawned = std::thread::scope(|scope| {
         let handle = std::thread::Builder::new()

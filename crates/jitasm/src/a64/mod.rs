@@ -287,6 +287,17 @@ impl FixupKind for Fixup {
 /// `NOP`.
 const NOP: u32 = 0xd503_201f;
 
+/// Which indirect branches a [`Assembler::bti`] landing pad admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BtiTargets {
+    /// Calls: `BLR`, and `BR` through X16 or X17.
+    C = 1,
+    /// Jumps: `BR`.
+    J = 2,
+    /// Both.
+    Jc = 3,
+}
+
 /// An AArch64 code buffer with labels and fixups.
 ///
 /// Methods that can fail validate everything before emitting, so an `Err` leaves the buffer as
@@ -1239,6 +1250,39 @@ impl Assembler {
     }
 
     // ----- misc --------------------------------------------------------------------------
+
+    /// `BTI c`, `BTI j` or `BTI jc`: a landing pad for indirect branches into pages guarded by
+    /// BTI (`PROT_BTI`); a hint (a `NOP`) where BTI is off. `c` admits calls (`BLR`, and `BR`
+    /// through X16/X17), `j` jumps (`BR`), `jc` both (Arm ARM, "BTI": `HINT #32 | targets << 1`).
+    ///
+    /// ```
+    /// use jitasm::a64::{Assembler, BtiTargets};
+    /// let mut a = Assembler::new();
+    /// a.bti(BtiTargets::C);
+    /// assert_eq!(a.finish()?, 0xd503_245fu32.to_le_bytes());
+    /// # Ok::<(), jitasm::Error>(())
+    /// ```
+    pub fn bti(&mut self, targets: BtiTargets) {
+        self.emit(0xd503_241f | (targets as u32) << 6);
+    }
+
+    /// `BL` to the address `disp` bytes from this instruction (a multiple of 4, reach
+    /// +-128 MiB): a direct call to code outside the buffer, whose displacement the caller
+    /// knows (or patches in later).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ImmediateOutOfRange`] if `disp` is misaligned or out of reach.
+    pub fn bl_disp(&mut self, disp: i64) -> Result<()> {
+        if disp % 4 != 0 || !(-(1 << 27)..(1 << 27)).contains(&disp) {
+            return Err(Error::ImmediateOutOfRange {
+                what: "bl displacement",
+                value: disp,
+            });
+        }
+        self.emit(0x9400_0000 | ((disp >> 2) as u32 & 0x03ff_ffff));
+        Ok(())
+    }
 
     /// `BRK #imm16` (breakpoint).
     pub fn brk(&mut self, imm16: u16) {

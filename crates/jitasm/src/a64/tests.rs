@@ -1248,3 +1248,31 @@ proptest! {
         prop_assert_eq!(encode_bitmask(near).is_some(), set.contains(&near));
     }
 }
+
+#[test]
+fn a64_bti_and_bl_disp() {
+    let mut a = Assembler::new();
+    a.bti(super::BtiTargets::C);
+    a.bti(super::BtiTargets::J);
+    a.bti(super::BtiTargets::Jc);
+    a.bl_disp(-4).unwrap();
+    a.bl_disp((1 << 27) - 4).unwrap();
+    assert!(a.bl_disp(1 << 27).is_err());
+    assert!(a.bl_disp(2).is_err());
+    let words: Vec<u32> = a
+        .finish()
+        .unwrap()
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(
+        words,
+        [
+            0xd503_245f,
+            0xd503_249f,
+            0xd503_24df,
+            0x97ff_ffff,
+            0x95ff_ffff
+        ]
+    );
+}

@@ -836,6 +836,22 @@ impl Assembler {
         self.rm(W32, &[0xFF], 4, m, Imm::None)
     }
 
+    /// `call rel32` (`E8 rel32`) to the address `disp` bytes from the end of this 5-byte
+    /// instruction: a direct call to code outside the buffer, whose displacement the caller
+    /// knows (or patches in later).
+    ///
+    /// ```
+    /// let mut a = jitasm::x64::Assembler::new();
+    /// a.call_rel32(-5);
+    /// assert_eq!(a.finish()?, [0xE8, 0xFB, 0xFF, 0xFF, 0xFF]);
+    /// # Ok::<(), jitasm::Error>(())
+    /// ```
+    pub fn call_rel32(&mut self, disp: i32) {
+        let mut bytes = [0xE8, 0, 0, 0, 0];
+        bytes[1..].copy_from_slice(&disp.to_le_bytes());
+        self.emit(encode::plain(W32, &bytes));
+    }
+
     /// `call r` (`FF /2`).
     pub fn call_r(&mut self, r: Reg) {
         self.rr(W32, &[0xFF], 2, r);

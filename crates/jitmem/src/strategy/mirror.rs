@@ -29,10 +29,11 @@ impl StrategyRules for Mirror {
     }
 
     fn map(&self, len: usize, used: usize, options: sys::MapOptions) -> Result<Region> {
-        let views = sys::map_mirror(len, options)?;
+        let views = sys::reserve_mirror(len, options)?;
+        let views = super::region::place_mirror(views, len, options)?;
         let record = Arc::new(MirrorRecord::new(views.rx, len, used));
         // Built before registering so that a failure to register unmaps both views.
-        let region = Region::mirror(views, len, Arc::clone(&record));
+        let region = Region::mirror(views, len, Arc::clone(&record)).guarded(options.guard);
         fork::register(record)?;
         Ok(region)
     }

@@ -45,7 +45,9 @@ pub(crate) enum Rules {
 }
 
 impl Rules {
-    /// Maps a region (see [`StrategyRules::map`]); a platform that refuses the strategy
+    /// Maps a region (see [`StrategyRules::map`]) and commits its first `used` bytes, or its
+    /// first commit granule when `used` is 0 (so that a new region proves the strategy's
+    /// protection is granted; see [`sys::Commit`]); a platform that refuses the strategy
     /// outright (not a failed call) gives `Error::Unsupported` naming it.
     pub(crate) fn map_region(
         &self,
@@ -54,19 +56,25 @@ impl Rules {
         options: sys::MapOptions,
     ) -> Result<Region> {
         self.map(len, used, options)
+            .and_then(|region| {
+                region.ensure_committed(used.max(1))?;
+                Ok(region)
+            })
             .map_err(|e| match sys::refusal(&e) {
                 Some(reason) => Error::Unsupported {
                     strategy: self.strategy(),
                     reason: reason.to_owned(),
+                    source: None,
                 },
                 None => e,
             })
     }
 
-    /// The rules of `strategy` (not `Auto`, which the probe resolves first).
-    pub(crate) fn new(strategy: Strategy) -> Result<Rules> {
+    /// The rules of `strategy` (not `Auto`, which the probe resolves first); `bti`: executable
+    /// pages are mapped with `PROT_BTI` (`Config::bti`).
+    pub(crate) fn new(strategy: Strategy, bti: bool) -> Result<Rules> {
         Ok(match strategy {
-            Strategy::Toggle => Rules::Toggle(toggle::Toggle::new()),
+            Strategy::Toggle => Rules::Toggle(toggle::Toggle::new(bti)),
             Strategy::Mirror => Rules::Mirror(mirror::Mirror),
             Strategy::PerThread => Rules::PerThread(per_thread::PerThread::new()?),
             Strategy::Rwx => Rules::Rwx(rwx::Rwx),
@@ -190,7 +198,7 @@ mod tests {
             (Strategy::Rwx, true),
             (Strategy::Mirror, false),
         ] {
-            let rules = Rules::new(s).unwrap();
+            let rules = Rules::new(s, false).unwrap();
             assert_eq!(rules.child_keeps_memory(), keeps, "{s}");
             assert_eq!(rules.strategy(), s);
         }
@@ -204,10 +212,10 @@ mod tests {
     /// Toggle blocks own whole pages; the others use the allocator's granule.
     #[test]
     fn granules() {
-        let toggle = Rules::new(Strategy::Toggle).unwrap();
+        let toggle = Rules::new(Strategy::Toggle, false).unwrap();
         assert_eq!(toggle.granule(4096, 16), 4096);
-        let mirror = Rules::new(Strategy::Mirror).unwrap();
+        let mirror = Rules::new(Strategy::Mirror, false).unwrap();
         assert_eq!(mirror.granule(4096, 16), 16);
-        assert!(Rules::new(Strategy::Auto).is_err());
+        assert!(Rules::new(Strategy::Auto, false).is_err());
     }
 }

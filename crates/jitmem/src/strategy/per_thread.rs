@@ -8,12 +8,14 @@
 //!   only count. A thread *created* inside a scope inherits its creator's rights (Linux copies
 //!   PKRU into new threads).
 //! - **Who may run, and when**: every thread, always (keys do not govern instruction fetch).
-//! - **Who may read the code as data**: every thread inside a write scope. Outside one it is
-//!   not promised: in CI's emulated-PKU VM a test thread faulted reading PerThread code bytes
-//!   outside a scope (the cause is not established; Linux gives a thread that existed before a
-//!   key was allocated the default rights for it, which deny access, and is one candidate).
-//!   jitmem reads code only with rights held (`patch_live` reads the bytes it replaces inside
-//!   its scope); read code bytes through a write scope.
+//! - **Who may read the code as data** (code reading its own constants, a fault handler
+//!   decoding the faulting instruction): Apple, every thread. Linux: every thread created after
+//!   jitmem was loaded, and every thread once it has opened a write scope or taken an
+//!   [`entry`](crate::CodeBlock::entry); a thread that is older than the key (a library loaded
+//!   with `dlopen`, or `JITMEM_PKEY_AT_LOAD=0`) and every signal handler must call
+//!   [`crate::allow_code_reads`] first, or die of `SIGSEGV` on the first read. Why: the kernel
+//!   gives them "access disabled" for a new key (`sys/linux/rights.rs`; shown in CI's emulated-PKU
+//!   VM by `tests/per_thread_rights.rs`, which faulted before the fix).
 //! - **A neighbour during a write scope or a free**: unaffected (no page changes protection).
 //! - **A forked child**: Linux: a copy-on-write copy with the same key and the forking thread's
 //!   PKRU; it keeps using the memory. Apple: MAP_JIT across fork is not defined, so the child
@@ -39,6 +41,7 @@ impl PerThread {
         let token = sys::thread_rights_token().map_err(|reason| Error::Unsupported {
             strategy: Strategy::PerThread,
             reason,
+            source: None,
         })?;
         Ok(PerThread { token })
     }
@@ -49,9 +52,10 @@ impl StrategyRules for PerThread {
         Strategy::PerThread
     }
 
-    fn map(&self, len: usize, _used: usize, _options: sys::MapOptions) -> Result<Region> {
+    fn map(&self, len: usize, _used: usize, options: sys::MapOptions) -> Result<Region> {
         let ptr = sys::map_per_thread(len, self.token)?;
-        Ok(Region::private(ptr, len, CHILD_KEEPS_MEMORY))
+        let ptr = super::region::place_private(ptr, len, options)?;
+        Ok(Region::private(ptr, len, CHILD_KEEPS_MEMORY).guarded(options.guard))
     }
 
     fn granule(&self, _page: usize, min: usize) -> usize {

@@ -19,12 +19,11 @@ impl StrategyRules for Rwx {
         Strategy::Rwx
     }
 
-    fn map(&self, len: usize, _used: usize, _options: sys::MapOptions) -> Result<Region> {
-        Ok(Region::private(
-            sys::map_private(len, Prot::RWX)?,
-            len,
-            true,
-        ))
+    fn map(&self, len: usize, _used: usize, options: sys::MapOptions) -> Result<Region> {
+        let prot = Prot::RWX.with_bti(options.bti);
+        let ptr = sys::reserve_private(len, prot, options)?;
+        let ptr = super::region::place_private(ptr, len, options)?;
+        Ok(Region::reserved_private(ptr, len, prot, true).guarded(options.guard))
     }
 
     fn granule(&self, _page: usize, min: usize) -> usize {

@@ -53,13 +53,17 @@ pub(crate) struct Toggle {
     /// Pages open for writing in this memory, for stats: raised and lowered by each flip.
     open_pages: AtomicUsize,
     page: usize,
+    /// The protection of pages no scope holds: read-execute, with `PROT_BTI` under
+    /// `Config::bti`.
+    rx: Prot,
 }
 
 impl Toggle {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(bti: bool) -> Self {
         Toggle {
             open_pages: AtomicUsize::new(0),
             page: sys::page_size(),
+            rx: Prot::RX.with_bti(bti),
         }
     }
 }
@@ -69,8 +73,10 @@ impl StrategyRules for Toggle {
         Strategy::Toggle
     }
 
-    fn map(&self, len: usize, _used: usize, _options: sys::MapOptions) -> Result<Region> {
-        Ok(Region::private(sys::map_private(len, Prot::RX)?, len, true))
+    fn map(&self, len: usize, _used: usize, options: sys::MapOptions) -> Result<Region> {
+        let ptr = sys::reserve_private(len, self.rx, options)?;
+        let ptr = super::region::place_private(ptr, len, options)?;
+        Ok(Region::reserved_private(ptr, len, self.rx, true).guarded(options.guard))
     }
 
     fn granule(&self, page: usize, _min: usize) -> usize {
@@ -91,7 +97,7 @@ impl StrategyRules for Toggle {
                 // including any the failed call changed.
                 for gap in scopes.gaps(run) {
                     // SAFETY: as above.
-                    let _ = unsafe { protect(gap, Prot::RX) };
+                    let _ = unsafe { protect(gap, self.rx) };
                 }
                 return Err(e);
             }
@@ -118,7 +124,7 @@ impl StrategyRules for Toggle {
         let mut result = Ok(());
         for gap in scopes.gaps(run) {
             // SAFETY: see `protect`.
-            let flipped = unsafe { protect(gap, Prot::RX) };
+            let flipped = unsafe { protect(gap, self.rx) };
             // Every gap is tried; the first error is the answer.
             result = result.and(flipped);
         }

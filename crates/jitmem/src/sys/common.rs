@@ -21,6 +21,23 @@ impl Prot {
     pub(crate) const RW: Prot = Prot(0b011);
     pub(crate) const RX: Prot = Prot(0b101);
     pub(crate) const RWX: Prot = Prot(0b111);
+    /// Linux AArch64's `PROT_BTI`: indirect branches into these executable pages must land on
+    /// a `bti` landing pad (`Config::bti`).
+    const BTI: u8 = 0b1000;
+
+    /// The same protection, with the executable pages guarded by BTI when `on` (Linux AArch64;
+    /// other platforms never see it set: `Config::bti` is refused there).
+    pub(crate) fn with_bti(self, on: bool) -> Prot {
+        if on { Prot(self.0 | Prot::BTI) } else { self }
+    }
+
+    #[cfg_attr(
+        not(all(target_os = "linux", target_arch = "aarch64")),
+        allow(dead_code, reason = "PROT_BTI exists on Linux AArch64 only")
+    )]
+    pub(crate) fn bti(self) -> bool {
+        self.0 & Prot::BTI != 0
+    }
 
     pub(crate) fn read(self) -> bool {
         self.0 & 0b001 != 0
@@ -67,13 +84,49 @@ pub enum MirrorBacking {
     FileMapping,
 }
 
+/// Which protocol announces a Mirror region to the debugger-side script on an iOS device
+/// with TXM (iOS 26, seed 000's LuckTXM), chosen with
+/// [`Config::txm`](crate::Config::txm). See `docs/apple.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TxmProtocol {
+    /// The first protocol: `brk #0x69` with x0 = address and x1 = length of an executable
+    /// region jitmem mapped itself (UTM's and DolphiniOS's scripts). The debugger answers by
+    /// preparing the region; the universal script answers with a sentinel instead, which
+    /// jitmem reports as an error here.
+    Legacy,
+    /// StikDebug's "universal" script: `mov x16, #1; brk #0xf00d` with x0 = 0 and x1 =
+    /// length: the debugger allocates the executable region itself and returns its address in
+    /// x0. jitmem maps only the writable view of it, and never unmaps the executable one.
+    Universal,
+    /// Detect once per process: `brk #0x69` on a region jitmem mapped; the universal script's
+    /// sentinel reply switches to [`TxmProtocol::Universal`], any other answer means the
+    /// legacy script prepared the region.
+    Auto,
+}
+
 /// How a region is mapped, beyond its strategy and length.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct MapOptions {
     /// iOS with TXM (seed 000's LuckTXM): announce the executable region to the attached
-    /// debugger (`brk #0x69`, x0 = address, x1 = size) before making its writable mirror.
-    /// Ignored elsewhere.
-    pub(crate) txm_handshake: bool,
+    /// debugger with this protocol before making its writable mirror. Ignored elsewhere.
+    pub(crate) txm: Option<TxmProtocol>,
+    /// The app states that the attached debugger answers the TXM traps
+    /// ([`Config::txm_debugger_speaks_protocol`](crate::Config::txm_debugger_speaks_protocol)).
+    pub(crate) txm_debugger_speaks_protocol: bool,
+    /// Bytes of inaccessible guard pages before and after each view of the region (0: none).
+    pub(crate) guard: usize,
+    /// Place the executable view within reach of an address (`Config::near`).
+    pub(crate) near: Option<Near>,
+    /// Map the executable view with `PROT_BTI` (`Config::bti`, Linux AArch64).
+    pub(crate) bti: bool,
+}
+
+/// Where executable views must lie: every byte of them (guard pages included) at most
+/// `max_distance` bytes from `address`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Near {
+    pub(crate) address: usize,
+    pub(crate) max_distance: usize,
 }
 
 /// The two views of a mirror.
@@ -134,6 +187,29 @@ pub(crate) fn try_map<M: super::Memory>(first: Prot, then: Option<Prot>) -> Resu
     // SAFETY: the fresh mapping above, no longer used.
     let _ = unsafe { M::unmap(ptr, page) };
     result
+}
+
+/// The probe's verdict on Rwx when it was not asked to try it: a probe does not create what the
+/// policy forbids (a page writable and executable at once, which shows up in Arbitrary Code
+/// Guard audits, EDR heuristics and SELinux `execmem` denials) unless asked.
+pub(crate) fn rwx_not_tried() -> String {
+    "not tried: the probe maps no writable and executable page unless asked (Probe::run_trying_rwx, `jitmem-cli probe --rwx`); Rwx needs the unsafe opt-in anyway".to_owned()
+}
+
+/// The probe's RWX trial on the platform `M` when `asked`, else [`rwx_not_tried`].
+#[cfg_attr(
+    target_vendor = "apple",
+    allow(
+        dead_code,
+        reason = "the Apple probe explains its RWX refusals with its own try_rwx"
+    )
+)]
+pub(crate) fn try_rwx_if<M: super::Memory>(asked: bool) -> Result<(), String> {
+    if asked {
+        try_map::<M>(Prot::RWX, None)
+    } else {
+        Err(rwx_not_tried())
+    }
 }
 
 /// An error with its sources, on one line.

@@ -8,15 +8,17 @@
 //! |---|---|---|
 //! | [`Memory`] | `page_size`, `map_private`, `protect`, `unmap` | Toggle, Rwx, `ExecBuffer`, probe pages |
 //! | [`Mirror`] | `map_mirror`, `unmap_view`, `mirror_backing` | two views of the same pages (Mirror) |
+//! | [`Commit`] | `reserve_private`, `reserve_mirror`, `commit`, `commit_granule`, `reservation_granularity` | code regions whose pages are committed as they are used (Windows) |
 //! | [`Rights`] | `thread_rights_token`, `map_per_thread`, `grant_thread_write_rights`, `withdraw_thread_write_rights`, `PER_THREAD_SURVIVES_FORK` | per-thread write rights (PerThread) |
 //! | [`Icache`] | `clear_cache`, `pipeline_flush_mt` | instruction-cache coherence |
 //! | [`Fork`] | `register_atfork`, `snapshot_for_fork`, `discard_snapshot`, `install_snapshot_after_fork` | fork safety of mirrors |
 //! | [`Introspect`] | `mappings`, `mapping_count`, `mapping_limit` | the process's memory map |
 //! | [`Wait`] | `wait_while_equal`, `wake_one` | sleeping on a contended lock word |
 //! | [`Probe`] | `probe_facts` | what the probe reports |
+//! | [`Place`] | `MOVES`, `reservation_granularity`, `reserve`, `move_mapping`, `bti_support` | guard pages, placement near an address (`Config::near`), BTI (`Config::bti`) |
 //!
 //! Each backend is a folder with one file per concern (`memory.rs`, `mirror.rs`, `rights.rs`,
-//! `icache.rs`, `fork.rs`, `introspect.rs`, `wait.rs`, `probe.rs`), each file holding that
+//! `icache.rs`, `fork.rs`, `introspect.rs`, `wait.rs`, `probe.rs`, `place.rs`), each file holding that
 //! concern's `impl Trait for Os`, and a `mod.rs` that declares `pub(crate) struct Os` and
 //! `impl Platform for Os {}`:
 //!
@@ -115,7 +117,7 @@ pub(crate) use impl_no_fork;
 mod arch;
 mod common;
 pub(crate) use common::*;
-pub use common::{Mapping, MirrorBacking};
+pub use common::{Mapping, MirrorBacking, TxmProtocol};
 
 /// Backend selection. Each target condition is written once, in one of these macros, which
 /// put it on every item they are given (the `cfg_if` pattern).
@@ -157,15 +159,26 @@ on_apple! {
     use apple as backend;
     pub(crate) use apple::{
         code_signing_flags, debugger_attached, freeze_jit_write_callbacks, has_entitlement,
-        jit_granted_by_debugger, jit_write_with_callback,
+        jit_granted_by_debugger, jit_write_with_callback, txm_detach, txm_protocol,
     };
 }
+/// Apple decisions as pure functions of the OS's answers (unit-tested on every host).
+#[cfg(any(target_vendor = "apple", test))]
+pub(crate) mod apple_policy;
 /// POSIX code shared by Linux and Apple.
 #[cfg(all(
     any(target_os = "linux", target_vendor = "apple"),
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod posix;
+/// The TXM handshakes of iOS 26 (legacy and universal scripts). Compiled for Apple, and for
+/// Linux AArch64 and the host's unit tests, which run its logic against fake debuggers.
+#[cfg(any(
+    target_vendor = "apple",
+    all(target_os = "linux", target_arch = "aarch64"),
+    test
+))]
+pub(crate) mod txm;
 on_windows! {
     mod windows;
     use windows as backend;
@@ -188,7 +201,7 @@ mod unsupported;
 ))]
 pub(crate) use unsupported::{
     code_signing_flags, debugger_attached, freeze_jit_write_callbacks, has_entitlement,
-    jit_granted_by_debugger, jit_write_with_callback,
+    jit_granted_by_debugger, jit_write_with_callback, txm_detach, txm_protocol,
 };
 
 /// The platform this crate was built for: the selected backend's `Os`.
@@ -200,7 +213,7 @@ pub(crate) use backend::Os;
 /// A complete platform: every concern implemented. Each backend says `impl Platform for Os {}`,
 /// which compiles only if its `Os` implements every supertrait.
 pub(crate) trait Platform:
-    Memory + Mirror + Rights + Icache + Fork + Introspect + Wait + Probe
+    Memory + Mirror + Commit + Rights + Icache + Fork + Introspect + Wait + Probe + Place
 {
 }
 
@@ -258,6 +271,55 @@ pub(crate) trait Mirror {
     fn mirror_backing() -> Option<MirrorBacking>;
 }
 
+/// Code regions (pooled chunks, the arena, per-allocation blocks) reserved first and committed
+/// as they are used. On Windows committed memory counts against the system commit limit at
+/// once (`MEM_COMMIT`, a section's default `SEC_COMMIT`), so a 512 MiB arena committed at
+/// creation would cost 512 MiB of commit charge and could fail with `ERROR_COMMITMENT_LIMIT`;
+/// jitmem reserves regions and commits the pages blocks are handed out from, in
+/// [`Commit::commit_granule`] steps. Elsewhere a mapping is usable as mapped (the kernel backs
+/// a page when it is first touched) and committing is a no-op (the trait's default methods).
+///
+/// Kept apart from [`Memory::map_private`] and [`Mirror::map_mirror`], whose mappings are
+/// usable at once (`ExecBuffer`, the probe's trial pages).
+pub(crate) trait Commit: Memory + Mirror {
+    /// Reserves `len` bytes (a non-zero page multiple) of private memory for `prot`; no page is
+    /// usable before [`Commit::commit`] (where `commit_granule` is `Some`). Default: the
+    /// mapping itself ([`Memory::map_private`]), usable as mapped.
+    fn reserve_private(len: usize, prot: Prot, _options: MapOptions) -> Result<NonNull<u8>> {
+        Self::map_private(len, prot)
+    }
+
+    /// Like [`Mirror::map_mirror`], but both views are only reserved: no page is usable before
+    /// it is committed through each view (where `commit_granule` is `Some`). Default: the
+    /// mirror itself, usable as mapped.
+    fn reserve_mirror(len: usize, options: MapOptions) -> Result<MirrorViews> {
+        Self::map_mirror(len, options)
+    }
+
+    /// Commits `[ptr, ptr + len)` (page-aligned) of a reservation with `prot`. Default:
+    /// nothing to commit (never called: `commit_granule` is `None`).
+    ///
+    /// # Safety
+    /// The range lies inside a reservation made by this trait that the caller owns, and no page
+    /// of it was committed before (committing a committed page would reset its protection,
+    /// e.g. under an open Toggle write scope).
+    unsafe fn commit(_ptr: NonNull<u8>, _len: usize, _prot: Prot) -> Result<()> {
+        Ok(())
+    }
+
+    /// `Some(bytes)`: reserved memory must be committed before use, in steps of this many bytes
+    /// (a page multiple). `None` (the default): reserved memory is usable as mapped.
+    fn commit_granule() -> Option<usize> {
+        None
+    }
+
+    /// The unit in which the system reserves address space: every mapping takes a multiple of
+    /// it (Windows: the 64 KiB allocation granularity; by default the page).
+    fn reservation_granularity() -> usize {
+        Self::page_size()
+    }
+}
+
 /// Per-thread write rights: the PerThread strategy.
 pub(crate) trait Rights {
     /// Whether a `fork()` child may keep using PerThread memory made before the fork.
@@ -284,6 +346,11 @@ pub(crate) trait Rights {
     /// # Safety
     /// As for `grant_thread_write_rights`, whose return value `saved` is.
     unsafe fn withdraw_thread_write_rights(key: u32, saved: u32);
+
+    /// Lets the calling thread (or the signal handler it is running) read PerThread code as
+    /// data, never write it. Async-signal-safe: no system call, no lock, no allocation. Nothing
+    /// to do where reading is never restricted (the default).
+    fn allow_thread_code_reads() {}
 }
 
 /// Instruction-cache coherence.
@@ -364,8 +431,36 @@ pub(crate) trait Wait {
 /// What the probe reports.
 pub(crate) trait Probe {
     /// Every primitive tried for real on one page, the settings that explain a refusal, and
-    /// which strategies can work.
-    fn probe_facts() -> ProbeFacts;
+    /// which strategies can work. A page both writable and executable (what only the Rwx
+    /// opt-in uses) is mapped only when `rwx_trial` asks for it; otherwise the Rwx verdict is
+    /// [`rwx_not_tried`].
+    fn probe_facts(rwx_trial: bool) -> ProbeFacts;
+}
+
+/// Where regions go: inaccessible reservations (the guard pages around Pooled chunks and the
+/// Arena, and the window of `Config::near`) and moving a fresh mapping into one; and whether
+/// executable pages can be guarded by BTI.
+pub(crate) trait Place {
+    /// Whether [`Place::move_mapping`] works here. Where it does not, regions get no guard
+    /// pages and `Config::near` is refused.
+    const MOVES: bool;
+
+    /// Reserves `len` bytes (a multiple of the granularity) of inaccessible address space, at
+    /// an address the system picks, or exactly at `at` (a multiple of the granularity);
+    /// `Ok(None)` when `at` is not available (taken, or beyond the address space).
+    fn reserve(len: usize, at: Option<usize>) -> Result<Option<NonNull<u8>>>;
+
+    /// Moves the whole mapping `[from, from + len)` to `to`, replacing what was there; the
+    /// mapping keeps its pages, protections and flags. On error nothing has moved.
+    ///
+    /// # Safety
+    /// The caller owns the mapping at `from` (one whole mapping made by this crate, not yet
+    /// known to anyone else) and the reservation `[to, to + len)`.
+    unsafe fn move_mapping(from: NonNull<u8>, len: usize, to: NonNull<u8>) -> Result<()>;
+
+    /// `Ok` when executable pages can be mapped with `PROT_BTI` (Linux on AArch64 with
+    /// `HWCAP2_BTI`); `Err` says why not.
+    fn bti_support() -> std::result::Result<(), String>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,6 +544,13 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> Result<()> {
 }
 
 /// [`Mirror::map_mirror`].
+#[cfg_attr(
+    not(windows),
+    allow(
+        dead_code,
+        reason = "code regions are reserved (reserve_mirror); only the Windows probe maps a usable mirror through here"
+    )
+)]
 #[inline]
 pub(crate) fn map_mirror(len: usize, options: MapOptions) -> Result<MirrorViews> {
     <Os as Mirror>::map_mirror(len, options)
@@ -468,6 +570,40 @@ pub(crate) unsafe fn unmap_view(ptr: NonNull<u8>, len: usize) -> Result<()> {
 #[inline]
 pub(crate) fn mirror_backing() -> Option<MirrorBacking> {
     <Os as Mirror>::mirror_backing()
+}
+
+/// [`Commit::reserve_private`].
+#[inline]
+pub(crate) fn reserve_private(len: usize, prot: Prot, options: MapOptions) -> Result<NonNull<u8>> {
+    <Os as Commit>::reserve_private(len, prot, options)
+}
+
+/// [`Commit::reserve_mirror`].
+#[inline]
+pub(crate) fn reserve_mirror(len: usize, options: MapOptions) -> Result<MirrorViews> {
+    <Os as Commit>::reserve_mirror(len, options)
+}
+
+/// [`Commit::commit`].
+///
+/// # Safety
+/// As [`Commit::commit`].
+#[inline]
+pub(crate) unsafe fn commit(ptr: NonNull<u8>, len: usize, prot: Prot) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { <Os as Commit>::commit(ptr, len, prot) }
+}
+
+/// [`Commit::commit_granule`].
+#[inline]
+pub(crate) fn commit_granule() -> Option<usize> {
+    <Os as Commit>::commit_granule()
+}
+
+/// [`Commit::reservation_granularity`].
+#[inline]
+pub(crate) fn reservation_granularity() -> usize {
+    <Os as Commit>::reservation_granularity()
 }
 
 /// [`Rights::PER_THREAD_SURVIVES_FORK`].
@@ -503,6 +639,12 @@ pub(crate) unsafe fn grant_thread_write_rights(key: u32) -> u32 {
 pub(crate) unsafe fn withdraw_thread_write_rights(key: u32, saved: u32) {
     // SAFETY: forwarded from the caller.
     unsafe { <Os as Rights>::withdraw_thread_write_rights(key, saved) }
+}
+
+/// [`Rights::allow_thread_code_reads`].
+#[inline]
+pub(crate) fn allow_thread_code_reads() {
+    <Os as Rights>::allow_thread_code_reads()
 }
 
 /// [`Icache::clear_cache`].
@@ -593,9 +735,31 @@ pub(crate) fn wake_one(word: &AtomicU32) {
     <Os as Wait>::wake_one(word)
 }
 
+/// [`Place::MOVES`].
+pub(crate) const MOVES: bool = <Os as Place>::MOVES;
+
+/// [`Place::reserve`].
+pub(crate) fn reserve(len: usize, at: Option<usize>) -> Result<Option<NonNull<u8>>> {
+    <Os as Place>::reserve(len, at)
+}
+
+/// [`Place::move_mapping`].
+///
+/// # Safety
+/// As [`Place::move_mapping`].
+pub(crate) unsafe fn move_mapping(from: NonNull<u8>, len: usize, to: NonNull<u8>) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { <Os as Place>::move_mapping(from, len, to) }
+}
+
+/// [`Place::bti_support`].
+pub(crate) fn bti_support() -> std::result::Result<(), String> {
+    <Os as Place>::bti_support()
+}
+
 /// [`Probe::probe_facts`].
-pub(crate) fn probe_facts() -> ProbeFacts {
-    <Os as Probe>::probe_facts()
+pub(crate) fn probe_facts(rwx_trial: bool) -> ProbeFacts {
+    <Os as Probe>::probe_facts(rwx_trial)
 }
 
 /// A callback for `jitmem::apple::jit_write_with_callback`: `int (*)(void *ctx)`, libpthread's

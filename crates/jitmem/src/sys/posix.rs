@@ -24,6 +24,10 @@ pub(crate) fn native(prot: Prot) -> libc::c_int {
     if prot.exec() {
         p |= libc::PROT_EXEC;
     }
+    #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+    if prot.bti() {
+        p |= libc::PROT_BTI;
+    }
     p
 }
 

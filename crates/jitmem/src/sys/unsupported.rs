@@ -15,8 +15,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{
-    Icache, Introspect, MapOptions, Mapping, Memory, Mirror, MirrorBacking, MirrorViews, Probe,
-    ProbeFacts, Prot, Rights, Wait, refused, try_map,
+    Icache, Introspect, MapOptions, Mapping, Memory, Mirror, MirrorBacking, MirrorViews, Place,
+    Probe, ProbeFacts, Prot, Rights, Wait, refused, try_map, try_rwx_if,
 };
 use crate::error::Result;
 
@@ -24,6 +24,9 @@ use crate::error::Result;
 pub(crate) struct Os;
 
 impl super::Platform for Os {}
+
+// Mappings are usable as mapped: nothing to commit.
+impl crate::sys::Commit for Os {}
 
 /// Why nothing works here, in words a user can act on.
 fn reason() -> String {
@@ -68,6 +71,27 @@ impl Memory for Os {
     /// The contract of [`Memory::unmap`].
     unsafe fn unmap(_ptr: NonNull<u8>, _len: usize) -> Result<()> {
         Err(refused("unmap memory", reason()))
+    }
+}
+
+impl Place for Os {
+    const MOVES: bool = false;
+
+    /// Refused.
+    fn reserve(_len: usize, _at: Option<usize>) -> Result<Option<NonNull<u8>>> {
+        Err(refused("reserve address space", reason()))
+    }
+
+    /// Refused (never reached: nothing was mapped).
+    ///
+    /// # Safety
+    /// The contract of [`Place::move_mapping`].
+    unsafe fn move_mapping(_from: NonNull<u8>, _len: usize, _to: NonNull<u8>) -> Result<()> {
+        Err(refused("move a mapping", reason()))
+    }
+
+    fn bti_support() -> std::result::Result<(), String> {
+        Err(reason())
     }
 }
 
@@ -168,7 +192,7 @@ impl Wait for Os {
 
 impl Probe for Os {
     /// Every strategy unavailable, with the reason; the trial mappings say the same.
-    fn probe_facts() -> ProbeFacts {
+    fn probe_facts(rwx_trial: bool) -> ProbeFacts {
         let why = reason();
         ProbeFacts {
             system: format!(
@@ -178,7 +202,7 @@ impl Probe for Os {
             ),
             facts: vec![("backend", why.clone())],
             checks: vec![
-                ("RWX anonymous mapping", try_map::<Os>(Prot::RWX, None)),
+                ("RWX anonymous mapping", try_rwx_if::<Os>(rwx_trial)),
                 ("protect RW -> RX", try_map::<Os>(Prot::RW, Some(Prot::RX))),
             ],
             toggle: Err(why.clone()),
@@ -235,6 +259,18 @@ pub(crate) fn freeze_jit_write_callbacks() -> Result<()> {
     Err(refused("pthread_jit_write_freeze_callbacks_np", reason()))
 }
 
+/// Refused.
+#[cfg(target_vendor = "apple")]
+pub(crate) fn txm_detach(_app_states_debugger: bool) -> Result<()> {
+    Err(refused("universal detach (brk #0xf00d, x16 = 0)", reason()))
+}
+
+/// None: no handshake happens here.
+#[cfg(target_vendor = "apple")]
+pub(crate) fn txm_protocol() -> Option<super::TxmProtocol> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,7 +298,7 @@ mod tests {
         let e = <Os as Introspect>::mappings().unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::Unsupported);
         assert!(<Os as Introspect>::mapping_count().is_err());
-        let facts = <Os as Probe>::probe_facts();
+        let facts = <Os as Probe>::probe_facts(true);
         for r in [facts.toggle, facts.mirror, facts.per_thread, facts.rwx] {
             assert_eq!(r, Err(expected.clone()));
         }

@@ -253,7 +253,7 @@ pub const ACCESS_FAULT: i32 = libc::SIGBUS;
 /// What a write without write access dies of: `STATUS_ACCESS_VIOLATION`.
 #[cfg(windows)]
 pub const ACCESS_FAULT: i32 = 0xC000_0005_u32 as i32;
-/// What running a trap instruction (`int3`, `brk #0`) dies of: `SIGTRAP`.
+/// What running a trap instruction (`int3`, `brk #0xF000`) dies of: `SIGTRAP`.
 #[cfg(unix)]
 pub const TRAP_FAULT: i32 = libc::SIGTRAP;
 /// What running a trap instruction (`int3`) dies of: `STATUS_BREAKPOINT`.
@@ -292,6 +292,7 @@ pub fn memory(strategy: Strategy, layout: Layout) -> Option<JitMemory> {
         Err(Error::Unsupported {
             strategy: s,
             reason,
+            ..
         }) => {
             assert_eq!(s, strategy);
             assert!(

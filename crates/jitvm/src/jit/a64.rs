@@ -8,14 +8,14 @@
 
 use jitasm::Label;
 use jitasm::a64::{
-    Assembler, Cond, Reg, SP, X0, X1, X2, X3, X4, X5, X6, X7, X8, X9, X10, X11, X12, X13, X14, X15,
-    X16, X17, X19, X20, X21, X22, X23, X24, X25, X26, X27, X28, X29, X30, XZR,
+    Assembler, BtiTargets, Cond, Reg, SP, X0, X1, X2, X3, X4, X5, X6, X7, X8, X9, X10, X11, X12,
+    X13, X14, X15, X16, X17, X19, X20, X21, X22, X23, X24, X25, X26, X27, X28, X29, X30, XZR,
 };
 
 use super::JitError;
 use super::masm::{
-    ArithOp, CmpOp, DivOp, Frame, Home, MacroAssembler, Operand, Result, RuntimeStubs,
-    parallel_moves,
+    ArithOp, CmpOp, DivOp, Frame, FrameStep, HelperCall, Helpers, Home, MacroAssembler, Operand,
+    Result, RuntimeStubs, Target, parallel_moves,
 };
 use super::runtime::ctx_offsets as off;
 use crate::FuncId;
@@ -37,7 +37,19 @@ pub(crate) struct A64 {
     asm: Assembler,
     /// The frame of the function being compiled (set by `native_entry`).
     frame: Option<Frame<Reg>>,
+    /// How the frame changes, for CFI (see [`FrameStep`]).
+    steps: Vec<FrameStep>,
+    target: Target,
+    helper_calls: Vec<HelperCall>,
 }
+
+/// DWARF register numbers (AAPCS64's DWARF supplement: X0-X30 are 0-30, SP is 31).
+fn dwarf(r: Reg) -> u16 {
+    u16::from(r.number())
+}
+const DWARF_FP: u16 = 29;
+const DWARF_LR: u16 = 30;
+const DWARF_SP: u16 = 31;
 
 fn cond(op: CmpOp) -> Cond {
     match op {
@@ -121,6 +133,7 @@ impl A64 {
         let body = frame_bytes(frame);
         let saved = saved_bytes(frame);
         let total = 16 + saved + body;
+        self.note(|at| FrameStep::Entry { at });
         self.asm.mov_sp(TMP, SP)?;
         self.asm.mov_imm(TMP2, total as i64)?;
         self.asm.sub_rr(TMP, TMP, TMP2)?;
@@ -128,18 +141,82 @@ impl A64 {
         self.asm.cmp_rr(TMP, TMP2)?;
         self.asm.b_cond(Cond::Lo, stack_trap)?;
         self.asm.stp_pre(X29, X30, SP, -16)?;
-        self.asm.mov_sp(X29, SP)?;
+        self.note_frame_record(16)?;
         if saved > 0 {
             self.sub_sp(saved)?;
             for (i, pair) in frame.saved.chunks(2).enumerate() {
                 let second = pair.get(1).copied().unwrap_or(XZR);
                 self.asm.stp(pair[0], second, SP, i as i64 * 16)?;
+                let offset = -16 - saved as i32 + i as i32 * 16;
+                self.note_saved(pair, offset);
             }
         }
         if body > 0 {
             self.sub_sp(body)?;
         }
         Ok(())
+    }
+
+    /// Records a frame step at the current offset.
+    fn note(&mut self, step: impl FnOnce(usize) -> FrameStep) {
+        let at = self.asm.offset();
+        self.steps.push(step(at));
+    }
+
+    /// After `stp x29, x30, [sp, #-cfa]!`: emits `mov x29, sp` and records that the frame
+    /// record is saved and the CFA is `x29 + cfa` from here.
+    fn note_frame_record(&mut self, cfa: i32) -> Result<()> {
+        self.note(|at| FrameStep::CfaOffset { at, offset: cfa });
+        self.note(|at| FrameStep::Saved {
+            at,
+            reg: DWARF_FP,
+            offset: -cfa,
+        });
+        self.note(|at| FrameStep::Saved {
+            at,
+            reg: DWARF_LR,
+            offset: 8 - cfa,
+        });
+        self.asm.mov_sp(X29, SP)?;
+        self.note(|at| FrameStep::Cfa {
+            at,
+            reg: DWARF_FP,
+            offset: cfa,
+        });
+        Ok(())
+    }
+
+    /// After an `stp` of `pair` at `CFA + offset`.
+    fn note_saved(&mut self, pair: &[Reg], offset: i32) {
+        for (k, &r) in pair.iter().enumerate() {
+            if r != XZR {
+                self.note(|at| FrameStep::Saved {
+                    at,
+                    reg: dwarf(r),
+                    offset: offset + 8 * k as i32,
+                });
+            }
+        }
+    }
+
+    /// After an `ldp` of `pair`.
+    fn note_restored(&mut self, pair: &[Reg]) {
+        for &r in pair {
+            if r != XZR {
+                self.note(|at| FrameStep::Restored { at, reg: dwarf(r) });
+            }
+        }
+    }
+
+    /// After `ldp x29, x30, [sp], #n`: the caller's state.
+    fn note_frame_record_restored(&mut self) {
+        self.note(|at| FrameStep::Cfa {
+            at,
+            reg: DWARF_SP,
+            offset: 0,
+        });
+        self.note(|at| FrameStep::Restored { at, reg: DWARF_FP });
+        self.note(|at| FrameStep::Restored { at, reg: DWARF_LR });
     }
 
     fn sub_sp(&mut self, bytes: u64) -> Result<()> {
@@ -180,10 +257,13 @@ impl MacroAssembler for A64 {
     const LOCAL_REGS: &'static [Reg] = &[X19, X20, X21, X22, X23, X24, X25, X26];
     const REG_ARGS: u32 = 8;
 
-    fn new() -> Self {
+    fn new(target: Target) -> Self {
         A64 {
             asm: Assembler::new(),
             frame: None,
+            steps: Vec::new(),
+            target,
+            helper_calls: Vec::new(),
         }
     }
 
@@ -199,12 +279,32 @@ impl MacroAssembler for A64 {
         self.asm.label_offset(label)
     }
 
-    fn finish(self) -> Result<Vec<u8>> {
-        Ok(self.asm.finish()?)
+    fn finish(self) -> Result<(Vec<u8>, Vec<HelperCall>)> {
+        Ok((self.asm.finish()?, self.helper_calls))
+    }
+
+    /// `bl`: the displacement counts from the instruction itself (+-128 MiB).
+    fn patch_call(code: &mut [u8], call: HelperCall, base: usize) -> Result<()> {
+        let here = base
+            .checked_add(call.at)
+            .ok_or(JitError::Internal("code address overflows"))?;
+        let mut a = Assembler::new();
+        a.bl_disp(call.target as i64 - here as i64)
+            .map_err(|_| JitError::Internal("helper beyond the reach of bl"))?;
+        let bytes = a.finish()?;
+        code.get_mut(call.at..call.at + bytes.len())
+            .ok_or(JitError::Internal("helper call outside the code"))?
+            .copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn take_frame_steps(&mut self) -> Vec<FrameStep> {
+        std::mem::take(&mut self.steps)
     }
 
     fn native_entry(&mut self, frame: &Frame<Reg>, stack_trap: Label) -> Result<()> {
         self.frame = Some(frame.clone());
+        self.landing_pad(BtiTargets::C);
         self.prologue(frame, stack_trap)?;
         for local in 0..frame.homes.len() {
             let src = if local < frame.args as usize {
@@ -225,6 +325,7 @@ impl MacroAssembler for A64 {
     }
 
     fn array_entry(&mut self, frame: &Frame<Reg>, stack_trap: Label, target: Label) -> Result<()> {
+        self.landing_pad(BtiTargets::C);
         self.prologue(frame, stack_trap)?;
         for local in 0..frame.homes.len() {
             self.ldr(TMP, X0, local as i64 * 8)?;
@@ -237,16 +338,20 @@ impl MacroAssembler for A64 {
     fn ret(&mut self, frame: &Frame<Reg>, value: Operand<Reg>) -> Result<()> {
         self.load(X0, value)?;
         let saved = saved_bytes(frame);
+        self.note(|at| FrameStep::Remember { at });
         if saved > 0 {
             self.asm.sub_ri(SP, X29, saved)?;
             for (i, pair) in frame.saved.chunks(2).enumerate() {
                 let second = pair.get(1).copied().unwrap_or(XZR);
                 self.asm.ldp(pair[0], second, SP, i as i64 * 16)?;
+                self.note_restored(pair);
             }
         }
         self.asm.mov_sp(SP, X29)?;
         self.asm.ldp_post(X29, X30, SP, 16)?;
+        self.note_frame_record_restored();
         self.asm.ret();
+        self.note(|at| FrameStep::Restore { at });
         Ok(())
     }
 
@@ -416,8 +521,7 @@ impl MacroAssembler for A64 {
     fn print(&mut self, value: Operand<Reg>) -> Result<()> {
         self.load(X1, value)?;
         self.asm.mov_rr(X0, CTX)?;
-        self.ldr(TMP, CTX, i64::from(off::PRINT_FN))?;
-        self.asm.blr(TMP)?;
+        self.call_helper(|h| h.print, off::PRINT_FN)?;
         let ok = self.asm.new_label();
         self.ldr(TMP, CTX, i64::from(off::STOP))?;
         self.asm.cbz(TMP, ok)?;
@@ -449,10 +553,13 @@ impl MacroAssembler for A64 {
         let saved = [X19, X20, X21, X22, X23, X24, X25, X26, X27, X28];
         // trampoline(ctx = x0, entry = x1, locals = x2) -> x0
         let trampoline = self.asm.offset();
+        self.note(|at| FrameStep::Entry { at });
+        self.landing_pad(BtiTargets::C);
         self.asm.stp_pre(X29, X30, SP, -96)?;
-        self.asm.mov_sp(X29, SP)?;
+        self.note_frame_record(96)?;
         for (i, pair) in saved.chunks(2).enumerate() {
             self.asm.stp(pair[0], pair[1], SP, 16 + i as i64 * 16)?;
+            self.note_saved(pair, -96 + 16 + i as i32 * 16);
         }
         self.asm.mov_rr(CTX, X0)?;
         self.ldr(TMP, CTX, i64::from(off::ENTRY_SP))?;
@@ -464,15 +571,22 @@ impl MacroAssembler for A64 {
         self.asm.blr(X1)?;
         let done = self.asm.new_label();
         self.asm.bind(done)?;
+        self.note(|at| FrameStep::Remember { at });
         self.asm.ldr_post(TMP, SP, 16)?;
         self.str(TMP, CTX, i64::from(off::ENTRY_SP))?;
         for (i, pair) in saved.chunks(2).enumerate() {
             self.asm.ldp(pair[0], pair[1], SP, 16 + i as i64 * 16)?;
+            self.note_restored(pair);
         }
         self.asm.ldp_post(X29, X30, SP, 96)?;
+        self.note_frame_record_restored();
         self.asm.ret();
+        // The unwind stub runs on the trampoline's frame (it resets SP to it; X29 is kept).
+        self.note(|at| FrameStep::Restore { at });
         // unwind(x0 = stop code)
         let unwind = self.asm.offset();
+        // Reached by `br x16` (exits, `print`): `jc` admits it whatever BTYPE that sets.
+        self.landing_pad(BtiTargets::Jc);
         self.str(X0, CTX, i64::from(off::STOP))?;
         let unwind_now = self.asm.new_label();
         self.asm.bind(unwind_now)?;
@@ -481,8 +595,10 @@ impl MacroAssembler for A64 {
         self.asm.b(done)?;
         // bridge(x8 = callee, arguments as for a compiled function)
         let bridge = self.asm.offset();
+        self.note(|at| FrameStep::Entry { at });
+        self.landing_pad(BtiTargets::C);
         self.asm.stp_pre(X29, X30, SP, -16)?;
-        self.asm.mov_sp(X29, SP)?;
+        self.note_frame_record(16)?;
         self.asm.sub_ri(SP, SP, 64)?;
         for (i, pair) in ARGS.chunks(2).enumerate() {
             self.asm.stp(pair[0], pair[1], SP, i as i64 * 16)?;
@@ -492,12 +608,12 @@ impl MacroAssembler for A64 {
         self.asm.mov_rr(X1, CALLEE)?;
         self.asm.mov_sp(X2, SP)?;
         self.asm.add_ri(X3, X29, 16)?;
-        self.ldr(TMP, CTX, i64::from(off::BRIDGE_FN))?;
-        self.asm.blr(TMP)?;
+        self.call_helper(|h| h.bridge, off::BRIDGE_FN)?;
         self.ldr(TMP, CTX, i64::from(off::STOP))?;
         self.asm.cbnz(TMP, unwind_now)?;
         self.asm.mov_sp(SP, X29)?;
         self.asm.ldp_post(X29, X30, SP, 16)?;
+        self.note_frame_record_restored();
         self.asm.ret();
         Ok(RuntimeStubs {
             trampoline,
@@ -508,6 +624,33 @@ impl MacroAssembler for A64 {
 }
 
 impl A64 {
+    /// A BTI landing pad for `targets`, when the code runs in BTI-guarded pages
+    /// ([`Target::bti`]); nothing otherwise.
+    fn landing_pad(&mut self, targets: BtiTargets) {
+        if self.target.bti {
+            self.asm.bti(targets);
+        }
+    }
+
+    /// Calls a helper: `bl` to it when the code is placed within reach ([`Target::helpers`]),
+    /// else `ldr x16, [ctx, field]; blr x16`.
+    fn call_helper(&mut self, which: fn(&Helpers) -> usize, field: i32) -> Result<()> {
+        match &self.target.helpers {
+            Some(helpers) => {
+                self.helper_calls.push(HelperCall {
+                    at: self.asm.offset(),
+                    target: which(helpers),
+                });
+                self.asm.bl_disp(0)?;
+            }
+            None => {
+                self.ldr(TMP, CTX, i64::from(field))?;
+                self.asm.blr(TMP)?;
+            }
+        }
+        Ok(())
+    }
+
     /// `dst = lhs / divisor` or `lhs % divisor` (divisor non-zero, not -1).
     fn quotient(&mut self, op: DivOp, dst: Reg, lhs: Reg, divisor: Reg) -> Result<()> {
         match op {

@@ -13,7 +13,10 @@ use std::collections::HashMap;
 use jitasm::Label;
 
 use super::JitError;
-use super::masm::{ArithOp, CmpOp, DivOp, Frame, Home, MacroAssembler, Operand, Result};
+use super::masm::{
+    ArithOp, CmpOp, DivOp, Frame, FrameStep, HelperCall, Home, MacroAssembler, Operand, Result,
+    Target,
+};
 use super::runtime::{HALT_CODE, trap_code};
 use crate::{FuncId, Insn, Program, TrapKind};
 
@@ -24,9 +27,11 @@ pub(crate) struct CodegenOptions {
     pub steps: bool,
     /// Count executed instructions for `--stats`.
     pub count: bool,
+    /// Direct helper calls and BTI landing pads.
+    pub target: Target,
 }
 
-/// A compiled function, position independent.
+/// A compiled function, position independent but for its direct helper calls.
 #[derive(Clone, Debug)]
 pub(crate) struct CompiledCode {
     /// The machine code.
@@ -38,6 +43,15 @@ pub(crate) struct CompiledCode {
     /// On-stack-replacement entries: (index of a `loop_header`, offset of an array entry that
     /// continues just after it).
     pub osr_entries: Vec<(u32, usize)>,
+    /// How the native frame changes along the code (for CFI).
+    #[cfg_attr(
+        not(feature = "debuginfo"),
+        expect(dead_code, reason = "read only to describe frames for debuggers")
+    )]
+    pub frame_steps: Vec<FrameStep>,
+    /// Direct helper calls, patched when the code is published (the code is position
+    /// independent but for them).
+    pub helper_calls: Vec<HelperCall>,
 }
 
 /// One value-stack entry.
@@ -77,7 +91,7 @@ pub(crate) fn compile<M: MacroAssembler>(
         .ok_or(JitError::Internal("compile: no such function"))?;
     let (frame, stack_base) = plan_frame::<M>(program, func)?;
     let mut cg = Codegen {
-        masm: M::new(),
+        masm: M::new(options.target),
         program,
         func,
         frame,
@@ -122,12 +136,15 @@ pub(crate) fn compile<M: MacroAssembler>(
             .ok_or(JitError::Internal("array entry label unbound"))?;
         osr_entries.push((index, offset));
     }
-    let code = cg.masm.finish()?;
+    let frame_steps = cg.masm.take_frame_steps();
+    let (code, helper_calls) = cg.masm.finish()?;
     Ok(CompiledCode {
         code,
         native_entry,
         start_entry,
         osr_entries,
+        frame_steps,
+        helper_calls,
     })
 }
 

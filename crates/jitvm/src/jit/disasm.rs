@@ -19,7 +19,7 @@ pub fn native_listing(
         func,
         CodegenOptions {
             steps,
-            count: false,
+            ..CodegenOptions::default()
         },
     )?;
     let mut marks: Vec<(usize, String)> = vec![

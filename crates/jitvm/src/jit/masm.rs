@@ -105,6 +105,29 @@ pub(crate) enum Home<R> {
     Slot(u32),
 }
 
+/// How the native frame changes at a code offset, recorded by the backends as they build and
+/// tear down frames, turned into call-frame information (CFI) for debuggers and unwinders.
+/// Registers are DWARF register numbers; `at` is the offset of the first instruction the step
+/// holds for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FrameStep {
+    /// A function or an entry begins: the caller's call state (CFA and saved registers as at a
+    /// call, as the ISA's CIE says).
+    Entry { at: usize },
+    /// The CFA is `reg + offset`.
+    Cfa { at: usize, reg: u16, offset: i32 },
+    /// The CFA is its register plus `offset`.
+    CfaOffset { at: usize, offset: i32 },
+    /// `reg` is saved at `CFA + offset`.
+    Saved { at: usize, reg: u16, offset: i32 },
+    /// `reg` holds its caller's value again.
+    Restored { at: usize, reg: u16 },
+    /// An epilogue begins: remember the body's state.
+    Remember { at: usize },
+    /// After an epilogue's return: the body's state again.
+    Restore { at: usize },
+}
+
 /// The frame of one compiled function, decided before any code is emitted.
 #[derive(Clone, Debug)]
 pub(crate) struct Frame<R> {
@@ -158,6 +181,37 @@ pub(crate) fn parallel_moves<R: Copy + Eq>(
     out
 }
 
+/// The runtime helpers compiled code calls, at their addresses in this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Helpers {
+    /// The `print` helper.
+    pub print: usize,
+    /// The bridge stub's helper.
+    pub bridge: usize,
+}
+
+/// What code is emitted for, beyond its instruction set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// Call the helpers directly (x86-64 `call rel32`, AArch64 `bl`): the code will be placed
+    /// within reach of them. `None`: load their address from the context and call through a
+    /// register.
+    pub helpers: Option<Helpers>,
+    /// Start every indirect-branch target (function entries, array entries, the runtime
+    /// stubs) with a BTI landing pad: the code runs in pages guarded by `PROT_BTI` (AArch64).
+    pub bti: bool,
+}
+
+/// A direct call to a helper at byte `at` of the code, whose displacement is patched in when
+/// the code's address is known ([`MacroAssembler::patch_call`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HelperCall {
+    /// Offset of the call instruction.
+    pub at: usize,
+    /// The helper's address.
+    pub target: usize,
+}
+
 /// Offsets of the runtime stubs in the runtime block.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RuntimeStubs {
@@ -181,16 +235,22 @@ pub(crate) trait MacroAssembler: Sized {
     /// Arguments passed in registers; the others go on the stack.
     const REG_ARGS: u32;
 
-    /// An empty assembler.
-    fn new() -> Self;
+    /// An empty assembler emitting code for `target`.
+    fn new(target: Target) -> Self;
     /// A fresh label.
     fn new_label(&mut self) -> Label;
     /// Binds a label here.
     fn bind(&mut self, label: Label) -> Result<()>;
     /// Offset of a bound label.
     fn label_offset(&self, label: Label) -> Option<usize>;
-    /// The code, with every fixup patched.
-    fn finish(self) -> Result<Vec<u8>>;
+    /// The frame steps recorded so far (taken: a second call returns the later ones).
+    fn take_frame_steps(&mut self) -> Vec<FrameStep>;
+    /// The code, with every fixup patched, and its direct helper calls (to patch once the code
+    /// has an address).
+    fn finish(self) -> Result<(Vec<u8>, Vec<HelperCall>)>;
+    /// Patches the direct helper call `call` of `code`, which will run at address `base`;
+    /// fails if the helper is out of the call's reach.
+    fn patch_call(code: &mut [u8], call: HelperCall, base: usize) -> Result<()>;
 
     /// Entry from compiled code (arguments per the ABI): checks the native stack (jumping to
     /// `stack_trap`), builds the frame, moves the arguments home and zeroes the other locals.

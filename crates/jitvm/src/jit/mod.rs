@@ -5,6 +5,8 @@
 //! `jitvm disasm --native` and the encoder tests work everywhere, but only the host's runs.
 
 pub(crate) mod a64;
+#[cfg(feature = "debuginfo")]
+pub(crate) mod cfi;
 pub(crate) mod codegen;
 #[cfg(feature = "disasm")]
 pub mod disasm;
@@ -13,6 +15,7 @@ pub(crate) mod runtime;
 pub(crate) mod x64;
 
 pub(crate) use codegen::{CodegenOptions, CompiledCode};
+pub(crate) use masm::{Helpers, Target};
 
 /// What can stop a function from being compiled or run natively.
 #[derive(Debug, thiserror::Error)]
@@ -74,12 +77,38 @@ pub(crate) fn compile_for(
     }
 }
 
-/// Assembles the runtime stubs for the host and publishes them.
-pub(crate) fn native_runtime(memory: &jitmem::JitMemory) -> Result<runtime::Runtime, JitError> {
+/// Assembles the runtime stubs for the host and `target` and publishes them.
+pub(crate) fn native_runtime(
+    memory: &jitmem::JitMemory,
+    target: Target,
+) -> Result<runtime::Runtime, JitError> {
     match Isa::native() {
-        Some(Isa::X64) => runtime::Runtime::new::<x64::X64>(memory),
-        Some(Isa::A64) => runtime::Runtime::new::<a64::A64>(memory),
+        Some(Isa::X64) => runtime::Runtime::new::<x64::X64>(memory, target),
+        Some(Isa::A64) => runtime::Runtime::new::<a64::A64>(memory, target),
         None => Err(JitError::UnsupportedIsa),
+    }
+}
+
+/// Copies compiled code into `memory`, patches its direct helper calls for its address with
+/// `isa`'s encoder, and publishes it.
+pub(crate) fn publish_compiled(
+    isa: Isa,
+    memory: &jitmem::JitMemory,
+    code: &CompiledCode,
+) -> Result<jitmem::CodeBlock, JitError> {
+    let patch: runtime::PatchCall = match isa {
+        Isa::X64 => <x64::X64 as masm::MacroAssembler>::patch_call,
+        Isa::A64 => <a64::A64 as masm::MacroAssembler>::patch_call,
+    };
+    runtime::publish(memory, &code.code, &code.helper_calls, patch)
+}
+
+/// How far a direct helper call reaches on `isa`: x86-64 `call rel32` +-2 GiB, AArch64 `bl`
+/// +-128 MiB (the smaller side of each).
+pub(crate) fn call_reach(isa: Isa) -> usize {
+    match isa {
+        Isa::X64 => i32::MAX as usize,
+        Isa::A64 => (128 << 20) - 4,
     }
 }
 
@@ -100,6 +129,98 @@ pub fn compile_cost(
 ) -> Result<usize, JitError> {
     let isa = Isa::native().ok_or(JitError::UnsupportedIsa)?;
     let code = compile_for(isa, program, func, CodegenOptions::default())?;
-    let block = runtime::publish(memory, &code.code)?;
+    let block = publish_compiled(isa, memory, &code)?;
     Ok(block.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRINTS: &str =
+        "func main args=0 locals=0\n    load_imm 7\n    print\n    load_imm 0\n    return\nend\n";
+
+    fn program() -> crate::Program {
+        crate::verify::verify(&crate::text::parse(PRINTS).unwrap()).unwrap()
+    }
+
+    /// With helpers to call directly, `print` becomes one `call rel32` / `bl` whose
+    /// displacement is patched for the code's address; out of reach is an error, not a
+    /// wrong call.
+    #[test]
+    fn direct_helper_calls_are_patched_for_the_codes_address() {
+        let base = 0x7000_0000_0000usize;
+        let helpers = Helpers {
+            print: base + (100 << 20),
+            bridge: base - (1 << 20),
+        };
+        let options = CodegenOptions {
+            target: Target {
+                helpers: Some(helpers),
+                bti: false,
+            },
+            ..CodegenOptions::default()
+        };
+        for isa in [Isa::X64, Isa::A64] {
+            let code = compile_for(isa, &program(), 0, options).unwrap();
+            assert_eq!(code.helper_calls.len(), 1, "{isa:?}: one print");
+            let call = code.helper_calls[0];
+            assert_eq!(call.target, helpers.print);
+            let mut bytes = code.code.clone();
+            let patch: runtime::PatchCall = match isa {
+                Isa::X64 => <x64::X64 as masm::MacroAssembler>::patch_call,
+                Isa::A64 => <a64::A64 as masm::MacroAssembler>::patch_call,
+            };
+            patch(&mut bytes, call, base).unwrap();
+            let at = call.at;
+            match isa {
+                Isa::X64 => {
+                    assert_eq!(bytes[at], 0xE8);
+                    let rel = i32::from_le_bytes(bytes[at + 1..at + 5].try_into().unwrap());
+                    assert_eq!(
+                        base as i64 + (at + 5) as i64 + i64::from(rel),
+                        helpers.print as i64
+                    );
+                }
+                Isa::A64 => {
+                    let word = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+                    assert_eq!(word >> 26, 0b100101, "bl");
+                    let imm = ((word << 6) as i32 >> 6) as i64 * 4;
+                    assert_eq!(base as i64 + at as i64 + imm, helpers.print as i64);
+                    // 200 MiB away: beyond bl's reach.
+                    let far = masm::HelperCall {
+                        at,
+                        target: base + (200 << 20),
+                    };
+                    assert!(patch(&mut bytes, far, base).is_err());
+                }
+            }
+            let no_direct = compile_for(isa, &program(), 0, CodegenOptions::default()).unwrap();
+            assert!(no_direct.helper_calls.is_empty());
+        }
+    }
+
+    /// With BTI, every AArch64 function entry, array entry and runtime stub starts with a
+    /// landing pad; without it, none does.
+    #[test]
+    fn bti_puts_a_landing_pad_at_every_indirect_branch_target() {
+        let pad = |code: &[u8], at: usize| code[at..at + 4] == [0x5f, 0x24, 0x03, 0xd5];
+        let pad_jc = |code: &[u8], at: usize| code[at..at + 4] == [0xdf, 0x24, 0x03, 0xd5];
+        for bti in [true, false] {
+            let target = Target { helpers: None, bti };
+            let options = CodegenOptions {
+                target,
+                ..CodegenOptions::default()
+            };
+            let code = compile_for(Isa::A64, &program(), 0, options).unwrap();
+            assert_eq!(pad(&code.code, code.native_entry), bti);
+            assert_eq!(pad(&code.code, code.start_entry), bti);
+            let mut masm = <a64::A64 as masm::MacroAssembler>::new(target);
+            let stubs = masm::MacroAssembler::runtime_stubs(&mut masm).unwrap();
+            let (stub_code, _) = masm::MacroAssembler::finish(masm).unwrap();
+            assert_eq!(pad(&stub_code, stubs.trampoline), bti);
+            assert_eq!(pad(&stub_code, stubs.bridge), bti);
+            assert_eq!(pad_jc(&stub_code, stubs.unwind), bti);
+        }
+    }
 }

@@ -23,7 +23,7 @@ use std::mem::offset_of;
 
 use jitmem::{CodeBlock, JitMemory};
 
-use super::masm::{MacroAssembler, RuntimeStubs};
+use super::masm::{HelperCall, Helpers, MacroAssembler, RuntimeStubs, Target};
 use super::{JitError, native_reg_args};
 use crate::{Counters, FuncId, Program, Stop, Trap, TrapKind};
 
@@ -159,8 +159,18 @@ impl Ctx {
     /// code runs with this context.
     pub(crate) fn connect<H: RuntimeHost>(&mut self, host: *mut H) {
         self.host = host.cast();
-        self.print_fn = print_helper::<H> as *const () as usize;
-        self.bridge_fn = bridge_helper::<H> as *const () as usize;
+        let helpers = helpers::<H>();
+        self.print_fn = helpers.print;
+        self.bridge_fn = helpers.bridge;
+    }
+}
+
+/// The addresses of the helpers made for `H`: what [`Ctx::connect`] stores, and what code
+/// calls directly when it is placed within their reach.
+pub(crate) fn helpers<H: RuntimeHost>() -> Helpers {
+    Helpers {
+        print: print_helper::<H> as *const () as usize,
+        bridge: bridge_helper::<H> as *const () as usize,
     }
 }
 
@@ -212,28 +222,74 @@ type Trampoline = unsafe extern "C" fn(*mut Ctx, usize, *const i64) -> i64;
 
 /// The runtime stubs of one VM, in executable memory.
 pub(crate) struct Runtime {
+    /// What debuggers and the unwinder were told about the stubs (withdrawn before the block
+    /// is freed: fields drop in order).
+    #[cfg(feature = "debuginfo")]
+    debug: Option<jitmem::debuginfo::Registration>,
     /// Keeps the stubs alive while `trampoline` and the addresses below point into them.
     block: CodeBlock,
     trampoline: Trampoline,
     stubs: RuntimeStubs,
+    /// The stubs' code and frame steps, to register them ([`Runtime::register`]).
+    #[cfg(feature = "debuginfo")]
+    code: Vec<u8>,
+    #[cfg(feature = "debuginfo")]
+    frame_steps: Vec<super::masm::FrameStep>,
 }
 
 impl Runtime {
-    /// Assembles the stubs for `M` and publishes them in `memory`.
-    pub(crate) fn new<M: MacroAssembler>(memory: &JitMemory) -> Result<Runtime, JitError> {
-        let mut masm = M::new();
+    /// Assembles the stubs for `M` and `target` and publishes them in `memory`.
+    pub(crate) fn new<M: MacroAssembler>(
+        memory: &JitMemory,
+        target: Target,
+    ) -> Result<Runtime, JitError> {
+        let mut masm = M::new(target);
         let stubs = masm.runtime_stubs()?;
-        let code = masm.finish()?;
-        let block = publish(memory, &code)?;
+        #[cfg(feature = "debuginfo")]
+        let frame_steps = masm.take_frame_steps();
+        let (code, calls) = masm.finish()?;
+        let block = publish(memory, &code, &calls, M::patch_call)?;
         // SAFETY: `M::runtime_stubs` assembled the trampoline at this offset with exactly this
         // signature, and the block is published; `Runtime` keeps the block alive as long as
         // the pointer.
         let trampoline: Trampoline = unsafe { block.entry(stubs.trampoline)? };
         Ok(Runtime {
+            #[cfg(feature = "debuginfo")]
+            debug: None,
             block,
             trampoline,
             stubs,
+            #[cfg(feature = "debuginfo")]
+            code,
+            #[cfg(feature = "debuginfo")]
+            frame_steps,
         })
+    }
+
+    /// Names the stubs (`jitvm_trampoline`, `jitvm_unwind`, `jitvm_bridge`) and registers
+    /// their CFI with `debug`, so that backtraces through compiled code reach the Rust frames
+    /// that entered it.
+    #[cfg(feature = "debuginfo")]
+    pub(crate) fn register(
+        &mut self,
+        debug: &jitmem::debuginfo::DebugInfo,
+        isa: super::Isa,
+    ) -> Result<(), JitError> {
+        use jitmem::debuginfo::Symbol;
+        let mut starts = [
+            (self.stubs.trampoline, "jitvm_trampoline"),
+            (self.stubs.unwind, "jitvm_unwind"),
+            (self.stubs.bridge, "jitvm_bridge"),
+        ];
+        starts.sort_unstable();
+        let mut symbols = Vec::with_capacity(starts.len());
+        for (i, &(start, name)) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).map_or(self.code.len(), |next| next.0);
+            symbols.push(Symbol::new(start, end.saturating_sub(start), name)?);
+        }
+        let cfi = super::cfi::frame_table(isa, &self.frame_steps, self.code.len())?;
+        self.debug = Some(debug.register(&self.block, &self.code, &symbols, Some(&cfi))?);
+        Ok(())
     }
 
     /// Address of the unwind stub.
@@ -274,14 +330,27 @@ impl Entry {
     }
 }
 
-/// Copies `code` into a fresh block of `memory` and publishes it.
-pub(crate) fn publish(memory: &JitMemory, code: &[u8]) -> Result<CodeBlock, JitError> {
+/// The ISA's [`MacroAssembler::patch_call`].
+pub(crate) type PatchCall = fn(&mut [u8], HelperCall, usize) -> Result<(), JitError>;
+
+/// Copies `code` into a fresh block of `memory`, patches its direct helper `calls` for the
+/// block's address with `patch`, and publishes it.
+pub(crate) fn publish(
+    memory: &JitMemory,
+    code: &[u8],
+    calls: &[HelperCall],
+    patch: PatchCall,
+) -> Result<CodeBlock, JitError> {
     let mut block = memory.allocate(code.len().max(1))?;
+    let base = block.as_ptr() as usize;
     let mut scope = block.write()?;
     let dst = scope
         .get_mut(..code.len())
         .ok_or(JitError::Internal("code block shorter than asked"))?;
     dst.copy_from_slice(code);
+    for &call in calls {
+        patch(dst, call, base)?;
+    }
     scope.publish()?;
     Ok(block)
 }

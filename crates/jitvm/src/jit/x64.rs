@@ -11,8 +11,8 @@ use jitasm::x64::{Assembler, Cond, Mem, Reg};
 
 use super::JitError;
 use super::masm::{
-    ArithOp, CmpOp, DivOp, Frame, Home, MacroAssembler, Operand, Result, RuntimeStubs,
-    parallel_moves,
+    ArithOp, CmpOp, DivOp, Frame, FrameStep, HelperCall, Helpers, Home, MacroAssembler, Operand,
+    Result, RuntimeStubs, Target, parallel_moves,
 };
 use super::runtime::ctx_offsets as off;
 use crate::FuncId;
@@ -31,6 +31,21 @@ pub(crate) struct X64 {
     asm: Assembler,
     /// The frame of the function being compiled (set by `native_entry`).
     frame: Option<Frame<Reg>>,
+    /// How the frame changes, for CFI (see [`FrameStep`]).
+    steps: Vec<FrameStep>,
+    target: Target,
+    helper_calls: Vec<HelperCall>,
+}
+
+/// DWARF register numbers of RSP and RBP (System V x86-64 psABI, figure 3.36).
+const DWARF_RSP: u16 = 7;
+const DWARF_RBP: u16 = 6;
+
+/// The DWARF register number of `r` (System V x86-64 psABI, figure 3.36: RAX, RDX, RCX, RBX,
+/// RSI, RDI, RBP, RSP, R8-R15).
+pub(crate) fn dwarf(r: Reg) -> u16 {
+    const BY_ENCODING: [u16; 16] = [0, 2, 1, 3, 7, 6, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15];
+    BY_ENCODING[r as usize & 15]
 }
 
 fn ctx(field: i32) -> Mem {
@@ -102,6 +117,7 @@ impl X64 {
     /// Checks the native stack for `bytes` more, then pushes the saved registers and reserves
     /// the frame.
     fn prologue(&mut self, frame: &Frame<Reg>, stack_trap: Label) -> Result<()> {
+        self.note(|at| FrameStep::Entry { at });
         let bytes = frame_bytes(frame)?;
         let total = bytes
             .checked_add(frame.saved.len() as i32 * 8)
@@ -109,13 +125,31 @@ impl X64 {
         self.asm.lea(TMP, Mem::base(Reg::Rsp, -total))?;
         self.asm.cmp_rm(TMP, ctx(off::STACK_LIMIT))?;
         self.asm.jcc(Cond::B, stack_trap)?;
+        let mut cfa = 8;
         for &r in &frame.saved {
             self.asm.push(r);
+            cfa += 8;
+            self.note(|at| FrameStep::CfaOffset { at, offset: cfa });
+            self.note(|at| FrameStep::Saved {
+                at,
+                reg: dwarf(r),
+                offset: -cfa,
+            });
         }
         if bytes > 0 {
             self.asm.sub_ri(Reg::Rsp, bytes);
+            self.note(|at| FrameStep::CfaOffset {
+                at,
+                offset: cfa + bytes,
+            });
         }
         Ok(())
+    }
+
+    /// Records a frame step at the current offset.
+    fn note(&mut self, step: impl FnOnce(usize) -> FrameStep) {
+        let at = self.asm.offset();
+        self.steps.push(step(at));
     }
 
     fn set_home(&mut self, frame: &Frame<Reg>, local: usize, src: Operand<Reg>) -> Result<()> {
@@ -127,16 +161,37 @@ impl X64 {
     }
 }
 
+impl X64 {
+    /// Calls a helper: `call rel32` to it when the code is placed within reach
+    /// ([`Target::helpers`]), else `call [ctx + field]`.
+    fn call_helper(&mut self, which: fn(&Helpers) -> usize, field: i32) -> Result<()> {
+        match &self.target.helpers {
+            Some(helpers) => {
+                self.helper_calls.push(HelperCall {
+                    at: self.asm.offset(),
+                    target: which(helpers),
+                });
+                self.asm.call_rel32(0);
+            }
+            None => self.asm.call_m(ctx(field))?,
+        }
+        Ok(())
+    }
+}
+
 impl MacroAssembler for X64 {
     type Reg = Reg;
     const SCRATCH: &'static [Reg] = &[Reg::Rcx, Reg::Rsi, Reg::Rdi, Reg::R8, Reg::R9, Reg::R10];
     const LOCAL_REGS: &'static [Reg] = &[Reg::Rbx, Reg::Rbp, Reg::R12, Reg::R13];
     const REG_ARGS: u32 = 6;
 
-    fn new() -> Self {
+    fn new(target: Target) -> Self {
         X64 {
             asm: Assembler::new(),
             frame: None,
+            steps: Vec::new(),
+            target,
+            helper_calls: Vec::new(),
         }
     }
 
@@ -152,8 +207,28 @@ impl MacroAssembler for X64 {
         self.asm.label_offset(label)
     }
 
-    fn finish(self) -> Result<Vec<u8>> {
-        Ok(self.asm.finish()?)
+    fn finish(self) -> Result<(Vec<u8>, Vec<HelperCall>)> {
+        Ok((self.asm.finish()?, self.helper_calls))
+    }
+
+    /// `call rel32`: the displacement counts from the end of the 5-byte instruction.
+    fn patch_call(code: &mut [u8], call: HelperCall, base: usize) -> Result<()> {
+        let next = base
+            .checked_add(call.at + 5)
+            .ok_or(JitError::Internal("code address overflows"))?;
+        let disp = i32::try_from(call.target as i64 - next as i64)
+            .map_err(|_| JitError::Internal("helper beyond the reach of call rel32"))?;
+        let mut a = Assembler::new();
+        a.call_rel32(disp);
+        let bytes = a.finish()?;
+        code.get_mut(call.at..call.at + bytes.len())
+            .ok_or(JitError::Internal("helper call outside the code"))?
+            .copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn take_frame_steps(&mut self) -> Vec<FrameStep> {
+        std::mem::take(&mut self.steps)
     }
 
     fn native_entry(&mut self, frame: &Frame<Reg>, stack_trap: Label) -> Result<()> {
@@ -194,13 +269,20 @@ impl MacroAssembler for X64 {
     fn ret(&mut self, frame: &Frame<Reg>, value: Operand<Reg>) -> Result<()> {
         self.load(Reg::Rax, value)?;
         let bytes = frame_bytes(frame)?;
+        self.note(|at| FrameStep::Remember { at });
+        let mut cfa = 8 + 8 * frame.saved.len() as i32;
         if bytes > 0 {
             self.asm.add_ri(Reg::Rsp, bytes);
+            self.note(|at| FrameStep::CfaOffset { at, offset: cfa });
         }
         for &r in frame.saved.iter().rev() {
             self.asm.pop(r);
+            cfa -= 8;
+            self.note(|at| FrameStep::CfaOffset { at, offset: cfa });
+            self.note(|at| FrameStep::Restored { at, reg: dwarf(r) });
         }
         self.asm.ret();
+        self.note(|at| FrameStep::Restore { at });
         Ok(())
     }
 
@@ -417,7 +499,7 @@ impl MacroAssembler for X64 {
     fn print(&mut self, value: Operand<Reg>) -> Result<()> {
         self.load(Reg::Rsi, value)?;
         self.asm.mov_rr(Reg::Rdi, CTX);
-        self.asm.call_m(ctx(off::PRINT_FN))?;
+        self.call_helper(|h| h.print, off::PRINT_FN)?;
         let ok = self.asm.new_label();
         self.asm.mov_rm(Reg::Rax, ctx(off::STOP))?;
         self.asm.test_rr(Reg::Rax, Reg::Rax);
@@ -450,24 +532,50 @@ impl MacroAssembler for X64 {
         let saved = [Reg::Rbx, Reg::Rbp, Reg::R12, Reg::R13, Reg::R14, Reg::R15];
         // trampoline(ctx = rdi, entry = rsi, locals = rdx) -> rax
         let trampoline = a.offset();
+        let steps = &mut self.steps;
+        steps.push(FrameStep::Entry { at: trampoline });
+        let mut cfa = 8;
         for r in saved {
             a.push(r);
+            cfa += 8;
+            let at = a.offset();
+            steps.push(FrameStep::CfaOffset { at, offset: cfa });
+            steps.push(FrameStep::Saved {
+                at,
+                reg: dwarf(r),
+                offset: -cfa,
+            });
         }
         a.mov_rr(CTX, Reg::Rdi);
         a.mov_rm(Reg::Rax, ctx(off::ENTRY_SP))?;
         a.push(Reg::Rax); // the outer trampoline's unwind target; 7 pushes keep RSP aligned
+        steps.push(FrameStep::CfaOffset {
+            at: a.offset(),
+            offset: cfa + 8,
+        });
         a.mov_mr(ctx(off::ENTRY_SP), Reg::Rsp)?;
         a.mov_rm(DEPTH, ctx(off::DEPTH_LEFT))?;
         a.mov_rr(Reg::Rdi, Reg::Rdx);
         a.call_r(Reg::Rsi);
         let done = a.new_label();
         a.bind(done)?;
+        steps.push(FrameStep::Remember { at: a.offset() });
         a.pop(Reg::Rcx);
+        steps.push(FrameStep::CfaOffset {
+            at: a.offset(),
+            offset: cfa,
+        });
         a.mov_mr(ctx(off::ENTRY_SP), Reg::Rcx)?;
         for r in saved.iter().rev() {
             a.pop(*r);
+            cfa -= 8;
+            let at = a.offset();
+            steps.push(FrameStep::CfaOffset { at, offset: cfa });
+            steps.push(FrameStep::Restored { at, reg: dwarf(*r) });
         }
         a.ret();
+        // The unwind stub runs on the trampoline's frame (it resets RSP to it).
+        steps.push(FrameStep::Restore { at: a.offset() });
         // unwind(rax = stop code)
         let unwind = a.offset();
         a.mov_mr(ctx(off::STOP), Reg::Rax)?;
@@ -477,8 +585,21 @@ impl MacroAssembler for X64 {
         a.jmp(done)?;
         // bridge(rax = callee, arguments as for a compiled function)
         let bridge = a.offset();
+        steps.push(FrameStep::Entry { at: bridge });
         a.push(Reg::Rbp);
+        let at = a.offset();
+        steps.push(FrameStep::CfaOffset { at, offset: 16 });
+        steps.push(FrameStep::Saved {
+            at,
+            reg: DWARF_RBP,
+            offset: -16,
+        });
         a.mov_rr(Reg::Rbp, Reg::Rsp);
+        steps.push(FrameStep::Cfa {
+            at: a.offset(),
+            reg: DWARF_RBP,
+            offset: 16,
+        });
         a.sub_ri(Reg::Rsp, 48);
         for (i, r) in ARGS.iter().enumerate() {
             a.mov_mr(Mem::base(Reg::Rsp, i as i32 * 8), *r)?;
@@ -488,11 +609,20 @@ impl MacroAssembler for X64 {
         a.mov_rr(Reg::Rsi, Reg::Rax);
         a.mov_rr(Reg::Rdx, Reg::Rsp);
         a.lea(Reg::Rcx, Mem::base(Reg::Rbp, 16))?;
-        a.call_m(ctx(off::BRIDGE_FN))?;
+        self.call_helper(|h| h.bridge, off::BRIDGE_FN)?;
+        let a = &mut self.asm;
+        let steps = &mut self.steps;
         a.cmp_mi(ctx(off::STOP), 0)?;
         a.jcc(Cond::Ne, unwind_now)?;
         a.mov_rr(Reg::Rsp, Reg::Rbp);
         a.pop(Reg::Rbp);
+        let at = a.offset();
+        steps.push(FrameStep::Cfa {
+            at,
+            reg: DWARF_RSP,
+            offset: 8,
+        });
+        steps.push(FrameStep::Restored { at, reg: DWARF_RBP });
         a.ret();
         Ok(RuntimeStubs {
             trampoline,

@@ -40,7 +40,7 @@ const CS_ENFORCEMENT: u32 = 0x0000_1000;
 pub(super) const CS_RUNTIME: u32 = 0x0001_0000;
 /// "Process is currently or has previously been debugged and allowed to run with invalid
 /// pages": on iOS, the state a debugger leaves behind that lets an app map executable memory.
-pub(super) const CS_DEBUGGED: u32 = 0x1000_0000;
+pub(super) const CS_DEBUGGED: u32 = crate::sys::apple_policy::CS_DEBUGGED;
 
 /// `P_TRACED` in `extern_proc.p_flag` (`bsd/sys/proc.h`): a debugger is attached now.
 const P_TRACED: i32 = 0x0000_0800;
@@ -63,6 +63,9 @@ pub(super) const JIT_WRITE_ALLOWLIST: &str = "com.apple.security.cs.jit-write-al
 /// `pthread_jit_write_freeze_callbacks_np`.
 pub(super) const JIT_WRITE_ALLOWLIST_FREEZE_LATE: &str =
     "com.apple.security.cs.jit-write-allowlist-freeze-late";
+/// Entitlement that allows one `MAP_JIT` region per process (XNU never clears its "a JIT
+/// region exists" flag, so a trial mapping would use it up).
+pub(super) const SINGLE_JIT: &str = "com.apple.security.cs.single-jit";
 /// Entitlement of development-signed iOS apps, which lets a debugger attach.
 pub(super) const GET_TASK_ALLOW: &str = "get-task-allow";
 
@@ -248,6 +251,7 @@ pub(super) fn describe_jit_entitlements() -> String {
         DISABLE_EXECUTABLE_PAGE_PROTECTION,
         JIT_WRITE_ALLOWLIST,
         JIT_WRITE_ALLOWLIST_FREEZE_LATE,
+        SINGLE_JIT,
         GET_TASK_ALLOW,
     ];
     let mut present = Vec::new();

@@ -18,8 +18,10 @@
 //!   second, read-write view of the same pages; then the RX view's *maximum* protection is
 //!   lowered to `VM_PROT_READ | VM_PROT_EXECUTE`, so it can never be made writable again, and
 //!   the RW view is `VM_INHERIT_NONE`, so a `fork()` child never has it. With
-//!   [`txm_handshake`](super::MapOptions::txm_handshake) on an iOS device, the RX region is
-//!   first announced to the attached debugger (`brk #0x69`, seed 000's LuckTXM).
+//!   [`txm`](super::MapOptions::txm) on an iOS device, the TXM handshake comes first
+//!   (`super::txm`): the legacy script prepares jitmem's RX region (`brk #0x69`), the universal
+//!   script allocates one itself (`brk #0xf00d`, x16 = 1), which jitmem mirrors but never
+//!   unmaps; the RX view's maximum protection is left alone there (a debugger writes to it).
 //! - **PerThread** (Apple silicon Macs only): `mmap(PROT_READ | PROT_WRITE | PROT_EXEC,
 //!   MAP_PRIVATE | MAP_ANON | MAP_JIT)`, with `pthread_jit_write_protect_np(0)` opening the
 //!   calling thread's write window and `pthread_jit_write_protect_np(1)` closing it.
@@ -71,6 +73,7 @@ mod introspect;
 mod mach;
 mod memory;
 mod mirror;
+mod place;
 mod probe;
 mod rights;
 mod wait;
@@ -78,9 +81,13 @@ mod wait;
 pub(crate) use codesign::{
     code_signing_flags, debugger_attached, has_entitlement, jit_granted_by_debugger,
 };
+pub(crate) use mirror::{txm_detach, txm_protocol};
 pub(crate) use rights::{freeze_jit_write_callbacks, jit_write_with_callback};
 
 /// macOS or iOS, implementing every concern of the platform interface (one file each).
 pub(crate) struct Os;
 
 impl super::Platform for Os {}
+
+// Mappings are usable as mapped: nothing to commit.
+impl crate::sys::Commit for Os {}

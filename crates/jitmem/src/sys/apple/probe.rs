@@ -6,6 +6,7 @@
 use super::Os;
 use super::codesign::{self, CS_DEBUGGED, CS_RUNTIME};
 use super::mirror::try_mirror;
+use crate::sys::{apple_policy, txm};
 use crate::sys::{
     Probe, ProbeFacts, Prot, error_chain, page_size, pipeline_flush_mt, thread_rights_token,
     try_map,
@@ -14,8 +15,8 @@ use crate::sys::{
 impl Probe for Os {
     /// Every primitive tried for real on one page, and the code-signing state that explains a
     /// refusal.
-    fn probe_facts() -> ProbeFacts {
-        probe_facts()
+    fn probe_facts(rwx_trial: bool) -> ProbeFacts {
+        probe_facts(rwx_trial)
     }
 }
 
@@ -62,33 +63,31 @@ fn try_mprotect_exec(why: &str) -> Result<(), String> {
     try_map::<Os>(Prot::RW, Some(Prot::RX)).map_err(|e| format!("{e}{why}"))
 }
 
-/// On an iOS device, whether the strategies the trials found may really run code. The trials
+/// On an iOS device, whether the strategies the trials found may really run code: the trials
 /// only map and protect pages, they never execute them, and code-signing enforcement acts when
-/// an unsigned page is *executed*: an app that no debugger has granted JIT (`CS_DEBUGGED`
-/// clear) is killed then. So without `CS_DEBUGGED` every strategy is reported unavailable and
-/// `jit_available()` says "use an interpreter". An explicit strategy in a `Config` still
-/// bypasses this (for jailbroken devices or special entitlements).
+/// an unsigned page is *executed*. [`apple_policy::ios_jit_refusal`] decides from
+/// `CS_DEBUGGED` and the iOS version (issue 14, defect 3: from iOS 26 `CS_DEBUGGED` proves
+/// nothing on TXM devices). An explicit strategy in a `Config` still bypasses this (the
+/// `IosMode` configurations, jailbroken devices, special entitlements). Not on the simulator
+/// or Mac Catalyst (the same `cfg` as the TXM handshake, `txm::TXM_DEVICE`).
 fn ios_device_refusal(flags: Option<u32>) -> Option<String> {
-    if !cfg!(all(
-        target_os = "ios",
-        not(any(target_abi = "sim", target_abi = "macabi"))
-    )) {
+    if !txm::TXM_DEVICE {
         return None;
     }
-    match flags {
-        Some(f) if f & CS_DEBUGGED != 0 => None,
-        Some(_) => Some(
-            "no debugger has granted JIT to this app (CS_DEBUGGED is clear): iOS would kill it on the first generated instruction".to_owned(),
-        ),
-        None => Some("the code-signing flags cannot be read (csops failed), so JIT cannot be shown to be granted".to_owned()),
-    }
+    let version = codesign::sysctl_string(c"kern.osproductversion");
+    apple_policy::ios_jit_refusal(flags, version.as_deref())
 }
 
 /// What the probe needs from macOS or iOS.
-fn probe_facts() -> ProbeFacts {
+fn probe_facts(rwx_trial: bool) -> ProbeFacts {
     let flags = codesign::code_signing_flags().ok();
     let why = explain(flags);
-    let rwx = try_rwx(why);
+    // An RWX page only when asked: a probe does not create what the policy forbids.
+    let rwx = if rwx_trial {
+        try_rwx(why)
+    } else {
+        Err(crate::sys::rwx_not_tried())
+    };
     let mprotect_exec = try_mprotect_exec(why);
     let mirror = try_mirror(page_size()).map_err(|e| format!("{e}{why}"));
     let per_thread = thread_rights_token().map(|_| ());
@@ -110,6 +109,17 @@ fn probe_facts() -> ProbeFacts {
         ),
         ("JIT entitlements", codesign::describe_jit_entitlements()),
         ("debugger", debugger),
+        (
+            "TXM handshake",
+            if !txm::TXM_DEVICE {
+                "not applicable (not an iOS device)".to_owned()
+            } else {
+                match txm::detected_protocol() {
+                    Some(p) => format!("{p:?} protocol spoken in this process"),
+                    None => "none yet (Config::txm chooses Legacy, Universal or Auto)".to_owned(),
+                }
+            },
+        ),
         (
             "Rosetta 2",
             match translated {

@@ -12,6 +12,7 @@
 use std::ffi::{CStr, c_int, c_void};
 use std::ptr::NonNull;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Os;
 use super::codesign::{self, JIT_WRITE_ALLOWLIST_FREEZE_LATE};
@@ -21,7 +22,7 @@ use crate::sys::error_chain;
 use crate::sys::posix::non_null_map;
 #[cfg(target_os = "macos")]
 use crate::sys::posix::{page_size, unmap};
-use crate::sys::{JitWriteCallback, Rights, refused};
+use crate::sys::{JitWriteCallback, Rights, apple_policy, refused};
 
 impl Rights for Os {
     /// `MAP_JIT` memory across `fork()` is not documented by Apple (XNU treats JIT regions
@@ -84,14 +85,18 @@ fn per_thread_support() -> std::result::Result<u32, String> {
                 .to_owned(),
         );
     }
-    if let Ok(true) = codesign::has_entitlement(codesign::JIT_WRITE_ALLOWLIST) {
-        return Err(format!(
-            "this process has the {} entitlement, which forbids pthread_jit_write_protect_np; write MAP_JIT memory with jitmem::apple::jit_write_with_callback, or use Mirror",
-            codesign::JIT_WRITE_ALLOWLIST
-        ));
+    match apple_policy::per_thread_plan(
+        &codesign::has_entitlement(codesign::JIT_WRITE_ALLOWLIST),
+        &codesign::has_entitlement(codesign::SINGLE_JIT),
+    ) {
+        apple_policy::PerThreadPlan::Refuse(why) => Err(why),
+        // One MAP_JIT region per process: a trial page would use it up (defect 7).
+        apple_policy::PerThreadPlan::NoProbe => Ok(0),
+        apple_policy::PerThreadPlan::Probe => {
+            try_map_jit()?;
+            Ok(0)
+        }
     }
-    try_map_jit()?;
-    Ok(0)
 }
 
 #[cfg(all(target_os = "macos", not(target_arch = "aarch64")))]
@@ -264,6 +269,13 @@ pub(crate) unsafe fn jit_write_with_callback(
     callback: JitWriteCallback,
     ctx: *mut c_void,
 ) -> Result<c_int> {
+    static FREEZE_LATE: OnceLock<std::result::Result<bool, String>> = OnceLock::new();
+    let freeze_late = FREEZE_LATE
+        .get_or_init(|| codesign::has_entitlement(JIT_WRITE_ALLOWLIST_FREEZE_LATE).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(std::io::Error::other);
+    apple_policy::with_callback_decision(&freeze_late, FROZEN.load(Ordering::Acquire))
+        .map_err(|why| refused("pthread_jit_write_with_callback_np", why))?;
     let f = with_callback_fn().ok_or_else(|| {
         unavailable(
             "pthread_jit_write_with_callback_np",
@@ -279,27 +291,35 @@ pub(crate) unsafe fn jit_write_with_callback(
 /// legal.
 #[doc(alias = "pthread_jit_write_freeze_callbacks_np")]
 pub(crate) fn freeze_jit_write_callbacks() -> Result<()> {
-    match codesign::has_entitlement(JIT_WRITE_ALLOWLIST_FREEZE_LATE) {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(Error::WrongState(
-                "pthread_jit_write_freeze_callbacks_np is only legal with the com.apple.security.cs.jit-write-allowlist-freeze-late entitlement (libpthread terminates the process otherwise)",
-            ));
-        }
-        Err(source) => {
-            return Err(Error::Os {
-                op: "csops(CS_OPS_ENTITLEMENTS_BLOB)",
-                source,
-            });
-        }
+    // Call-once guard (defect 4): claimed before the call, so that two threads cannot both
+    // make it; given back only when jitmem refused without calling.
+    if FROZEN.swap(true, Ordering::AcqRel) {
+        return Err(Error::WrongState(
+            "pthread_jit_write_freeze_callbacks_np was already called in this process (libpthread terminates the process on a second call)",
+        ));
     }
-    let f = freeze_fn().ok_or_else(|| {
-        unavailable(
-            "pthread_jit_write_freeze_callbacks_np",
-            "pthread_jit_write_freeze_callbacks_np (macOS 12.1+)",
-        )
-    })?;
-    // SAFETY: no arguments; the entitlement that makes the call legal is present.
+    let refuse = |why: String| {
+        FROZEN.store(false, Ordering::Release);
+        Err(refused("pthread_jit_write_freeze_callbacks_np", why))
+    };
+    if let Err(why) = apple_policy::freeze_decision(
+        false,
+        &codesign::has_entitlement(codesign::JIT_WRITE_ALLOWLIST),
+        &codesign::has_entitlement(JIT_WRITE_ALLOWLIST_FREEZE_LATE),
+    ) {
+        return refuse(why);
+    }
+    let Some(f) = freeze_fn() else {
+        return refuse(
+            "pthread_jit_write_freeze_callbacks_np (macOS 12.1+) is not available on this system"
+                .to_owned(),
+        );
+    };
+    // SAFETY: no arguments; both entitlements that make the call legal are present, and
+    // FROZEN guarantees this is the process's only call.
     unsafe { f() };
     Ok(())
 }
+
+/// Set once `pthread_jit_write_freeze_callbacks_np` was called (or is being called).
+static FROZEN: AtomicBool = AtomicBool::new(false);

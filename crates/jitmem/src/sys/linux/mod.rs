@@ -13,6 +13,7 @@ mod icache;
 mod introspect;
 mod memory;
 mod mirror;
+mod place;
 mod probe;
 mod rights;
 mod wait;
@@ -21,3 +22,6 @@ mod wait;
 pub(crate) struct Os;
 
 impl super::Platform for Os {}
+
+// Mappings are usable as mapped: nothing to commit.
+impl crate::sys::Commit for Os {}

@@ -6,11 +6,13 @@ use super::introspect::{mapping_count, max_map_count, read_sysctl};
 use super::mirror::{memfd_mirror, shared_anon_mirror};
 use crate::error::Result;
 use crate::sys::posix::{page_size, unmap};
-use crate::sys::{Icache, MirrorViews, Probe, ProbeFacts, Prot, Rights, error_chain, try_map};
+use crate::sys::{
+    Icache, MirrorViews, Probe, ProbeFacts, Prot, Rights, error_chain, try_map, try_rwx_if,
+};
 
 impl Probe for Os {
-    fn probe_facts() -> ProbeFacts {
-        probe_facts()
+    fn probe_facts(rwx_trial: bool) -> ProbeFacts {
+        probe_facts(rwx_trial)
     }
 }
 
@@ -101,9 +103,22 @@ fn try_mirrors() -> [std::result::Result<(), String>; 2] {
     [attempt(memfd_mirror), attempt(shared_anon_mirror)]
 }
 
+/// PerThread's own trial: one page mapped under this process's protection key (RWX in the page
+/// tables, writable only by a thread whose PKRU grants the key), then unmapped.
+fn try_per_thread() -> std::result::Result<(), String> {
+    let key = <Os as Rights>::thread_rights_token()?;
+    let page = page_size();
+    let ptr = <Os as Rights>::map_per_thread(page, key).map_err(|e| error_chain(&e))?;
+    // SAFETY: the fresh mapping above, known to no one else.
+    let _ = unsafe { unmap(ptr, page) };
+    Ok(())
+}
+
 /// [`Probe::probe_facts`] on Linux.
-fn probe_facts() -> ProbeFacts {
-    let rwx = try_map::<Os>(Prot::RWX, None);
+fn probe_facts(rwx_trial: bool) -> ProbeFacts {
+    // A plain RWX page only when asked; PerThread's own trial is a page mapped RWX under its
+    // protection key, which no thread can write outside a write scope.
+    let rwx = try_rwx_if::<Os>(rwx_trial);
     let mprotect_exec = try_map::<Os>(Prot::RW, Some(Prot::RX));
     let [memfd, shared_anon] = try_mirrors();
     let pkey = <Os as Rights>::thread_rights_token().map(|_| ());
@@ -112,13 +127,11 @@ fn probe_facts() -> ProbeFacts {
         (Ok(()), _) | (_, Ok(())) => Ok(()),
         (Err(a), Err(b)) => Err(format!("memfd: {a}; shared anonymous: {b}")),
     };
-    let per_thread = match (&pkey, &rwx) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(e), _) => Err(e.clone()),
-        (_, Err(e)) => Err(format!(
-            "pages must be mapped RWX under a key, and RWX is refused: {e}"
-        )),
-    };
+    let per_thread = pkey.clone().and_then(|()| {
+        try_per_thread().map_err(|e| {
+            format!("pages must be mapped RWX under a key, and that mapping is refused: {e}")
+        })
+    });
     let opt = |v: Option<usize>| v.map_or("unknown".to_owned(), |v| v.to_string());
     let mut facts = vec![
         ("vm.max_map_count", opt(max_map_count())),

@@ -1,15 +1,16 @@
-//! Private memory: `VirtualAlloc`, `VirtualProtect`, `VirtualFree`.
+//! Private memory: `VirtualAlloc`, `VirtualProtect`, `VirtualFree`; and the [`Commit`] concern
+//! (reservations committed as they are used) for private memory and mirrors.
 
 use std::ptr::NonNull;
 
 use windows_sys::Win32::System::Memory::{
-    MEM_COMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_PROTECTION_FLAGS, VirtualAlloc, VirtualFree,
-    VirtualProtect,
+    MEM_COMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_NOACCESS, PAGE_PROTECTION_FLAGS, VirtualAlloc,
+    VirtualFree, VirtualProtect,
 };
 
-use super::{Os, native, os_error};
+use super::{Os, allocation_granularity, native, os_error};
 use crate::error::Result;
-use crate::sys::{Memory, Prot};
+use crate::sys::{Commit, MapOptions, Memory, MirrorViews, Prot};
 
 impl Memory for Os {
     /// `GetSystemInfo().dwPageSize` (4 KiB on x86-64 and AArch64), read once.
@@ -84,6 +85,74 @@ unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> Result<()> {
     let ok = unsafe { VirtualFree(ptr.as_ptr().cast(), 0, MEM_RELEASE) };
     if ok == 0 {
         return Err(os_error("VirtualFree(MEM_RELEASE)"));
+    }
+    Ok(())
+}
+
+/// Reservations committed as they are used.
+///
+/// Microsoft's documentation (<https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-virtualalloc>):
+/// `MEM_RESERVE` "reserves a range of the process's virtual address space without allocating
+/// any actual physical storage in memory or in the paging file on disk", and `MEM_COMMIT`
+/// "allocates memory charges (from the overall size of memory and the paging files on disk)
+/// for the specified reserved memory pages"; committing a reserved range of a view of a
+/// section created with `SEC_RESERVE` is what
+/// <https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-createfilemappingw>
+/// describes ("the reserved pages can be committed in subsequent calls to the VirtualAlloc
+/// function"), and what .NET's double mapping does (dotnet/runtime,
+/// `src/coreclr/minipal/Windows/doublemapping.cpp`: `CommitDoubleMappedMemory`).
+impl Commit for Os {
+    fn reserve_private(len: usize, _prot: Prot, _options: MapOptions) -> Result<NonNull<u8>> {
+        reserve_private(len)
+    }
+
+    fn reserve_mirror(len: usize, options: MapOptions) -> Result<MirrorViews> {
+        super::mirror::reserve_mirror(len, options)
+    }
+
+    /// # Safety
+    /// The contract of [`Commit::commit`].
+    unsafe fn commit(ptr: NonNull<u8>, len: usize, prot: Prot) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { commit(ptr, len, prot) }
+    }
+
+    /// The allocation granularity (64 KiB): one `VirtualAlloc(MEM_COMMIT)` per 64 KiB of code
+    /// handed out (per view for a mirror), and at most 64 KiB - 1 bytes of commit charge per
+    /// region beyond what its blocks use.
+    fn commit_granule() -> Option<usize> {
+        Some(allocation_granularity())
+    }
+
+    /// Every reservation starts on the allocation granularity and takes a multiple of it.
+    fn reservation_granularity() -> usize {
+        allocation_granularity()
+    }
+}
+
+/// Reserves `len` bytes of address space (`VirtualAlloc(MEM_RESERVE, PAGE_NOACCESS)`): no commit
+/// charge, no page usable until [`commit`] gives it its protection.
+#[doc(alias = "VirtualAlloc")]
+fn reserve_private(len: usize) -> Result<NonNull<u8>> {
+    // SAFETY: a new reservation at an address the system picks touches no existing memory.
+    let ptr = unsafe { VirtualAlloc(std::ptr::null(), len, MEM_RESERVE, PAGE_NOACCESS) };
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| os_error("VirtualAlloc(MEM_RESERVE)"))
+}
+
+/// Commits `[ptr, ptr + len)` of a reservation (private, or a view of a `SEC_RESERVE` section)
+/// with `prot` (`VirtualAlloc(MEM_COMMIT)`). A failure keeps the OS error as its source:
+/// `ERROR_COMMITMENT_LIMIT` (1455) when the system's commit limit is reached,
+/// `ERROR_DYNAMIC_CODE_BLOCKED` (1655) under Arbitrary Code Guard.
+///
+/// # Safety
+/// The contract of [`Commit::commit`]: the range is inside a reservation the caller owns and
+/// was never committed (`MEM_COMMIT` on a committed page sets its protection anew).
+#[doc(alias = "VirtualAlloc")]
+unsafe fn commit(ptr: NonNull<u8>, len: usize, prot: Prot) -> Result<()> {
+    // SAFETY: the caller owns the reserved, never committed range.
+    let done = unsafe { VirtualAlloc(ptr.as_ptr().cast(), len, MEM_COMMIT, native(prot)) };
+    if done.is_null() {
+        return Err(os_error("VirtualAlloc(MEM_COMMIT)"));
     }
     Ok(())
 }

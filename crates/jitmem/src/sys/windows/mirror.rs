@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, INVALID_HANDLE_VALUE};
 use windows_sys::Win32::System::Memory::{
     CreateFileMappingW, FILE_MAP_EXECUTE, FILE_MAP_READ, FILE_MAP_WRITE,
-    MEMORY_MAPPED_VIEW_ADDRESS, MapViewOfFile, PAGE_EXECUTE_READWRITE, UnmapViewOfFile,
+    MEMORY_MAPPED_VIEW_ADDRESS, MapViewOfFile, PAGE_EXECUTE_READWRITE, SEC_RESERVE,
+    UnmapViewOfFile,
 };
 
 use super::{Os, os_error};
@@ -53,7 +54,24 @@ impl Drop for Section {
 /// again or for a child process to inherit.
 #[doc(alias = "CreateFileMappingW")]
 #[doc(alias = "MapViewOfFile")]
-fn map_mirror(len: usize, _options: MapOptions) -> Result<MirrorViews> {
+fn map_mirror(len: usize, options: MapOptions) -> Result<MirrorViews> {
+    map_section_twice(len, options, 0)
+}
+
+/// [`map_mirror`] of a section created with `SEC_RESERVE`: both views are reserved, and each page
+/// is usable through a view once committed there (`VirtualAlloc(MEM_COMMIT)` on that view; see
+/// `memory.rs`'s `Commit`). CreateFileMappingW's documentation: "SEC_RESERVE: If the file
+/// mapping object is backed by the operating system paging file (...), specifies that when a
+/// view of the file is mapped into a process address space, the entire range of pages is
+/// reserved for later use by the process rather than committed."
+#[doc(alias = "SEC_RESERVE")]
+pub(super) fn reserve_mirror(len: usize, options: MapOptions) -> Result<MirrorViews> {
+    map_section_twice(len, options, SEC_RESERVE)
+}
+
+/// The two views of a new pagefile-backed section of `len` bytes, created with `attributes`
+/// (0: `SEC_COMMIT`, the default; or `SEC_RESERVE`).
+fn map_section_twice(len: usize, _options: MapOptions, attributes: u32) -> Result<MirrorViews> {
     let size = u64::try_from(len).map_err(|_| Error::TooLarge { len })?;
     // SAFETY: an unnamed section backed by the paging file, with default security; the size is
     // split into its high and low halves as the API wants.
@@ -61,7 +79,7 @@ fn map_mirror(len: usize, _options: MapOptions) -> Result<MirrorViews> {
         CreateFileMappingW(
             INVALID_HANDLE_VALUE,
             std::ptr::null(),
-            PAGE_EXECUTE_READWRITE,
+            PAGE_EXECUTE_READWRITE | attributes,
             (size >> 32) as u32,
             size as u32,
             std::ptr::null(),

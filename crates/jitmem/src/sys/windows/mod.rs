@@ -49,6 +49,7 @@ mod icache;
 mod introspect;
 mod memory;
 mod mirror;
+mod place;
 mod probe;
 mod rights;
 mod wait;

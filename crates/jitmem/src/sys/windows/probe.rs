@@ -10,21 +10,22 @@ use windows_sys::Win32::System::SystemInformation::OSVERSIONINFOW;
 use windows_sys::Win32::System::SystemServices::{
     PROCESS_MITIGATION_CONTROL_FLOW_GUARD_POLICY, PROCESS_MITIGATION_DYNAMIC_CODE_POLICY,
 };
+use windows_sys::Win32::System::SystemServices::THREAD_DYNAMIC_CODE_ALLOW;
 use windows_sys::Win32::System::Threading::{
-    GetCurrentProcess, GetProcessMitigationPolicy, PROCESS_MITIGATION_POLICY,
-    ProcessControlFlowGuardPolicy, ProcessDynamicCodePolicy,
+    GetCurrentProcess, GetCurrentThread, GetProcessMitigationPolicy, PROCESS_MITIGATION_POLICY,
+    ProcessControlFlowGuardPolicy, ProcessDynamicCodePolicy, ThreadDynamicCodePolicy,
 };
 
 use super::{Os, allocation_granularity};
 use crate::sys::{
     MapOptions, Probe, ProbeFacts, Prot, error_chain, map_mirror, mapping_count, page_size,
-    pipeline_flush_mt, thread_rights_token, try_map, unmap_view,
+    pipeline_flush_mt, thread_rights_token, try_map, try_rwx_if, unmap_view,
 };
 
 impl Probe for Os {
     /// Every primitive tried for real on one page, and the policies that explain a refusal.
-    fn probe_facts() -> ProbeFacts {
-        probe_facts()
+    fn probe_facts(rwx_trial: bool) -> ProbeFacts {
+        probe_facts(rwx_trial)
     }
 }
 
@@ -85,7 +86,63 @@ fn mitigation_flags<T: Default>(policy: PROCESS_MITIGATION_POLICY) -> io::Result
     Ok(value)
 }
 
-/// Arbitrary Code Guard: `Ok(true)` when `ProhibitDynamicCode` is set for this process.
+/// `GetThreadInformation`'s signature (processthreadsapi.h).
+type GetThreadInformationFn = unsafe extern "system" fn(
+    thread: windows_sys::Win32::Foundation::HANDLE,
+    class: windows_sys::Win32::System::Threading::THREAD_INFORMATION_CLASS,
+    information: *mut std::ffi::c_void,
+    size: u32,
+) -> windows_sys::core::BOOL;
+
+/// Whether the calling thread has opted out of Arbitrary Code Guard
+/// (`GetThreadInformation(ThreadDynamicCodePolicy)` gives `THREAD_DYNAMIC_CODE_ALLOW`; see
+/// <https://learn.microsoft.com/en-us/windows/win32/api/processthreadsapi/nf-processthreadsapi-getthreadinformation>).
+///
+/// Looked up at run time (`GetProcAddress`), not imported: Wine's kernel32 does not export it,
+/// and an unresolved import makes Wine's loader map a writable and executable page of stubs in
+/// every process (which the W^X tests then see).
+fn thread_opted_out() -> io::Result<bool> {
+    // SAFETY: GetModuleHandleW with a valid wide string; kernel32 is loaded in every process.
+    let kernel32 = unsafe { GetModuleHandleW(windows_sys::w!("kernel32.dll")) };
+    if kernel32.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a loaded module and a valid C string.
+    let Some(proc) = (unsafe { GetProcAddress(kernel32, windows_sys::s!("GetThreadInformation")) })
+    else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "kernel32 does not export GetThreadInformation",
+        ));
+    };
+    // SAFETY: the export has GetThreadInformation's documented signature.
+    let get: GetThreadInformationFn = unsafe { std::mem::transmute(proc) };
+    let mut policy: u32 = 0;
+    // SAFETY: our own thread's pseudo-handle and a writable u32, the size this class fills.
+    let ok = unsafe {
+        get(
+            GetCurrentThread(),
+            ThreadDynamicCodePolicy,
+            (&mut policy as *mut u32).cast(),
+            size_of::<u32>() as u32,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(policy & THREAD_DYNAMIC_CODE_ALLOW != 0)
+}
+
+/// Arbitrary Code Guard: `Ok(true)` when `ProhibitDynamicCode` is set for this process and the
+/// calling thread has not opted out; the words say which threads may make code.
+///
+/// PROCESS_MITIGATION_DYNAMIC_CODE_POLICY
+/// (<https://learn.microsoft.com/en-us/windows/win32/api/winnt/ns-winnt-process_mitigation_dynamic_code_policy>):
+/// `ProhibitDynamicCode` (bit 0), `AllowThreadOptOut` (bit 1: "allow threads to opt out of the
+/// restrictions on dynamic code generation by calling the SetThreadInformation function with
+/// the ThreadInformation parameter set to ThreadDynamicCodePolicy"), `AuditProhibitDynamicCode`
+/// (bit 3). The policy is per process but an opt-out is per thread, so the probe's verdict is
+/// the calling thread's, and `Auto` does not keep a refusal (see `probe::auto_choice`).
 fn arbitrary_code_guard() -> io::Result<(bool, String)> {
     let policy: PROCESS_MITIGATION_DYNAMIC_CODE_POLICY =
         mitigation_flags(ProcessDynamicCodePolicy)?;
@@ -94,19 +151,15 @@ fn arbitrary_code_guard() -> io::Result<(bool, String)> {
     let prohibit = flags & 0b0001 != 0;
     let thread_opt_out = flags & 0b0010 != 0;
     let audit = flags & 0b1000 != 0;
+    let opted_out = prohibit && thread_opt_out && thread_opted_out().unwrap_or(false);
     let text = match (prohibit, audit) {
-        (true, _) => format!(
-            "on (ProhibitDynamicCode): no memory can become executable after it is mapped, so no strategy can work{}",
-            if thread_opt_out {
-                "; threads may opt out (AllowThreadOptOut)"
-            } else {
-                ""
-            }
-        ),
+        (true, _) if opted_out => "on (ProhibitDynamicCode), but this thread opted out (ThreadDynamicCodePolicy = THREAD_DYNAMIC_CODE_ALLOW): it may make code, threads that did not opt out may not (jitmem gives them the OS error ERROR_DYNAMIC_CODE_BLOCKED when they map, commit or flip code pages)".to_owned(),
+        (true, _) if thread_opt_out => "on (ProhibitDynamicCode): no memory can become executable after it is mapped, so no strategy works in this thread; threads may opt out (AllowThreadOptOut): a thread that calls SetThreadInformation(ThreadDynamicCodePolicy, THREAD_DYNAMIC_CODE_ALLOW) may make code".to_owned(),
+        (true, _) => "on (ProhibitDynamicCode), no thread opt-out (AllowThreadOptOut is clear): no memory can become executable after it is mapped, so no strategy can work in this process".to_owned(),
         (false, true) => "audit only: dynamic code is allowed and logged".to_owned(),
         (false, false) => "off: dynamic code is allowed".to_owned(),
     };
-    Ok((prohibit, text))
+    Ok((prohibit && !opted_out, text))
 }
 
 /// Control Flow Guard, in words.
@@ -119,7 +172,7 @@ fn control_flow_guard() -> String {
             // SAFETY: both union members are a u32 of flags.
             let flags = unsafe { policy.Anonymous.Flags };
             if flags & 1 != 0 {
-                "on: executable pages made by VirtualAlloc, VirtualProtect and MapViewOfFile are valid call targets as a whole".to_owned()
+                "on: executable pages made by VirtualAlloc, VirtualProtect and MapViewOfFile are valid call targets as a whole, so every byte of JIT code is a valid indirect-call target (jitmem's default; explicit targets with PAGE_TARGETS_INVALID and SetProcessValidCallTargets are not implemented)".to_owned()
             } else {
                 "off".to_owned()
             }
@@ -150,19 +203,24 @@ fn try_mirror() -> std::result::Result<(), String> {
 
 /// What the probe needs from Windows: every primitive tried for real on one page, and the
 /// policies that explain a refusal.
-fn probe_facts() -> ProbeFacts {
+fn probe_facts(rwx_trial: bool) -> ProbeFacts {
     let acg = arbitrary_code_guard();
     let acg_on = matches!(acg, Ok((true, _)));
     let because = |r: std::result::Result<(), String>| {
         r.map_err(|e| {
             if acg_on {
-                format!("Arbitrary Code Guard forbids dynamic code in this process: {e}")
+                format!("Arbitrary Code Guard forbids dynamic code in this thread: {e}")
             } else {
                 e
             }
         })
     };
-    let rwx = because(try_map::<Os>(Prot::RWX, None));
+    // The PAGE_EXECUTE_READWRITE page only when asked (it shows up in ACG audits and EDR
+    // heuristics, and Rwx is never chosen without the opt-in).
+    let rwx = match try_rwx_if::<Os>(rwx_trial) {
+        not_tried @ Err(_) if !rwx_trial => not_tried,
+        tried => because(tried),
+    };
     let protect_exec = because(try_map::<Os>(Prot::RW, Some(Prot::RX)));
     let mirror = because(try_mirror());
     let per_thread = thread_rights_token().map(|_| ());
@@ -232,7 +290,7 @@ mod tests {
 
     #[test]
     fn the_probe_reports_windows_facts() {
-        let facts = probe_facts();
+        let facts = probe_facts(false);
         assert!(facts.system.contains("Windows"), "{}", facts.system);
         assert!(
             facts.toggle.is_ok() && facts.mirror.is_ok(),
