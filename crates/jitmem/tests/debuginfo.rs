@@ -3,12 +3,10 @@
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
-use jitmem::debuginfo::gimli::write::{
-    CallFrameInstruction, CommonInformationEntry, FrameDescriptionEntry, FrameTable,
-};
+use jitmem::debuginfo::gimli::write::{CallFrameInstruction, CommonInformationEntry};
 use jitmem::debuginfo::gimli::{Encoding, Format, X86_64};
 use jitmem::debuginfo::{
-    DebugInfo, NamedBlock, PerfMap, Symbol, block_offset, gdb_jit_entries, unwinder_covers,
+    Cfi, DebugInfo, NamedBlock, PerfMap, Symbol, gdb_jit_entries, unwinder_covers,
 };
 use jitmem::{CodeBlock, Config, JitMemory};
 
@@ -22,7 +20,7 @@ fn published(memory: &JitMemory) -> (CodeBlock, Vec<u8>) {
 }
 
 /// CFI for a leaf function of `len` bytes at the block's start (CFA = RSP + 8 throughout).
-fn leaf_cfi(len: usize) -> FrameTable {
+fn leaf_cfi(len: usize) -> Cfi {
     let encoding = Encoding {
         format: Format::Dwarf32,
         version: 1,
@@ -31,10 +29,10 @@ fn leaf_cfi(len: usize) -> FrameTable {
     let mut cie = CommonInformationEntry::new(encoding, 1, -8, X86_64::RA);
     cie.add_instruction(CallFrameInstruction::Cfa(X86_64::RSP, 8));
     cie.add_instruction(CallFrameInstruction::Offset(X86_64::RA, -8));
-    let mut table = FrameTable::default();
-    let cie = table.add_cie(cie);
-    table.add_fde(cie, FrameDescriptionEntry::new(block_offset(0), len as u32));
-    table
+    let mut cfi = Cfi::new();
+    let cie = cfi.add_cie(cie);
+    cfi.add_fde(cie, 0, len, Vec::new()).unwrap();
+    cfi
 }
 
 #[test]

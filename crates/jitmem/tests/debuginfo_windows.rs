@@ -4,7 +4,8 @@
 
 #![cfg(all(windows, target_arch = "x86_64"))]
 
-use jitmem::debuginfo::gimli::write::{CommonInformationEntry, FrameTable};
+use jitmem::debuginfo::Cfi;
+use jitmem::debuginfo::gimli::write::CommonInformationEntry;
 use jitmem::debuginfo::gimli::{Encoding, Format, X86_64};
 use jitmem::debuginfo::{DebugInfo, NamedBlock, Symbol, WindowsFunction, gdb_jit_entries};
 use jitmem::{Config, JitMemory};
@@ -67,9 +68,10 @@ fn dwarf_cfi_registration_is_refused() {
         version: 1,
         address_size: 8,
     };
-    let mut table = FrameTable::default();
-    table.add_cie(CommonInformationEntry::new(encoding, 1, -8, X86_64::RA));
+    let mut cfi = Cfi::new();
+    let cie = cfi.add_cie(CommonInformationEntry::new(encoding, 1, -8, X86_64::RA));
+    cfi.add_fde(cie, 0, code.len(), Vec::new()).unwrap();
     let debug = DebugInfo::new().with_unwind_registration();
-    let refused = debug.register(&block, &code, &[], Some(&table));
+    let refused = debug.register(&block, &code, &[], Some(&cfi));
     assert!(matches!(refused, Err(jitmem::Error::DebugInfo(_))));
 }

@@ -120,11 +120,46 @@ impl RunOptions {
     }
 }
 
+/// Lets the main thread's stack grow to what the run needs, so that `vm::run` runs the program
+/// on the main thread and a debugger's backtrace from compiled code reaches `main` (without
+/// this, runs whose frames need more than the default 8 MiB get a thread of their own). Linux
+/// checks `RLIMIT_STACK` each time the main stack grows, so raising the soft limit (up to the
+/// hard one) is enough, within the gap the kernel left below the stack at exec (at least
+/// 128 MiB); `vm::run` reads how far the stack can really grow (`pthread_getattr_np` stops at
+/// the mapping below) and uses a thread where that is not far enough. Elsewhere the main
+/// thread's stack is fixed when the process starts: nothing to do.
+fn let_the_main_stack_grow(need: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let want = (need as u64).saturating_add(8 << 20);
+        let now = getrlimit(Resource::Stack);
+        // `None` is unlimited.
+        if now.current.is_none_or(|current| current >= want) {
+            return;
+        }
+        let current = now.maximum.map_or(want, |max| max.min(want));
+        // A refusal leaves the limit as it was: the run then gets a thread of its own.
+        let _ = setrlimit(
+            Resource::Stack,
+            Rlimit {
+                current: Some(current),
+                maximum: now.maximum,
+            },
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = need;
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(opts) => match load(&opts.file) {
             Ok((_, program)) => match vm::native_stack(&program, &opts.limits()) {
-                Ok(_) => run_program(&program, &opts),
+                Ok(need) => {
+                    let_the_main_stack_grow(need);
+                    run_program(&program, &opts)
+                }
                 Err(why) => {
                     eprintln!("{}: {why}", opts.file.display());
                     ExitCode::FAILURE

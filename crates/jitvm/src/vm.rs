@@ -1,11 +1,15 @@
 //! Running a program: the one place that puts the interpreter, the tiering engine and a
 //! native stack together.
 //!
-//! A run happens on a thread of its own whose stack is sized from the program (frames of
-//! compiled code for every allowed call level, see [`stack_need`]), so that compiled code
-//! reaches the call depth limit, as the interpreter does, before it could run out of native
-//! stack. A program whose frames at the depth limit would need more than [`MAX_STACK`] is
-//! refused before it starts, in every tier alike ([`native_stack`]).
+//! A run needs a native stack sized from the program (frames of compiled code for every allowed
+//! call level, see [`stack_need`]), so that compiled code reaches the call depth limit, as the
+//! interpreter does, before it could run out of native stack. It runs on the calling thread when
+//! that thread has this much stack left below it ([`jitmem::introspect::thread_stack`]; e.g.
+//! `jitvm run` on the main thread, whose stack may grow to `RLIMIT_STACK`, which the CLI raises
+//! to what the program needs), so that a debugger's backtrace from compiled code reaches `main`;
+//! otherwise on a thread of its own with that stack. A program whose frames at the depth limit
+//! would need more than [`MAX_STACK`] is refused before it starts, in every tier alike
+//! ([`native_stack`]).
 
 use std::io::{self, Write};
 
@@ -261,6 +265,18 @@ pub fn run<W: Write + Send>(program: &Program, options: &RunOptions, out: W) -> 
         #[cfg(feature = "debuginfo")]
         debug: options.debug.clone(),
     };
+    if room_on_this_thread() >= stack.saturating_add(HERE_SLACK) {
+        let here = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_here(program, options, &config, out)
+        }));
+        return here.unwrap_or_else(|_| RunReport {
+            ended: Err("the VM panicked".to_string()),
+            counters: Counters::default(),
+            jit: JitStats::default(),
+            notice: None,
+            write_error: None,
+        });
+    }
     let spawned = std::thread::scope(|scope| {
         let handle = std::thread::Builder::new()
             .name("jitvm".into())
@@ -278,6 +294,26 @@ pub fn run<W: Write + Send>(program: &Program, options: &RunOptions, out: W) -> 
         notice: None,
         write_error: None,
     })
+}
+
+/// Stack kept free below what a run on the calling thread needs: the frames between here and the
+/// run's entry into compiled code, and the gap Linux keeps between a growing main stack and the
+/// mapping below it (`stack_guard_gap`, 1 MiB), which `pthread_getattr_np` counts as stack.
+const HERE_SLACK: usize = 2 << 20;
+
+/// Bytes of stack left below the caller's frame on the calling thread, 0 where that cannot be
+/// read.
+fn room_on_this_thread() -> usize {
+    let Ok(stack) = jitmem::introspect::thread_stack() else {
+        return 0;
+    };
+    let marker = 0u8;
+    let here = std::hint::black_box(&marker) as *const u8 as usize;
+    if stack.contains(&here) {
+        here - stack.start
+    } else {
+        0
+    }
 }
 
 fn run_here<W: Write>(

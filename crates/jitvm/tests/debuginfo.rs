@@ -208,6 +208,60 @@ fn jitdump_names_samples_after_perf_inject() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// With `--call-graph dwarf`, perf unwinds through compiled frames only with the CFI jitdump's
+/// `JIT_CODE_UNWINDING_INFO` records put into the objects `perf inject --jit` makes: most
+/// samples taken in `fib` then walk through all its recursive callers to the compiled bytecode
+/// `main` (without the records, the walk stops at the first compiled frame; it ends at `main`
+/// because `main`'s frame is larger than the 8 KiB of stack perf copies per sample).
+#[test]
+fn jitdump_unwinding_info_lets_perf_walk_compiled_frames() {
+    if !have("perf", "JITMEM_REQUIRE_PERF") {
+        return;
+    }
+    let dir = scratch("jitdump-unwind");
+    std::fs::write(dir.join("fib.jvm"), fib_source(34, false)).unwrap();
+    run(perf(&dir)
+        .args([
+            "record",
+            "-k",
+            "1",
+            "-e",
+            "cpu-clock",
+            "--call-graph",
+            "dwarf",
+        ])
+        .args(["-N", "-q", "-o", "perf.data", "--"])
+        .arg(env!("CARGO_BIN_EXE_jitvm"))
+        .args(["run", "--jit-eager", "--jitdump", "fib.jvm"])
+        .env("JITDUMPDIR", &dir));
+    run(perf(&dir).args(["inject", "--jit", "-i", "perf.data", "-o", "perf.jit.data"]));
+    let script = run(perf(&dir).args(["script", "-i", "perf.jit.data"]));
+    let script = String::from_utf8_lossy(&script.stdout);
+    // One sample per paragraph: a header line, then one line per frame, innermost first.
+    let mut in_fib = 0;
+    let mut walked = 0;
+    for sample in script.split("\n\n") {
+        let frames: Vec<&str> = sample.lines().skip(1).map(str::trim).collect();
+        if !frames.first().is_some_and(|f| f.contains(" fib+")) {
+            continue;
+        }
+        in_fib += 1;
+        // Innermost fib, its callers (fib), then main: each frame found by the CFI of the one
+        // below it.
+        let callers = &frames[1..];
+        let fibs = callers.iter().take_while(|f| f.contains(" fib+")).count();
+        if callers.get(fibs).is_some_and(|f| f.contains(" main+")) {
+            walked += 1;
+        }
+    }
+    assert!(
+        in_fib >= 20 && walked * 2 > in_fib,
+        "{walked} of {in_fib} samples in fib walked to main:\n{}",
+        &script[..script.len().min(4000)]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Sets a breakpoint on every instance of the `print` helper (a generic Rust function).
 const GDB_BREAK_ON_PRINT_HELPER: &str = r#"
 import gdb, re
@@ -257,13 +311,19 @@ fn gdb_backtrace_from_a_helper_names_compiled_functions_and_freed_code_leaves() 
     assert_eq!(main, fibs[3] + 1, "{text}");
     let trampoline = at("jitvm_trampoline").unwrap_or_else(|| panic!("no trampoline:\n{text}"));
     assert_eq!(trampoline, main + 1, "{text}");
-    // The walk goes on through the Rust frames that entered compiled code to the thread's root.
+    // The walk goes on through the Rust frames that entered compiled code to the process's
+    // `main`: `jitvm run` runs the program on its main thread (its stack is large enough).
     let below = &frames[trampoline + 1..];
     assert!(
         below.iter().any(|f| f.contains("jitvm::tier::EngineRef")),
         "{text}"
     );
-    assert!(below.iter().any(|f| f.contains("start_thread")), "{text}");
+    // gdb ends a backtrace at the program's main function (`backtrace past-main` is off):
+    // for a Rust program that is `jitvm::main`.
+    assert!(
+        below.last().is_some_and(|f| f.contains("jitvm::main ")),
+        "the backtrace does not end at jitvm's main:\n{text}"
+    );
     let (before, after) = text
         .split_once("after-free:")
         .unwrap_or_else(|| panic!("the run did not end:\n{text}"));

@@ -12,6 +12,10 @@
 //!    `jitted-<pid>-<index>.so` per `JIT_CODE_LOAD` there and points the samples at them.
 //!
 //! Then `perf inject --jit -i perf.data -o perf.jit.data` and `perf report -i perf.jit.data`.
+//!
+//! With CFI, each `JIT_CODE_LOAD` is preceded by a `JIT_CODE_UNWINDING_INFO` (the symbol's FDEs
+//! as `.eh_frame` and `.eh_frame_hdr`, laid out for the ELF object inject makes of the load),
+//! so that perf can unwind through JIT frames (`perf record --call-graph dwarf`).
 
 use std::fs::File;
 use std::io::Write;
@@ -20,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
-use super::Symbol;
+use super::{Cfi, Symbol};
 use crate::error::{Error, Result};
 
 const MAGIC: u32 = 0x4A69_5444; // "JiTD"
@@ -28,6 +32,7 @@ const VERSION: u32 = 1;
 const HEADER_SIZE: u32 = 40;
 const JIT_CODE_LOAD: u32 = 0;
 const JIT_CODE_CLOSE: u32 = 3;
+const JIT_CODE_UNWINDING_INFO: u32 = 4;
 
 #[cfg(target_arch = "x86_64")]
 const ELF_MACHINE: u32 = 62; // EM_X86_64
@@ -122,8 +127,16 @@ impl JitDump {
     }
 
     /// One `JIT_CODE_LOAD` per symbol, with its bytes from `code` (the block's code, at
-    /// `base`; bytes of a symbol beyond `code` are recorded as zeros).
-    pub(crate) fn code_load(&self, base: u64, code: &[u8], symbols: &[Symbol]) -> Result<()> {
+    /// `base`; bytes of a symbol beyond `code` are recorded as zeros), each preceded by a
+    /// `JIT_CODE_UNWINDING_INFO` when `cfi` has FDEs over the symbol (perf applies it to the
+    /// next load: `jit_repipe_code_load` in linux `tools/perf/util/jitdump.c`).
+    pub(crate) fn code_load(
+        &self,
+        base: u64,
+        code: &[u8],
+        symbols: &[Symbol],
+        cfi: Option<&Cfi>,
+    ) -> Result<()> {
         let mut inner = self
             .inner
             .lock()
@@ -132,6 +145,17 @@ impl JitDump {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
         for s in symbols {
+            if let Some(unwinding) = cfi
+                .map(|c| c.perf_unwinding(&s.range))
+                .transpose()?
+                .flatten()
+            {
+                let record = unwinding_record(&unwinding.data, unwinding.eh_frame_hdr_size)?;
+                inner.file.write_all(&record).map_err(|source| Error::Os {
+                    op: "write a jitdump record",
+                    source,
+                })?;
+            }
             let len = s.range.len();
             let mut bytes = vec![0u8; len];
             if let Some(have) = code.get(s.range.start..code.len().min(s.range.end)) {
@@ -182,6 +206,27 @@ impl Drop for JitDump {
         // only here.
         unsafe { libc::munmap(inner.marker.as_ptr(), inner.marker_len) };
     }
+}
+
+/// A `JIT_CODE_UNWINDING_INFO` record (`struct jr_code_unwinding_info` in linux
+/// `tools/perf/util/jitdump.h`): the prefix, `unwinding_size` (`.eh_frame` and `.eh_frame_hdr`,
+/// unpadded), `eh_frame_hdr_size`, `mapped_size`, then the data (`.eh_frame` first, whatever
+/// the specification text says: `genelf.c` splits it that way) padded to 8 bytes.
+/// `mapped_size` is the data's size, as V8 writes it: perf extends the symbol's map by it.
+fn unwinding_record(data: &[u8], eh_frame_hdr_size: usize) -> Result<Vec<u8>> {
+    let size = (40 + data.len()).div_ceil(8) * 8;
+    let size32 = u32::try_from(size)
+        .map_err(|_| Error::DebugInfo("unwinding info too large for jitdump".to_owned()))?;
+    let mut record = Vec::with_capacity(size);
+    record.extend_from_slice(&JIT_CODE_UNWINDING_INFO.to_ne_bytes());
+    record.extend_from_slice(&size32.to_ne_bytes());
+    record.extend_from_slice(&timestamp()?.to_ne_bytes());
+    record.extend_from_slice(&(data.len() as u64).to_ne_bytes());
+    record.extend_from_slice(&(eh_frame_hdr_size as u64).to_ne_bytes());
+    record.extend_from_slice(&(data.len() as u64).to_ne_bytes());
+    record.extend_from_slice(data);
+    record.resize(size, 0);
+    Ok(record)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock `perf record -k 1` stamps samples with.

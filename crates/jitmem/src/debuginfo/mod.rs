@@ -60,30 +60,21 @@ use std::path::Path;
 use crate::CodeBlock;
 use crate::error::{Error, Result};
 
+mod cfi;
 mod gdb_jit;
 #[cfg(target_os = "linux")]
 mod jitdump;
 mod perf_map;
 mod unwind;
 
-/// The `gimli` this module takes CFI from: build a [`FrameTable`](gimli::write::FrameTable)
-/// with it, its FDE addresses relative to the block ([`block_offset`]).
+pub use cfi::{Cfi, CieIndex};
+/// The `gimli` whose CIEs and call-frame instructions a [`Cfi`] is built from.
 pub use gimli;
 #[cfg(target_os = "linux")]
 pub use jitdump::JitDump;
 pub use perf_map::PerfMap;
 #[cfg(all(windows, target_arch = "x86_64"))]
 pub use unwind::windows::WindowsFunction;
-
-/// The address `offset` bytes into the block being registered, for the FDEs of the CFI given to
-/// [`DebugInfo::register`] (it is `Address::Symbol { symbol: 0, addend: offset }`; absolute
-/// addresses, `Address::Constant`, are kept as they are).
-pub fn block_offset(offset: usize) -> gimli::write::Address {
-    gimli::write::Address::Symbol {
-        symbol: 0,
-        addend: offset as i64,
-    }
-}
 
 /// A named range of a block: a function, a stub, a trampoline.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,8 +192,9 @@ impl DebugInfo {
 
     /// Tells every sink about `block`: `symbols` name ranges of it, `code` is what it was
     /// published with (jitdump copies it: reading code back from executable memory is not
-    /// promised under every strategy), `cfi` describes its frames (FDE addresses from
-    /// [`block_offset`], pointer encoding `DW_EH_PE_absptr`, gimli's default).
+    /// promised under every strategy), `cfi` describes its frames (in block offsets; each sink
+    /// chooses the pointer encoding: absolute for the unwinder and gdb, relative to the
+    /// symbol's code in jitdump's `JIT_CODE_UNWINDING_INFO`).
     ///
     /// Keep the [`Registration`] as long as the block lives and drop it before the block
     /// ([`NamedBlock`] does both).
@@ -219,7 +211,7 @@ impl DebugInfo {
         block: &CodeBlock,
         code: &[u8],
         symbols: &[Symbol],
-        cfi: Option<&gimli::write::FrameTable>,
+        cfi: Option<&Cfi>,
     ) -> Result<Registration> {
         if code.len() > block.len() {
             return Err(Error::OutOfRange {
@@ -231,9 +223,13 @@ impl DebugInfo {
         for s in symbols {
             block.check_range(&s.range)?;
         }
+        let cfi = cfi.filter(|c| !c.is_empty());
+        for range in cfi.iter().flat_map(|c| c.ranges()) {
+            block.check_range(&range)?;
+        }
         let base = block.as_ptr() as u64;
         let eh_frame = match cfi {
-            Some(table) if self.gdb_jit || self.unwind => Some(encode_eh_frame(table, base)?),
+            Some(cfi) if self.gdb_jit || self.unwind => Some(encode_eh_frame(cfi, base)?),
             _ => None,
         };
         let mut registration = Registration::default();
@@ -242,7 +238,7 @@ impl DebugInfo {
         }
         #[cfg(target_os = "linux")]
         if let Some(dump) = &self.jitdump {
-            dump.code_load(base, code, symbols)?;
+            dump.code_load(base, code, symbols, cfi)?;
         }
         if self.unwind {
             if let Some(eh) = &eh_frame {
@@ -298,7 +294,7 @@ impl NamedBlock {
         block: CodeBlock,
         code: &[u8],
         symbols: &[Symbol],
-        cfi: Option<&gimli::write::FrameTable>,
+        cfi: Option<&Cfi>,
     ) -> Result<NamedBlock> {
         let registration = debug.register(&block, code, symbols, cfi)?;
         Ok(NamedBlock {
@@ -360,63 +356,30 @@ pub fn unwinder_covers(pc: usize) -> bool {
     unwind::covers(pc)
 }
 
-/// A gimli writer that resolves [`block_offset`] addresses against the block's address.
-#[derive(Clone, Debug)]
-struct Relocating {
-    out: gimli::write::EndianVec<gimli::RunTimeEndian>,
-    base: u64,
-}
-
-impl gimli::write::Writer for Relocating {
-    type Endian = gimli::RunTimeEndian;
-
-    fn endian(&self) -> Self::Endian {
-        self.out.endian()
-    }
-
-    fn len(&self) -> usize {
-        self.out.len()
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> gimli::write::Result<()> {
-        self.out.write(bytes)
-    }
-
-    fn write_at(&mut self, offset: usize, bytes: &[u8]) -> gimli::write::Result<()> {
-        self.out.write_at(offset, bytes)
-    }
-
-    fn write_address(
-        &mut self,
-        address: gimli::write::Address,
-        size: u8,
-    ) -> gimli::write::Result<()> {
-        match address {
-            gimli::write::Address::Constant(v) => self.write_udata(v, size),
-            gimli::write::Address::Symbol { symbol: 0, addend } => {
-                self.write_udata(self.base.wrapping_add_signed(addend), size)
-            }
-            gimli::write::Address::Symbol { .. } => Err(gimli::write::Error::InvalidAddress),
-        }
-    }
-}
-
-/// `.eh_frame` bytes for `table` with the block at `base`, ended by the zero terminator
-/// libgcc's `__register_frame` reads up to.
-fn encode_eh_frame(table: &gimli::write::FrameTable, base: u64) -> Result<Vec<u8>> {
-    let endian = if cfg!(target_endian = "big") {
-        gimli::RunTimeEndian::Big
-    } else {
-        gimli::RunTimeEndian::Little
-    };
-    let mut eh = gimli::write::EhFrame(Relocating {
-        out: gimli::write::EndianVec::new(endian),
-        base,
-    });
+/// `.eh_frame` bytes for `cfi` with the block at `base` (absolute addresses,
+/// `DW_EH_PE_absptr`), ended by the zero terminator libgcc's `__register_frame` reads up to.
+fn encode_eh_frame(cfi: &Cfi, base: u64) -> Result<Vec<u8>> {
+    let table = cfi
+        .table(
+            |_| true,
+            |offset| gimli::write::Address::Constant(base.wrapping_add(offset as u64)),
+            gimli::DW_EH_PE_absptr,
+        )
+        .ok_or(Error::Internal("CFI without an FDE"))?;
+    let mut eh = gimli::write::EhFrame(gimli::write::EndianVec::new(native_endian()));
     table
         .write_eh_frame(&mut eh)
         .map_err(|e| Error::DebugInfo(format!("encoding the CFI: {e}")))?;
-    let mut bytes = eh.0.out.into_vec();
+    let mut bytes = eh.0.into_vec();
     bytes.extend_from_slice(&[0; 4]);
     Ok(bytes)
+}
+
+/// This target's byte order, for gimli.
+fn native_endian() -> gimli::RunTimeEndian {
+    if cfg!(target_endian = "big") {
+        gimli::RunTimeEndian::Big
+    } else {
+        gimli::RunTimeEndian::Little
+    }
 }

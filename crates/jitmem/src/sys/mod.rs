@@ -12,7 +12,7 @@
 //! | [`Rights`] | `thread_rights_token`, `map_per_thread`, `grant_thread_write_rights`, `withdraw_thread_write_rights`, `PER_THREAD_SURVIVES_FORK` | per-thread write rights (PerThread) |
 //! | [`Icache`] | `clear_cache`, `pipeline_flush_mt` | instruction-cache coherence |
 //! | [`Fork`] | `register_atfork`, `snapshot_for_fork`, `discard_snapshot`, `install_snapshot_after_fork` | fork safety of mirrors |
-//! | [`Introspect`] | `mappings`, `mapping_count`, `mapping_limit` | the process's memory map |
+//! | [`Introspect`] | `mappings`, `mapping_count`, `mapping_limit`, `thread_stack` | the process's memory map, the calling thread's stack |
 //! | [`Wait`] | `wait_while_equal`, `wake_one` | sleeping on a contended lock word |
 //! | [`Probe`] | `probe_facts` | what the probe reports |
 //! | [`Place`] | `MOVES`, `reservation_granularity`, `reserve`, `move_mapping`, `bti_support` | guard pages, placement near an address (`Config::near`), BTI (`Config::bti`) |
@@ -416,6 +416,11 @@ pub(crate) trait Introspect {
     /// `(mappings now, limit)` where the system limits the number of mappings per process
     /// (Linux's `vm.max_map_count`), to recognise that limit behind a failed mapping.
     fn mapping_limit() -> Option<(usize, usize)>;
+
+    /// The calling thread's stack as `(lowest usable address, size in bytes)`: what the thread
+    /// may grow down into, guard page excluded where the system says so. For a process's main
+    /// thread that is what its stack may grow to (Linux: `RLIMIT_STACK`).
+    fn thread_stack() -> io::Result<(usize, usize)>;
 }
 
 /// Sleeping on a lock word (`sync.rs`'s fork-aware lock).
@@ -712,6 +717,11 @@ pub(crate) fn mappings() -> io::Result<Vec<Mapping>> {
 /// [`Introspect::mapping_count`].
 pub(crate) fn mapping_count() -> io::Result<usize> {
     <Os as Introspect>::mapping_count()
+}
+
+/// [`Introspect::thread_stack`].
+pub(crate) fn thread_stack() -> io::Result<(usize, usize)> {
+    <Os as Introspect>::thread_stack()
 }
 
 /// [`Introspect::mapping_limit`].

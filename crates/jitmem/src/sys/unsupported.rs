@@ -175,6 +175,11 @@ impl Introspect for Os {
     fn mapping_limit() -> Option<(usize, usize)> {
         None
     }
+
+    /// Refused: the thread's stack is not read here.
+    fn thread_stack() -> io::Result<(usize, usize)> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, reason()))
+    }
 }
 
 impl Wait for Os {

@@ -1,26 +1,20 @@
 //! Call-frame information for compiled code and the runtime stubs: the [`FrameStep`]s the
-//! backends record, as a `gimli::write::FrameTable` for `jitmem::debuginfo` (which hands it to
-//! gdb's JIT objects and to the process's unwinder).
+//! backends record, as a `jitmem::debuginfo::Cfi` (which jitmem hands to gdb's JIT objects, to
+//! the process's unwinder and to jitdump's unwinding records).
 //!
 //! The CIEs state each ISA's call state: x86-64, CFA = RSP + 8 with the return address at
 //! CFA - 8 (System V psABI 3.7); AArch64, CFA = SP with the return address in X30 (AAPCS64).
 
-use jitmem::debuginfo::block_offset;
-use jitmem::debuginfo::gimli::write::{
-    CallFrameInstruction, CommonInformationEntry, FrameDescriptionEntry, FrameTable,
-};
+use jitmem::debuginfo::Cfi;
+use jitmem::debuginfo::gimli::write::{CallFrameInstruction, CommonInformationEntry};
 use jitmem::debuginfo::gimli::{AArch64, Encoding, Format, Register, X86_64};
 
 use super::masm::FrameStep;
 use super::{Isa, JitError};
 
-/// The frame table of one block: one FDE over `range` (offsets in the block), described by
+/// The call-frame information of one block: one FDE over its `len` bytes, described by
 /// `steps` (offsets in the same code).
-pub(crate) fn frame_table(
-    isa: Isa,
-    steps: &[FrameStep],
-    len: usize,
-) -> Result<FrameTable, JitError> {
+pub(crate) fn frame_table(isa: Isa, steps: &[FrameStep], len: usize) -> Result<Cfi, JitError> {
     let encoding = Encoding {
         format: Format::Dwarf32,
         version: 1,
@@ -39,8 +33,7 @@ pub(crate) fn frame_table(
             (cie, AArch64::SP, 0)
         }
     };
-    let len = u32::try_from(len).map_err(|_| JitError::Internal("code larger than 4 GiB"))?;
-    let mut fde = FrameDescriptionEntry::new(block_offset(0), len);
+    let mut fde = Vec::new();
     let mut saved: Vec<u16> = Vec::new();
     for step in steps {
         let (at, instructions) = match *step {
@@ -76,11 +69,11 @@ pub(crate) fn frame_table(
         };
         let at = u32::try_from(at).map_err(|_| JitError::Internal("code larger than 4 GiB"))?;
         for instruction in instructions {
-            fde.add_instruction(at, instruction);
+            fde.push((at, instruction));
         }
     }
-    let mut table = FrameTable::default();
-    let cie = table.add_cie(cie);
-    table.add_fde(cie, fde);
-    Ok(table)
+    let mut cfi = Cfi::new();
+    let cie = cfi.add_cie(cie);
+    cfi.add_fde(cie, 0, len, fde)?;
+    Ok(cfi)
 }

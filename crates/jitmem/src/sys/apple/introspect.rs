@@ -27,6 +27,26 @@ impl Introspect for Os {
     fn mapping_limit() -> Option<(usize, usize)> {
         None
     }
+
+    /// `pthread_get_stackaddr_np` (the stack's *top*, its highest address) and
+    /// `pthread_get_stacksize_np` (libpthread reports the main thread's size from
+    /// `RLIMIT_STACK`).
+    fn thread_stack() -> io::Result<(usize, usize)> {
+        // SAFETY: both read the calling thread's own pthread record.
+        let (top, size) = unsafe {
+            let me = libc::pthread_self();
+            (
+                libc::pthread_get_stackaddr_np(me) as usize,
+                libc::pthread_get_stacksize_np(me),
+            )
+        };
+        let low = top.checked_sub(size).ok_or_else(|| {
+            io::Error::other(format!(
+                "pthread_get_stackaddr_np gave {top:#x}, below the stack size {size:#x}"
+            ))
+        })?;
+        Ok((low, size))
+    }
 }
 
 /// Calls `f(start, end, info)` for every region of this task, lowest first

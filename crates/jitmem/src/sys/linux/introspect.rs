@@ -21,6 +21,29 @@ impl Introspect for Os {
     fn mapping_limit() -> Option<(usize, usize)> {
         Some((mapping_count().ok()?, max_map_count()?))
     }
+
+    /// `pthread_getattr_np` + `pthread_attr_getstack`. glibc reports a created thread's stack
+    /// without its guard page, and the main thread's as what `RLIMIT_STACK` lets it grow to
+    /// (bounded by the mapping below it).
+    fn thread_stack() -> io::Result<(usize, usize)> {
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+        // SAFETY: pthread_getattr_np initialises `attr` for the calling thread; it is destroyed
+        // below on every path once initialised.
+        let rc = unsafe { libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        let mut addr: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        // SAFETY: `attr` was initialised by pthread_getattr_np; the out-pointers are locals.
+        let rc = unsafe { libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) };
+        // SAFETY: `attr` was initialised above and is not used after this.
+        unsafe { libc::pthread_attr_destroy(attr.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok((addr as usize, size))
+    }
 }
 
 fn parse_mapping(line: &str) -> Option<Mapping> {

@@ -9,7 +9,7 @@ use windows_sys::Win32::System::Memory::{
     PAGE_READWRITE, PAGE_WRITECOPY, VirtualQuery,
 };
 use windows_sys::Win32::System::ProcessStatus::K32GetMappedFileNameW;
-use windows_sys::Win32::System::Threading::GetCurrentProcess;
+use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetCurrentThreadStackLimits};
 
 use super::{Os, system};
 use crate::sys::{Introspect, Mapping};
@@ -51,6 +51,20 @@ impl Introspect for Os {
     /// Windows has no limit on the number of mappings (only on address space and commit).
     fn mapping_limit() -> Option<(usize, usize)> {
         None
+    }
+
+    /// `GetCurrentThreadStackLimits`: the thread's whole reserved stack (Windows commits it as
+    /// the guard page is touched).
+    fn thread_stack() -> io::Result<(usize, usize)> {
+        let (mut low, mut high) = (0usize, 0usize);
+        // SAFETY: writes the calling thread's limits into two locals.
+        unsafe { GetCurrentThreadStackLimits(&mut low, &mut high) };
+        if high <= low {
+            return Err(io::Error::other(format!(
+                "GetCurrentThreadStackLimits gave an empty stack ({low:#x}..{high:#x})"
+            )));
+        }
+        Ok((low, high - low))
     }
 }
 
