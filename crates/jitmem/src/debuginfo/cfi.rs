@@ -157,6 +157,13 @@ impl Cfi {
 /// `eh_frame_ptr` pc-relative and its table `datarel`), so T does not matter (perf changed it
 /// from 0x40 to 0x80) and perf copies the bytes as they are.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(target_os = "linux"),
+    allow(
+        dead_code,
+        reason = "jitdump is Linux-only; the layout is unit-tested everywhere"
+    )
+)]
 pub(crate) struct PerfUnwinding {
     /// `.eh_frame` then `.eh_frame_hdr`.
     pub(crate) data: Vec<u8>,
@@ -171,6 +178,13 @@ impl Cfi {
     /// # Errors
     /// [`Error::DebugInfo`] when the CFI cannot be encoded (an FDE farther than 2 GiB from the
     /// symbol) or read back.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        allow(
+            dead_code,
+            reason = "jitdump is Linux-only; the layout is unit-tested everywhere"
+        )
+    )]
     pub(crate) fn perf_unwinding(&self, range: &Range<usize>) -> Result<Option<PerfUnwinding>> {
         let bad = |what: &str, e: &dyn std::fmt::Display| {
             Error::DebugInfo(format!("jitdump unwinding info: {what}: {e}"))
