@@ -4,11 +4,11 @@
 //! inside jitmem's allow-listed callback (`sys/apple/rights.rs`). The callback trusts nothing
 //! its context says beyond the destination range: it copies only into a live region listed
 //! here, and only from that region's own shadow at the same offset, which it derives itself
-//! ([`resolve`]), so it is not a write-anything gadget (Apple, `pthread.h`, on
+//! (`resolve`), so it is not a write-anything gadget (Apple, `pthread.h`, on
 //! `pthread_jit_write_with_callback_np`: "the callback should assume that the ctx argument is
 //! attacker-controlled ... and validate it").
 //!
-//! Plain Rust without `unsafe`, compiled on every host so that [`resolve`] and the registry are
+//! Plain Rust without `unsafe`, compiled on every host so that `resolve` and the registry are
 //! unit-tested on Linux; only Apple registers anything.
 
 #![cfg_attr(
