@@ -125,10 +125,10 @@ pub use crate::sys::JitWriteCallback;
 /// open only for the callbacks listed at build time with [`jit_write_allow_callbacks!`](crate::jit_write_allow_callbacks)
 /// (`PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP`), so an attacker who can call functions cannot make
 /// `MAP_JIT` memory writable through any other path. It also forbids
-/// `pthread_jit_write_protect_np`, so jitmem's PerThread strategy is refused in such a process:
-/// map the memory yourself (`mmap` with `MAP_JIT`) and write it only from allow-listed
-/// callbacks, or use Mirror if the process may (it then needs
-/// `allow-unsigned-executable-memory`, which the allow-list is meant to avoid). Without the
+/// `pthread_jit_write_protect_np`, so jitmem's PerThread strategy then writes a private RW
+/// shadow and copies each write scope into the `MAP_JIT` pages with its own allow-listed
+/// callback, which the macro always lists (see `docs/apple.md`); use this function for
+/// `MAP_JIT` memory you map and write yourself. Without the
 /// entitlement the call simply toggles around the callback, unchecked (libpthread's
 /// documented adoption path), and where `pthread_jit_write_protect_supported_np` is false
 /// (Intel) it just calls the callback.
@@ -139,8 +139,9 @@ pub use crate::sys::JitWriteCallback;
 /// # Safety
 /// - `ctx` is what `callback` expects (the callback is the one that dereferences it);
 /// - this is not called from inside a write callback (Apple: "invalid to call it recursively");
-/// - the calling thread is in execute mode: not inside a jitmem PerThread write scope, since the
-///   call ends by switching the thread to execute mode whatever it was before;
+/// - the calling thread is in execute mode: not inside a jitmem PerThread write scope of the
+///   in-place kind (without the allow-list), since the call ends by switching the thread to
+///   execute mode whatever it was before;
 /// - with the allow-list entitlement, `callback` is in this image's allow-list, or libpthread
 ///   terminates the process.
 ///
@@ -193,6 +194,30 @@ pub fn freeze_jit_write_callbacks() -> Result<()> {
     crate::sys::freeze_jit_write_callbacks()
 }
 
+/// jitmem's own allow-listed callback: PerThread's shadow copy under the
+/// `com.apple.security.cs.jit-write-allowlist` entitlement (see the PerThread docs in
+/// `docs/apple.md`). [`jit_write_allow_callbacks!`](crate::jit_write_allow_callbacks) always
+/// lists it; do not call it or list it yourself. It validates its context: it copies only a
+/// copy jitmem armed on this thread for this very `ctx`, only into a live `MAP_JIT` region
+/// jitmem mapped, and only from that region's own shadow at the same offset; anything else
+/// returns a negative code and writes nothing. Unmangled (one symbol, one address, whatever
+/// crate takes it) and never inlined, so that the address in the list is the one jitmem
+/// passes to `pthread_jit_write_with_callback_np`.
+#[doc(hidden)]
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn jitmem_pthread_jit_copy_callback(ctx: *mut c_void) -> c_int {
+    crate::sys::copy_callback(ctx)
+}
+
+/// Called by [`jit_write_allow_callbacks!`](crate::jit_write_allow_callbacks)'s load-time
+/// constructor with the image's list, so that PerThread can check that jitmem's callback is
+/// listed. Not for direct use.
+#[doc(hidden)]
+pub fn __register_jit_write_allow_list(list: &'static [Option<JitWriteCallback>]) {
+    crate::sys::register_allow_list(list)
+}
+
 // `jit_write_allow_callbacks!` lives in its own file so that CI can compile the very same
 // macro into a small object for aarch64-apple-darwin and inspect its section
 // (ci/apple/allowlist-object).
@@ -210,12 +235,20 @@ mod tests {
         2
     }
 
-    crate::jit_write_allow_callbacks!(first, second);
+    jit_write_allow_callbacks!(first, second);
 
     #[test]
-    fn allow_list_is_null_terminated() {
-        assert_eq!(JITMEM_PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP.len(), 3);
-        assert!(JITMEM_PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP[2].is_none());
+    fn allow_list_ends_with_jitmems_callback_then_null() {
+        let list = &JITMEM_PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP;
+        assert_eq!(list.len(), 4);
+        let addr = |i: usize| list[i].map(|f| f as usize);
+        assert_eq!(addr(0), Some(first as JitWriteCallback as usize));
+        assert_eq!(addr(1), Some(second as JitWriteCallback as usize));
+        assert_eq!(
+            addr(2),
+            Some(jitmem_pthread_jit_copy_callback as JitWriteCallback as usize)
+        );
+        assert!(list[3].is_none());
     }
 
     #[test]

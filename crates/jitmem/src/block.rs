@@ -88,7 +88,9 @@ impl CodeBlock {
     /// Opens a write scope over `range` (offsets in the block), for writing new code or patching
     /// live code. Cost: Toggle, one `mprotect` of the range's pages, none if a scope already holds
     /// them open (and code on those pages cannot run until the scope ends); PerThread, one
-    /// `WRPKRU` for the outermost scope of the thread; Mirror and Rwx, nothing.
+    /// `WRPKRU` for the outermost scope of the thread (Apple under the `jit-write-allowlist`
+    /// entitlement: the scope writes a shadow, and its end copies the range into the code
+    /// through jitmem's allow-listed callback); Mirror and Rwx, nothing.
     pub fn write_range(&mut self, range: Range<usize>) -> Result<WriteScope<'_>> {
         self.check_range(&range)?;
         self.acquire(&range)?;
@@ -135,7 +137,9 @@ impl CodeBlock {
     }
 
     /// `writable address - executable address` for this block: 0 unless the strategy is
-    /// Mirror. Writing through `as_ptr() + writable_offset()` needs write rights (a scope).
+    /// Mirror, or PerThread on Apple under the `jit-write-allowlist` entitlement (its shadow,
+    /// whose bytes reach the code when a scope over them ends). Writing through
+    /// `as_ptr() + writable_offset()` needs write rights (a scope).
     pub fn writable_offset(&self) -> isize {
         self.writable_offset
     }

@@ -5,6 +5,16 @@
 /// start-up (and, with `jit-write-allowlist-freeze-late`, for each `dlopen`ed image until the
 /// callbacks are frozen).
 ///
+/// **jitmem's own callback is always listed**, after yours and before the NULL
+/// (`jitmem::apple::jitmem_pthread_jit_copy_callback`): under the
+/// `com.apple.security.cs.jit-write-allowlist` entitlement PerThread copies each write scope
+/// from its shadow into the `MAP_JIT` pages with it. An app with no callbacks of its own
+/// writes `jit_write_allow_callbacks!()`. The macro also registers the list with jitmem when
+/// the image loads (a constructor in `__DATA,__mod_init_func`, which dyld runs before `main`,
+/// or at `dlopen`), so that PerThread can check that its callback really is listed; without
+/// that registration PerThread is refused under the allow-list, with a reason naming this
+/// macro.
+///
 /// **Once per linked image** (Apple, `pthread.h`: "It may be invoked only once per
 /// executable/library"). libpthread reads each image's `__pth_jit_func` section only up to the
 /// first NULL, and every Rust crate of an executable (or of a `dylib`/`cdylib`) links into the
@@ -25,15 +35,34 @@
 #[macro_export]
 #[doc(alias = "PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP")]
 macro_rules! jit_write_allow_callbacks {
-    ($($callback:path),+ $(,)?) => {
+    ($($callback:path),* $(,)?) => {
         #[used]
         #[unsafe(no_mangle)]
         #[unsafe(link_section = "__DATA_CONST,__pth_jit_func")]
         static JITMEM_PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP: [::core::option::Option<
             $crate::apple::JitWriteCallback,
-        >; [$(::core::stringify!($callback)),+].len() + 1] = [
-            $(::core::option::Option::Some($callback as $crate::apple::JitWriteCallback),)+
+        >; <[&str]>::len(&[$(::core::stringify!($callback)),*]) + 2] = [
+            $(::core::option::Option::Some($callback as $crate::apple::JitWriteCallback),)*
+            ::core::option::Option::Some(
+                $crate::apple::jitmem_pthread_jit_copy_callback as $crate::apple::JitWriteCallback,
+            ),
             ::core::option::Option::None,
         ];
+
+        const _: () = {
+            /// Registers the list with jitmem when the image loads.
+            extern "C" fn jitmem_register_jit_write_allow_list() {
+                $crate::apple::__register_jit_write_allow_list(
+                    &JITMEM_PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP,
+                );
+            }
+
+            // An initializer of the image: S_MOD_INIT_FUNC_POINTERS ("mod_init_funcs"), which
+            // dyld calls when the image loads, before main (Mach-O `loader.h`).
+            #[used]
+            #[unsafe(link_section = "__DATA,__mod_init_func,mod_init_funcs")]
+            static JITMEM_REGISTER_JIT_WRITE_ALLOW_LIST: extern "C" fn() =
+                jitmem_register_jit_write_allow_list;
+        };
     };
 }

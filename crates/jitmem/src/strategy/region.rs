@@ -10,15 +10,19 @@ use crate::fork::{self, MirrorRecord};
 use crate::sys::{self, MapOptions, MirrorViews, Near, Prot};
 
 /// An owned mapping: its executable address, its writable address (the same one unless the
-/// strategy is Mirror) and its length in bytes (a page multiple). With guard pages, each view
-/// sits in a reservation with `guard` inaccessible bytes before and after it, which the region
-/// owns too.
+/// strategy is Mirror, or PerThread under Apple's allow-list, whose writes go to a shadow) and
+/// its length in bytes (a page multiple). With guard pages, each view sits in a reservation
+/// with `guard` inaccessible bytes before and after it, which the region owns too (a shadow
+/// has none).
 pub(crate) struct Region {
     rx: NonNull<u8>,
     rw: NonNull<u8>,
     len: usize,
     guard: usize,
     mirror: Option<Arc<MirrorRecord>>,
+    /// PerThread under Apple's allow-list: `rw` is a private RW shadow (`sys::map_private`,
+    /// `len` bytes, no guard pages) registered for jitmem's copy callback while this lives.
+    shadow: Option<sys::shadow::Registration>,
     /// The fork generation the region was mapped in.
     generation: u64,
     /// Whether a fork child keeps this mapping (the strategy's fork policy).
@@ -61,11 +65,28 @@ impl Region {
             len,
             guard: 0,
             mirror: None,
+            shadow: None,
             generation: fork::generation(),
             child_keeps,
             committed: AtomicUsize::new(0),
             commit_prot: prot,
         }
+    }
+
+    /// A private mapping of `len` bytes at `ptr` (PerThread's `MAP_JIT` memory), written through
+    /// the RW shadow `shadow` of the same length, registered as `registration`; both unmapped
+    /// when dropped.
+    pub(crate) fn shadowed(
+        ptr: NonNull<u8>,
+        shadow: NonNull<u8>,
+        len: usize,
+        child_keeps: bool,
+        registration: sys::shadow::Registration,
+    ) -> Region {
+        let mut region = Region::private(ptr, len, child_keeps);
+        region.rw = shadow;
+        region.shadow = Some(registration);
+        region
     }
 
     /// A mirror's two reserved views ([`sys::reserve_mirror`]), registered with the fork
@@ -77,6 +98,7 @@ impl Region {
             len,
             guard: 0,
             mirror: Some(record),
+            shadow: None,
             generation: fork::generation(),
             child_keeps: false,
             committed: AtomicUsize::new(0),
@@ -133,6 +155,7 @@ impl Region {
 
     /// Bytes of guard pages the region holds (both sides of each view).
     pub(crate) fn guard_bytes(&self) -> usize {
+        // A shadow has no guard pages.
         let views = if self.mirror.is_some() { 2 } else { 1 };
         views * 2 * self.guard
     }
@@ -147,7 +170,7 @@ impl Region {
     }
 
     /// `writable address - executable address`: add it to an executable address to get the
-    /// writable one (0 unless Mirror).
+    /// writable one (0 unless Mirror, or a PerThread shadow).
     pub(crate) fn writable_offset(&self) -> isize {
         (self.rw.as_ptr() as isize).wrapping_sub(self.rx.as_ptr() as isize)
     }
@@ -178,6 +201,20 @@ impl Region {
 impl Drop for Region {
     fn drop(&mut self) {
         let same_process = self.generation == fork::generation();
+        if let Some(registration) = self.shadow.take() {
+            if same_process {
+                // Unregistered before anything is unmapped: waits for a copy into this region
+                // that is running (it holds the registry's read lock).
+                drop(registration);
+            } else {
+                // A fork child: another thread may have held the registry's lock at the fork,
+                // and the child never copies (its MAP_JIT memory is unusable): leave the entry.
+                std::mem::forget(registration);
+            }
+            // SAFETY: the shadow is our private mapping of `len` bytes (in a fork child, the
+            // child's own copy of it), and nothing refers to it any more.
+            let _ = unsafe { sys::unmap(self.rw, self.len) };
+        }
         if let Some(record) = &self.mirror {
             fork::unregister(record);
             if same_process {

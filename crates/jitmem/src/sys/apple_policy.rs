@@ -58,7 +58,7 @@ pub(crate) fn ios_jit_refusal(flags: Option<u32>, os_version: Option<&str>) -> O
     }
 }
 
-/// What PerThread (`MAP_JIT` + `pthread_jit_write_protect_np`) may do on Apple silicon.
+/// What PerThread (`MAP_JIT` memory with per-thread write rights) may do on Apple silicon.
 #[cfg_attr(
     not(all(target_os = "macos", target_arch = "aarch64")),
     allow(dead_code, reason = "PerThread exists on Apple silicon Macs only")
@@ -67,16 +67,63 @@ pub(crate) fn ios_jit_refusal(flags: Option<u32>, os_version: Option<&str>) -> O
 pub(crate) enum PerThreadPlan {
     /// Refused, for this reason.
     Refuse(String),
-    /// Try one `MAP_JIT` page to see whether mapping works.
-    Probe,
-    /// Accept without mapping a trial page (the single-jit entitlement is present).
-    NoProbe,
+    /// Accepted. `probe`: map one `MAP_JIT` page first to see whether mapping works (not with
+    /// the single-jit entitlement). `writes`: how a write scope writes.
+    Accept {
+        probe: bool,
+        writes: PerThreadWrites,
+    },
 }
 
-/// Issue 14, defects 7 and 8. With `com.apple.security.cs.jit-write-allowlist`,
-/// `pthread_jit_write_protect_np` terminates the process (libpthread `pthread.h`: the
-/// allow-list entitlement makes the callback the only way to write), so a failed entitlement
-/// read must refuse too (it used to count as "no allow-list"). With
+/// How PerThread write scopes write `MAP_JIT` memory on Apple silicon.
+#[cfg_attr(
+    not(all(target_os = "macos", target_arch = "aarch64")),
+    allow(dead_code, reason = "PerThread exists on Apple silicon Macs only")
+)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PerThreadWrites {
+    /// In place: `pthread_jit_write_protect_np(0)` for the thread's outermost scope, `(1)` at
+    /// its end.
+    Toggle,
+    /// Under the `jit-write-allowlist` entitlement: scopes write a private RW shadow of the
+    /// region, and a scope's end copies its range into the `MAP_JIT` pages inside jitmem's
+    /// allow-listed callback (`pthread_jit_write_with_callback_np`).
+    Shadow,
+}
+
+/// Whether jitmem's copy callback is in an allow-list libpthread reads, as far as jitmem can
+/// tell: `jit_write_allow_callbacks!` always lists it and registers the list at load time (a
+/// `__DATA,__mod_init_func` constructor).
+#[cfg_attr(
+    not(all(target_os = "macos", target_arch = "aarch64")),
+    allow(dead_code, reason = "PerThread exists on Apple silicon Macs only")
+)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AllowListState {
+    /// No `jit_write_allow_callbacks!` list was registered in this process.
+    NotRegistered,
+    /// A list was registered, but jitmem's callback is not in it before its NULL.
+    Missing,
+    /// The registered list holds jitmem's callback.
+    Listed,
+}
+
+/// Whether `ours` is among the entries of `list` before the first NULL (libpthread reads a
+/// `__pth_jit_func` list up to its first NULL: `PTHREAD_JIT_WRITE_ALLOW_CALLBACKS_NP` in
+/// `pthread.h` declares a NULL-terminated array). Entries are addresses, NULL as `None`.
+pub(crate) fn allow_list_has(list: impl IntoIterator<Item = Option<usize>>, ours: usize) -> bool {
+    list.into_iter()
+        .map_while(|entry| entry)
+        .any(|entry| entry == ours)
+}
+
+/// Issue 14, defects 7 and 8, and the allow-list item. With
+/// `com.apple.security.cs.jit-write-allowlist`, `pthread_jit_write_protect_np` terminates the
+/// process (libpthread `pthread.h`: the allow-list entitlement makes the callback the only way
+/// to write), so PerThread writes through a shadow copied by jitmem's allow-listed callback
+/// ([`PerThreadWrites::Shadow`]) when that callback is listed, and is refused otherwise (with
+/// the remedy: invoke `jit_write_allow_callbacks!` once in the binary). A failed entitlement
+/// read refuses too (it used to count as "no allow-list"). With
 /// `com.apple.security.cs.single-jit`, XNU allows one `MAP_JIT` region per process and never
 /// clears its "a JIT region exists" flag when it is unmapped (`vm_map_enter_mem_object`'s
 /// `map->jit_entry_exists` check, `osfmk/vm/vm_map.c`): a trial mapping would use up the only
@@ -88,23 +135,38 @@ pub(crate) enum PerThreadPlan {
 pub(crate) fn per_thread_plan(
     allowlist: &io::Result<bool>,
     single_jit: &io::Result<bool>,
+    listed: AllowListState,
 ) -> PerThreadPlan {
-    match allowlist {
-        Ok(true) => {
-            return PerThreadPlan::Refuse(
-                "this process has the com.apple.security.cs.jit-write-allowlist entitlement, which forbids pthread_jit_write_protect_np (libpthread terminates the process): write MAP_JIT memory with jitmem::apple::jit_write_with_callback from allow-listed callbacks, or use Mirror".to_owned(),
-            );
-        }
+    let writes = match allowlist {
+        Ok(true) => match listed {
+            AllowListState::Listed => PerThreadWrites::Shadow,
+            AllowListState::NotRegistered => {
+                return PerThreadPlan::Refuse(
+                    "this process has the com.apple.security.cs.jit-write-allowlist entitlement, which forbids pthread_jit_write_protect_np (libpthread terminates the process), and no jit_write_allow_callbacks! list was registered: invoke jitmem::jit_write_allow_callbacks!(...) once in the binary (jitmem::jit_write_allow_callbacks!() when it has no callbacks of its own) so that jitmem's copy callback is allow-listed; or use Mirror".to_owned(),
+                );
+            }
+            AllowListState::Missing => {
+                return PerThreadPlan::Refuse(
+                    "this process has the com.apple.security.cs.jit-write-allowlist entitlement, and the registered allow-list does not hold jitmem's copy callback before its NULL: declare the image's list with jitmem::jit_write_allow_callbacks!, which adds it".to_owned(),
+                );
+            }
+        },
         Err(e) => {
             return PerThreadPlan::Refuse(format!(
                 "the entitlements cannot be read (csops(CS_OPS_ENTITLEMENTS_BLOB): {e}): with com.apple.security.cs.jit-write-allowlist, pthread_jit_write_protect_np would terminate the process, so PerThread is refused"
             ));
         }
-        Ok(false) => {}
-    }
+        Ok(false) => PerThreadWrites::Toggle,
+    };
     match single_jit {
-        Ok(true) => PerThreadPlan::NoProbe,
-        Ok(false) => PerThreadPlan::Probe,
+        Ok(true) => PerThreadPlan::Accept {
+            probe: false,
+            writes,
+        },
+        Ok(false) => PerThreadPlan::Accept {
+            probe: true,
+            writes,
+        },
         Err(e) => PerThreadPlan::Refuse(format!(
             "the entitlements cannot be read (csops(CS_OPS_ENTITLEMENTS_BLOB): {e}): with com.apple.security.cs.single-jit a trial MAP_JIT mapping would use up the process's only JIT region, so PerThread is refused"
         )),
@@ -182,28 +244,68 @@ mod tests {
     }
 
     #[test]
-    fn per_thread_refuses_on_allow_list_or_unreadable_entitlements_and_never_burns_single_jit() {
+    fn per_thread_refuses_on_unreadable_entitlements_and_never_burns_single_jit() {
+        use AllowListState::*;
+        let toggle = |probe| PerThreadPlan::Accept {
+            probe,
+            writes: PerThreadWrites::Toggle,
+        };
+        for listed in [NotRegistered, Missing, Listed] {
+            assert_eq!(
+                per_thread_plan(&Ok(false), &Ok(false), listed),
+                toggle(true)
+            );
+            assert_eq!(
+                per_thread_plan(&Ok(false), &Ok(true), listed),
+                toggle(false)
+            );
+            // Defect 8: a csops error used to count as "no allow-list".
+            assert!(matches!(
+                per_thread_plan(&failed(), &Ok(false), listed),
+                PerThreadPlan::Refuse(why) if why.contains("cannot be read")
+            ));
+            assert!(matches!(
+                per_thread_plan(&Ok(false), &failed(), listed),
+                PerThreadPlan::Refuse(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn per_thread_under_the_allow_list_writes_through_a_shadow_when_jitmem_is_listed() {
+        let shadow = |probe| PerThreadPlan::Accept {
+            probe,
+            writes: PerThreadWrites::Shadow,
+        };
         assert_eq!(
-            per_thread_plan(&Ok(false), &Ok(false)),
-            PerThreadPlan::Probe
+            per_thread_plan(&Ok(true), &Ok(false), AllowListState::Listed),
+            shadow(true)
         );
         assert_eq!(
-            per_thread_plan(&Ok(false), &Ok(true)),
-            PerThreadPlan::NoProbe
+            per_thread_plan(&Ok(true), &Ok(true), AllowListState::Listed),
+            shadow(false)
         );
         assert!(matches!(
-            per_thread_plan(&Ok(true), &Ok(false)),
-            PerThreadPlan::Refuse(_)
-        ));
-        // Defect 8: a csops error used to count as "no allow-list".
-        assert!(matches!(
-            per_thread_plan(&failed(), &Ok(false)),
-            PerThreadPlan::Refuse(_)
+            per_thread_plan(&Ok(true), &Ok(false), AllowListState::NotRegistered),
+            PerThreadPlan::Refuse(why) if why.contains("jit_write_allow_callbacks!")
         ));
         assert!(matches!(
-            per_thread_plan(&Ok(false), &failed()),
+            per_thread_plan(&Ok(true), &Ok(true), AllowListState::Missing),
+            PerThreadPlan::Refuse(why) if why.contains("jit_write_allow_callbacks!")
+        ));
+        assert!(matches!(
+            per_thread_plan(&Ok(true), &failed(), AllowListState::Listed),
             PerThreadPlan::Refuse(_)
         ));
+    }
+
+    #[test]
+    fn the_allow_list_is_read_up_to_its_first_null() {
+        assert!(allow_list_has([Some(1), Some(7), None], 7));
+        assert!(allow_list_has([Some(7)], 7));
+        assert!(!allow_list_has([Some(1), None, Some(7), None], 7));
+        assert!(!allow_list_has([Some(1), Some(2), None], 7));
+        assert!(!allow_list_has([None], 7));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! | [`Memory`] | `page_size`, `map_private`, `protect`, `unmap` | Toggle, Rwx, `ExecBuffer`, probe pages |
 //! | [`Mirror`] | `map_mirror`, `unmap_view`, `mirror_backing` | two views of the same pages (Mirror) |
 //! | [`Commit`] | `reserve_private`, `reserve_mirror`, `commit`, `commit_granule`, `reservation_granularity` | code regions whose pages are committed as they are used (Windows) |
-//! | [`Rights`] | `thread_rights_token`, `map_per_thread`, `grant_thread_write_rights`, `withdraw_thread_write_rights`, `PER_THREAD_SURVIVES_FORK` | per-thread write rights (PerThread) |
+//! | [`Rights`] | `thread_rights_token`, `map_per_thread`, `grant_thread_write_rights`, `withdraw_thread_write_rights`, `PER_THREAD_SURVIVES_FORK`, `shadow_writes`, `check_shadow_write`, `copy_from_shadow` | per-thread write rights (PerThread; Apple's allow-list shadow) |
 //! | [`Icache`] | `clear_cache`, `pipeline_flush_mt` | instruction-cache coherence |
 //! | [`Fork`] | `register_atfork`, `snapshot_for_fork`, `discard_snapshot`, `install_snapshot_after_fork` | fork safety of mirrors |
 //! | [`Introspect`] | `mappings`, `mapping_count`, `mapping_limit`, `thread_stack` | the process's memory map, the calling thread's stack |
@@ -158,8 +158,9 @@ on_apple! {
     mod apple;
     use apple as backend;
     pub(crate) use apple::{
-        code_signing_flags, debugger_attached, freeze_jit_write_callbacks, has_entitlement,
-        jit_granted_by_debugger, jit_write_with_callback, txm_detach, txm_protocol,
+        code_signing_flags, copy_callback, debugger_attached, freeze_jit_write_callbacks,
+        has_entitlement, jit_granted_by_debugger, jit_write_with_callback, register_allow_list,
+        txm_detach, txm_protocol,
     };
 }
 /// Apple decisions as pure functions of the OS's answers (unit-tested on every host).
@@ -171,6 +172,8 @@ pub(crate) mod apple_policy;
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod posix;
+/// PerThread's RW shadows under Apple's JIT write allow-list (plain Rust, tested on every host).
+pub(crate) mod shadow;
 /// The TXM handshakes of iOS 26 (legacy and universal scripts). Compiled for Apple, and for
 /// Linux AArch64 and the host's unit tests, which run its logic against fake debuggers.
 #[cfg(any(
@@ -200,8 +203,9 @@ mod unsupported;
     not(any(target_arch = "x86_64", target_arch = "aarch64"))
 ))]
 pub(crate) use unsupported::{
-    code_signing_flags, debugger_attached, freeze_jit_write_callbacks, has_entitlement,
-    jit_granted_by_debugger, jit_write_with_callback, txm_detach, txm_protocol,
+    code_signing_flags, copy_callback, debugger_attached, freeze_jit_write_callbacks,
+    has_entitlement, jit_granted_by_debugger, jit_write_with_callback, register_allow_list,
+    txm_detach, txm_protocol,
 };
 
 /// The platform this crate was built for: the selected backend's `Os`.
@@ -351,6 +355,33 @@ pub(crate) trait Rights {
     /// data, never write it. Async-signal-safe: no system call, no lock, no allocation. Nothing
     /// to do where reading is never restricted (the default).
     fn allow_thread_code_reads() {}
+
+    /// Whether PerThread memory under `key` is written through a private RW *shadow* of each
+    /// region, copied into the executable pages at the end of each write scope by
+    /// [`Rights::copy_from_shadow`] (Apple under the `jit-write-allowlist` entitlement); then
+    /// [`Rights::grant_thread_write_rights`] is never called. False by default.
+    fn shadow_writes(_key: u32) -> bool {
+        false
+    }
+
+    /// With shadow writes: `Ok` when a scope may open now, so that nothing is written to a
+    /// shadow that cannot be copied at its end (Apple: the callbacks must be frozen first under
+    /// `jit-write-allowlist-freeze-late`). `Ok` by default.
+    fn check_shadow_write(_key: u32) -> Result<()> {
+        Ok(())
+    }
+
+    /// With shadow writes: copies `[dst, dst + len)` of a registered region
+    /// ([`shadow::register`]) from its shadow into its executable pages. On failure the
+    /// shadow's range is reset from the executable bytes, so the two never disagree. Refused by
+    /// default (never reached: no shadow exists there).
+    ///
+    /// # Safety
+    /// The caller holds the write scope over `[dst, dst + len)` that wrote the shadow, so no
+    /// other writer touches that range meanwhile.
+    unsafe fn copy_from_shadow(_key: u32, _dst: usize, _len: usize) -> Result<()> {
+        Err(Error::Internal("no shadow writes on this platform"))
+    }
 }
 
 /// Instruction-cache coherence.
@@ -650,6 +681,28 @@ pub(crate) unsafe fn withdraw_thread_write_rights(key: u32, saved: u32) {
 #[inline]
 pub(crate) fn allow_thread_code_reads() {
     <Os as Rights>::allow_thread_code_reads()
+}
+
+/// [`Rights::shadow_writes`].
+#[inline]
+pub(crate) fn shadow_writes(key: u32) -> bool {
+    <Os as Rights>::shadow_writes(key)
+}
+
+/// [`Rights::check_shadow_write`].
+#[inline]
+pub(crate) fn check_shadow_write(key: u32) -> Result<()> {
+    <Os as Rights>::check_shadow_write(key)
+}
+
+/// [`Rights::copy_from_shadow`].
+///
+/// # Safety
+/// As [`Rights::copy_from_shadow`].
+#[inline]
+pub(crate) unsafe fn copy_from_shadow(key: u32, dst: usize, len: usize) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { <Os as Rights>::copy_from_shadow(key, dst, len) }
 }
 
 /// [`Icache::clear_cache`].

@@ -223,25 +223,37 @@ impl Probe for Os {
 // `jitmem::apple` asks of the platform, refused the same way.
 
 /// No code-signing state is read here.
-#[cfg(target_vendor = "apple")]
+#[cfg(all(
+    target_vendor = "apple",
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
 pub(crate) fn code_signing_flags() -> io::Result<u32> {
     Err(io::Error::new(io::ErrorKind::Unsupported, reason()))
 }
 
 /// False: nothing is granted here.
-#[cfg(target_vendor = "apple")]
+#[cfg(all(
+    target_vendor = "apple",
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
 pub(crate) fn jit_granted_by_debugger() -> bool {
     false
 }
 
 /// Not read here.
-#[cfg(target_vendor = "apple")]
+#[cfg(all(
+    target_vendor = "apple",
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
 pub(crate) fn debugger_attached() -> io::Result<bool> {
     Err(io::Error::new(io::ErrorKind::Unsupported, reason()))
 }
 
 /// Not read here.
-#[cfg(target_vendor = "apple")]
+#[cfg(all(
+    target_vendor = "apple",
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
 pub(crate) fn has_entitlement(_key: &str) -> io::Result<bool> {
     Err(io::Error::new(io::ErrorKind::Unsupported, reason()))
 }
@@ -250,7 +262,10 @@ pub(crate) fn has_entitlement(_key: &str) -> io::Result<bool> {
 ///
 /// # Safety
 /// None needed: nothing is called.
-#[cfg(target_vendor = "apple")]
+#[cfg(all(
+    target_vendor = "apple",
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
 pub(crate) unsafe fn jit_write_with_callback(
     _callback: super::JitWriteCallback,
     _ctx: *mut std::ffi::c_void,
@@ -258,20 +273,45 @@ pub(crate) unsafe fn jit_write_with_callback(
     Err(refused("pthread_jit_write_with_callback_np", reason()))
 }
 
+/// Copies nothing: no shadow exists here.
+#[cfg(all(
+    target_vendor = "apple",
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
+pub(crate) fn copy_callback(_ctx: *mut std::ffi::c_void) -> std::ffi::c_int {
+    -1
+}
+
+/// Nothing to register: PerThread is refused here.
+#[cfg(all(
+    target_vendor = "apple",
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
+pub(crate) fn register_allow_list(_list: &'static [Option<super::JitWriteCallback>]) {}
+
 /// Refused.
-#[cfg(target_vendor = "apple")]
+#[cfg(all(
+    target_vendor = "apple",
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
 pub(crate) fn freeze_jit_write_callbacks() -> Result<()> {
     Err(refused("pthread_jit_write_freeze_callbacks_np", reason()))
 }
 
 /// Refused.
-#[cfg(target_vendor = "apple")]
+#[cfg(all(
+    target_vendor = "apple",
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
 pub(crate) fn txm_detach(_app_states_debugger: bool) -> Result<()> {
     Err(refused("universal detach (brk #0xf00d, x16 = 0)", reason()))
 }
 
 /// None: no handshake happens here.
-#[cfg(target_vendor = "apple")]
+#[cfg(all(
+    target_vendor = "apple",
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
 pub(crate) fn txm_protocol() -> Option<super::TxmProtocol> {
     None
 }

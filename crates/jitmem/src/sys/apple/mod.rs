@@ -49,8 +49,12 @@
 //! cannot see, just as Linux never leaves write access behind.
 //!
 //! A process with the `com.apple.security.cs.jit-write-allowlist` entitlement may not call
-//! `pthread_jit_write_protect_np` at all (libpthread terminates it), so PerThread is refused
-//! there and `jitmem::apple::jit_write_with_callback` is the way to write `MAP_JIT` memory.
+//! `pthread_jit_write_protect_np` at all (libpthread terminates it). PerThread then writes a
+//! private RW shadow of each region and copies each scope's range into the `MAP_JIT` pages
+//! inside jitmem's own allow-listed callback (`rights.rs`, `super::shadow`), provided the
+//! binary invoked `jit_write_allow_callbacks!` (which lists that callback); otherwise it is
+//! refused, and `jitmem::apple::jit_write_with_callback` with the app's own callbacks is the
+//! way to write `MAP_JIT` memory.
 //!
 //! # fork()
 //! Mirrors behave as on Linux: the RW view is `VM_INHERIT_NONE`, and the atfork handlers put a
@@ -82,7 +86,9 @@ pub(crate) use codesign::{
     code_signing_flags, debugger_attached, has_entitlement, jit_granted_by_debugger,
 };
 pub(crate) use mirror::{txm_detach, txm_protocol};
-pub(crate) use rights::{freeze_jit_write_callbacks, jit_write_with_callback};
+pub(crate) use rights::{
+    copy_callback, freeze_jit_write_callbacks, jit_write_with_callback, register_allow_list,
+};
 
 /// macOS or iOS, implementing every concern of the platform interface (one file each).
 pub(crate) struct Os;

@@ -9,10 +9,11 @@
 //! unavailable on iOS; `pthread_jit_write_with_callback_np`: macOS 11.4;
 //! `pthread_jit_write_freeze_callbacks_np`: macOS 12.1).
 
+use std::cell::Cell;
 use std::ffi::{CStr, c_int, c_void};
 use std::ptr::NonNull;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use super::Os;
 use super::codesign::{self, JIT_WRITE_ALLOWLIST_FREEZE_LATE};
@@ -59,18 +60,52 @@ impl Rights for Os {
         // SAFETY: forwarded from the caller.
         unsafe { withdraw_thread_write_rights(key, saved) }
     }
+
+    /// Under the `jit-write-allowlist` entitlement ([`SHADOW_TOKEN`]).
+    fn shadow_writes(key: u32) -> bool {
+        key == SHADOW_TOKEN
+    }
+
+    fn check_shadow_write(_key: u32) -> Result<()> {
+        with_callback_ready().map(|_| ())
+    }
+
+    /// # Safety
+    /// The contract of [`Rights::copy_from_shadow`].
+    unsafe fn copy_from_shadow(_key: u32, dst: usize, len: usize) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { copy_from_shadow(dst, len) }
+    }
 }
+
+/// The token of PerThread with in-place writes (`pthread_jit_write_protect_np`).
+#[cfg_attr(
+    not(all(target_os = "macos", target_arch = "aarch64")),
+    expect(dead_code, reason = "PerThread is refused off Apple silicon Macs")
+)]
+const TOGGLE_TOKEN: u32 = 0;
+/// Why PerThread is refused under the allow-list before macOS 11.4.
+#[cfg_attr(
+    not(all(target_os = "macos", target_arch = "aarch64")),
+    expect(dead_code, reason = "PerThread is refused off Apple silicon Macs")
+)]
+const NO_WITH_CALLBACK: &str = "this process has the com.apple.security.cs.jit-write-allowlist entitlement, and pthread_jit_write_with_callback_np (macOS 11.4+) is not available on this system";
+/// The token of PerThread with shadow writes (the `jit-write-allowlist` entitlement).
+const SHADOW_TOKEN: u32 = 1;
 
 static KEY: OnceLock<std::result::Result<u32, String>> = OnceLock::new();
 
 /// PerThread on Apple: whether `MAP_JIT` memory with per-thread write protection works here,
-/// decided once per process. The "key" is meaningless on Apple (0): the rights belong to the
-/// thread, for every `MAP_JIT` page at once.
+/// decided once per process. The "key" says how writes are made: [`TOGGLE_TOKEN`] in place
+/// (the rights belong to the thread, for every `MAP_JIT` page at once), [`SHADOW_TOKEN`]
+/// through a shadow copied by jitmem's allow-listed callback (the `jit-write-allowlist`
+/// entitlement, which forbids `pthread_jit_write_protect_np`).
 ///
 /// Refused on Intel Macs (`pthread_jit_write_protect_np` is a no-op there: `MAP_JIT` pages are
 /// writable and executable for every thread at once, which is not W^X), on iOS (the call is
-/// SPI, not available to apps), when the process has the `jit-write-allowlist` entitlement
-/// (which forbids the call), and when a `MAP_JIT` mapping is refused (a hardened-runtime
+/// SPI, not available to apps), under the allow-list when jitmem's callback is not listed
+/// (`jit_write_allow_callbacks!` was not invoked) or `pthread_jit_write_with_callback_np` is
+/// missing (before macOS 11.4), and when a `MAP_JIT` mapping is refused (a hardened-runtime
 /// process without `com.apple.security.cs.allow-jit`).
 fn thread_rights_token() -> std::result::Result<u32, String> {
     KEY.get_or_init(per_thread_support).clone()
@@ -85,18 +120,28 @@ fn per_thread_support() -> std::result::Result<u32, String> {
                 .to_owned(),
         );
     }
-    match apple_policy::per_thread_plan(
+    let (probe, writes) = match apple_policy::per_thread_plan(
         &codesign::has_entitlement(codesign::JIT_WRITE_ALLOWLIST),
         &codesign::has_entitlement(codesign::SINGLE_JIT),
+        allow_list_state(),
     ) {
-        apple_policy::PerThreadPlan::Refuse(why) => Err(why),
-        // One MAP_JIT region per process: a trial page would use it up (defect 7).
-        apple_policy::PerThreadPlan::NoProbe => Ok(0),
-        apple_policy::PerThreadPlan::Probe => {
-            try_map_jit()?;
-            Ok(0)
+        apple_policy::PerThreadPlan::Refuse(why) => return Err(why),
+        apple_policy::PerThreadPlan::Accept { probe, writes } => (probe, writes),
+    };
+    let token = match writes {
+        apple_policy::PerThreadWrites::Toggle => TOGGLE_TOKEN,
+        apple_policy::PerThreadWrites::Shadow => {
+            if with_callback_fn().is_none() {
+                return Err(NO_WITH_CALLBACK.to_owned());
+            }
+            SHADOW_TOKEN
         }
+    };
+    // With single-jit, one MAP_JIT region per process: a trial page would use it up (defect 7).
+    if probe {
+        try_map_jit()?;
     }
+    Ok(token)
 }
 
 #[cfg(all(target_os = "macos", not(target_arch = "aarch64")))]
@@ -269,6 +314,25 @@ pub(crate) unsafe fn jit_write_with_callback(
     callback: JitWriteCallback,
     ctx: *mut c_void,
 ) -> Result<c_int> {
+    let f = with_callback_ready()?;
+    if IN_WRITE_CALLBACK.get() {
+        return Err(refused(
+            "pthread_jit_write_with_callback_np",
+            "called from inside a write callback of this thread (Apple: it is invalid to call it recursively)",
+        ));
+    }
+    IN_WRITE_CALLBACK.set(true);
+    // SAFETY: forwarded from the caller: `ctx` is what `callback` expects, the call is not
+    // nested in another callback (nor in one started here: IN_WRITE_CALLBACK), and the thread
+    // is in execute mode.
+    let rc = unsafe { f(callback, ctx) };
+    IN_WRITE_CALLBACK.set(false);
+    Ok(rc)
+}
+
+/// `pthread_jit_write_with_callback_np`, once the rules allow calling it: under
+/// `jit-write-allowlist-freeze-late` only after the callbacks were frozen (defect 4).
+fn with_callback_ready() -> Result<WithCallback> {
     static FREEZE_LATE: OnceLock<std::result::Result<bool, String>> = OnceLock::new();
     let freeze_late = FREEZE_LATE
         .get_or_init(|| codesign::has_entitlement(JIT_WRITE_ALLOWLIST_FREEZE_LATE).map_err(|e| e.to_string()))
@@ -276,15 +340,154 @@ pub(crate) unsafe fn jit_write_with_callback(
         .map_err(std::io::Error::other);
     apple_policy::with_callback_decision(&freeze_late, FROZEN.load(Ordering::Acquire))
         .map_err(|why| refused("pthread_jit_write_with_callback_np", why))?;
-    let f = with_callback_fn().ok_or_else(|| {
+    with_callback_fn().ok_or_else(|| {
         unavailable(
             "pthread_jit_write_with_callback_np",
             "pthread_jit_write_with_callback_np (macOS 11.4+, iOS 17.4+)",
         )
-    })?;
-    // SAFETY: forwarded from the caller: `ctx` is what `callback` expects, the call is not
-    // nested in another callback, and the thread is in execute mode.
-    Ok(unsafe { f(callback, ctx) })
+    })
+}
+
+thread_local! {
+    /// This thread is inside `pthread_jit_write_with_callback_np` called by jitmem.
+    static IN_WRITE_CALLBACK: Cell<bool> = const { Cell::new(false) };
+    /// The one copy jitmem's callback may make on this thread now: set by
+    /// [`copy_from_shadow`] just before it calls libpthread, taken by the callback.
+    static ARMED: Cell<Option<Armed>> = const { Cell::new(None) };
+}
+
+/// What [`copy_from_shadow`] passes to jitmem's callback, by address, as `ctx`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+struct CopyJob {
+    dst: usize,
+    len: usize,
+}
+
+/// An armed copy: the `ctx` address the callback must be given, and the job itself (the
+/// callback reads the job from here, never through `ctx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Armed {
+    ctx: usize,
+    job: CopyJob,
+}
+
+/// Copies `[dst, dst + len)` of a registered PerThread region from its shadow into its
+/// `MAP_JIT` pages, inside `pthread_jit_write_with_callback_np` with jitmem's allow-listed
+/// callback ([`copy_callback`]). On failure resets the shadow's range from the code, so that
+/// the shadow never holds bytes the code does not.
+///
+/// # Safety
+/// The caller holds the write scope over the range that wrote the shadow.
+unsafe fn copy_from_shadow(dst: usize, len: usize) -> Result<()> {
+    let job = CopyJob { dst, len };
+    let ctx = (&raw const job).cast_mut().cast::<c_void>();
+    ARMED.set(Some(Armed {
+        ctx: ctx as usize,
+        job,
+    }));
+    let callback: JitWriteCallback = crate::apple::jitmem_pthread_jit_copy_callback;
+    // SAFETY: `ctx` is the CopyJob jitmem's callback expects (it only compares its address
+    // with the armed job); the call is not nested (refused inside a callback); the thread is in
+    // execute mode (shadow writes never call pthread_jit_write_protect_np); the callback is in
+    // the allow-list (checked when PerThread was accepted: allow_list_state).
+    let result = unsafe { jit_write_with_callback(callback, ctx) };
+    ARMED.set(None);
+    let failure = match result {
+        Ok(0) => return Ok(()),
+        Ok(COPY_NOT_ARMED) => Error::Internal("jitmem's copy callback ran without an armed copy"),
+        Ok(_) => Error::Internal(
+            "jitmem's copy callback refused the destination (not in a live PerThread region)",
+        ),
+        Err(e) => e,
+    };
+    let _ = crate::sys::shadow::with_source(dst, len, |src| {
+        // SAFETY: `src..src + len` is the registered shadow of `dst..dst + len` (the registry's
+        // read lock keeps both mapped); the code is readable in execute mode, the shadow is
+        // plain RW memory this thread's scope owns; they never overlap (registration refuses it).
+        unsafe { std::ptr::copy_nonoverlapping(dst as *const u8, src as *mut u8, len) }
+    });
+    Err(failure)
+}
+
+/// The callback's answers: 0 copied.
+const COPY_NOT_ARMED: c_int = -1;
+const COPY_BAD_RANGE: c_int = -2;
+
+/// The body of `jitmem::apple::jitmem_pthread_jit_copy_callback`, which runs inside
+/// `pthread_jit_write_with_callback_np` with this thread's `MAP_JIT` pages writable. Apple's
+/// contract (`pthread.h`): assume `ctx` is attacker-controlled and validate it with as little
+/// attackable state as possible. This copies only if [`copy_from_shadow`] armed a copy on this
+/// thread with this very `ctx` (an attacker calling libpthread with the callback directly finds
+/// nothing armed), and only into a live registered region from its own shadow at the same
+/// offset (`sys::shadow::resolve`): `ctx` is never dereferenced.
+pub(crate) fn copy_callback(ctx: *mut c_void) -> c_int {
+    let armed = ARMED.try_with(Cell::take).ok().flatten();
+    let Some(Armed { job, .. }) = armed.filter(|armed| armed.ctx == ctx as usize) else {
+        return COPY_NOT_ARMED;
+    };
+    crate::sys::shadow::with_source(job.dst, job.len, |src| {
+        // SAFETY: [src, src + len) is the registered shadow of [dst, dst + len), a live
+        // PerThread region (the read lock keeps both mapped); the MAP_JIT pages are writable
+        // for this thread inside the callback; the two never overlap.
+        unsafe { copy(src as *const u8, job.dst as *mut u8, job.len) };
+        0
+    })
+    .unwrap_or(COPY_BAD_RANGE)
+}
+
+/// Copies `len` bytes; 1, 2, 4 or 8 bytes aligned to their size as one single-copy-atomic
+/// store (release order), so that `patch_live` through a shadow keeps its promise.
+///
+/// # Safety
+/// `src` is readable and `dst` writable for `len` bytes, not overlapping.
+unsafe fn copy(src: *const u8, dst: *mut u8, len: usize) {
+    let aligned = (dst as usize) % len.max(1) == 0 && (src as usize) % len.max(1) == 0;
+    // SAFETY: as the caller promises; the atomics are used only at their alignment.
+    unsafe {
+        match len {
+            1 => AtomicU8::from_ptr(dst).store(src.read(), Ordering::Release),
+            2 if aligned => {
+                AtomicU16::from_ptr(dst.cast()).store(src.cast::<u16>().read(), Ordering::Release);
+            }
+            4 if aligned => {
+                AtomicU32::from_ptr(dst.cast()).store(src.cast::<u32>().read(), Ordering::Release);
+            }
+            8 if aligned => {
+                AtomicU64::from_ptr(dst.cast()).store(src.cast::<u64>().read(), Ordering::Release);
+            }
+            _ => std::ptr::copy_nonoverlapping(src, dst, len),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The registered allow-list (jit_write_allow_callbacks!'s constructor).
+
+/// The list `jit_write_allow_callbacks!` declared, registered by its `__DATA,__mod_init_func`
+/// constructor when the image loaded; the first registration wins.
+static ALLOW_LIST: OnceLock<&'static [Option<JitWriteCallback>]> = OnceLock::new();
+
+/// Registers the image's allow-list (called by `jit_write_allow_callbacks!`'s constructor).
+pub(crate) fn register_allow_list(list: &'static [Option<JitWriteCallback>]) {
+    let _ = ALLOW_LIST.set(list);
+}
+
+/// Whether jitmem's copy callback is in the registered list, before its NULL.
+#[cfg_attr(
+    not(all(target_os = "macos", target_arch = "aarch64")),
+    expect(dead_code, reason = "PerThread is refused off Apple silicon Macs")
+)]
+fn allow_list_state() -> apple_policy::AllowListState {
+    let Some(list) = ALLOW_LIST.get() else {
+        return apple_policy::AllowListState::NotRegistered;
+    };
+    let ours = crate::apple::jitmem_pthread_jit_copy_callback as JitWriteCallback as usize;
+    if apple_policy::allow_list_has(list.iter().map(|c| c.map(|f| f as usize)), ours) {
+        apple_policy::AllowListState::Listed
+    } else {
+        apple_policy::AllowListState::Missing
+    }
 }
 
 /// `pthread_jit_write_freeze_callbacks_np()`, after checking the entitlement that makes it
