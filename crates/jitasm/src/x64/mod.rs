@@ -756,6 +756,12 @@ impl Assembler {
         self.rr(W64, &[0xF7], 7, src);
     }
 
+    /// `imul src`, the one-operand form (`REX.W F7 /5`): the signed 128-bit product RAX * src in
+    /// RDX:RAX (RDX is the high half: division by a constant multiplies by its reciprocal).
+    pub fn imul_wide_r(&mut self, src: Reg) {
+        self.rr(W64, &[0xF7], 5, src);
+    }
+
     /// `idiv qword [m]` (`REX.W F7 /7`).
     ///
     /// # Errors

@@ -382,12 +382,13 @@ fn no_operand_forms() {
 #[test]
 fn one_register_forms() {
     type Case = (fn(&mut Assembler, Reg), Code);
-    let cases: [Case; 10] = [
+    let cases: [Case; 11] = [
         (Assembler::push, Code::Push_r64),
         (Assembler::pop, Code::Pop_r64),
         (Assembler::neg_r, Code::Neg_rm64),
         (Assembler::not_r, Code::Not_rm64),
         (Assembler::idiv_r, Code::Idiv_rm64),
+        (Assembler::imul_wide_r, Code::Imul_rm64),
         (Assembler::jmp_r, Code::Jmp_rm64),
         (Assembler::call_r, Code::Call_rm64),
         (Assembler::shl_r_cl, Code::Shl_rm64_CL),

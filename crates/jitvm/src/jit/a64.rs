@@ -8,14 +8,14 @@
 
 use jitasm::Label;
 use jitasm::a64::{
-    Assembler, BtiTargets, Cond, Reg, SP, X0, X1, X2, X3, X4, X5, X6, X7, X8, X9, X10, X11, X12,
-    X13, X14, X15, X16, X17, X19, X20, X21, X22, X23, X24, X25, X26, X27, X28, X29, X30, XZR,
+    Assembler, BtiTargets, Cond, Reg, SP, Shift, X0, X1, X2, X3, X4, X5, X6, X7, X8, X9, X10, X11,
+    X12, X13, X14, X15, X16, X17, X19, X20, X21, X22, X23, X24, X25, X26, X27, X28, X29, X30, XZR,
 };
 
 use super::JitError;
 use super::masm::{
     ArithOp, CmpOp, DivOp, Frame, FrameStep, HelperCall, Helpers, Home, MacroAssembler, Operand,
-    Result, RuntimeStubs, Target, parallel_moves,
+    Result, RuntimeStubs, Target, parallel_moves, signed_magic,
 };
 use super::runtime::ctx_offsets as off;
 use crate::FuncId;
@@ -433,6 +433,38 @@ impl MacroAssembler for A64 {
                         self.asm.mov_rr(dst, TMP)?;
                     }
                     DivOp::Mod => self.asm.mov_imm(dst, 0)?,
+                }
+                return Ok(());
+            }
+            Operand::Imm(1) => {
+                match op {
+                    DivOp::Div => self.asm.mov_rr(dst, lhs)?,
+                    DivOp::Mod => self.asm.mov_imm(dst, 0)?,
+                }
+                return Ok(());
+            }
+            Operand::Imm(d) if signed_magic(d).is_some() => {
+                // Multiply by the reciprocal (masm::signed_magic): TMP = high half of
+                // magic * n, corrected, shifted, plus its sign bit = n / d truncated.
+                let (magic, shift) = signed_magic(d).ok_or(JitError::Internal("magic"))?;
+                self.asm.mov_imm(TMP, magic)?;
+                self.asm.smulh(TMP, lhs, TMP)?;
+                if d > 0 && magic < 0 {
+                    self.asm.add_rr(TMP, TMP, lhs)?;
+                } else if d < 0 && magic > 0 {
+                    self.asm.sub_rr(TMP, TMP, lhs)?;
+                }
+                if shift > 0 {
+                    self.asm.asr_ri(TMP, TMP, shift)?;
+                }
+                self.asm.add_rrs(TMP, TMP, TMP, Shift::Lsr, 63)?;
+                match op {
+                    DivOp::Div => self.asm.mov_rr(dst, TMP)?,
+                    DivOp::Mod => {
+                        // n - q * d in one MSUB (dst may be lhs).
+                        self.asm.mov_imm(TMP2, d)?;
+                        self.asm.msub(dst, TMP, TMP2, lhs)?;
+                    }
                 }
                 return Ok(());
             }

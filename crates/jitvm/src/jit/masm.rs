@@ -225,6 +225,64 @@ pub(crate) struct RuntimeStubs {
 }
 
 /// One instruction set's half of the template JIT.
+/// Signed division by the constant `d` as a multiplication (Granlund and Montgomery,
+/// "Division by invariant integers using multiplication", 1994; the algorithm of Hacker's
+/// Delight, 2nd ed., 10-4, for 64 bits): `(magic, shift)` such that, for every `n`,
+/// `q = (mulhi(magic, n) [+ n if d > 0 and magic < 0] [- n if d < 0 and magic > 0]) >> shift`
+/// (arithmetic), plus one when that is negative, is `n / d` truncated toward zero, as
+/// `i64::checked_div` (the remainder is then `n - q * d`). `None` for `d` in `-1..=1` and
+/// `i64::MIN`, which the backends handle otherwise.
+pub(crate) fn signed_magic(d: i64) -> Option<(i64, u8)> {
+    if (-1..=1).contains(&d) || d == i64::MIN {
+        return None;
+    }
+    const TWO63: u64 = 1 << 63;
+    let ad = d.unsigned_abs();
+    let t = TWO63 + ((d as u64) >> 63);
+    let anc = t - 1 - t % ad; // |nc|
+    let mut p = 63u32;
+    let (mut q1, mut r1) = (TWO63 / anc, TWO63 - (TWO63 / anc) * anc);
+    let (mut q2, mut r2) = (TWO63 / ad, TWO63 - (TWO63 / ad) * ad);
+    loop {
+        p += 1;
+        q1 = q1.wrapping_mul(2);
+        r1 = r1.wrapping_mul(2);
+        if r1 >= anc {
+            q1 = q1.wrapping_add(1);
+            r1 = r1.wrapping_sub(anc);
+        }
+        q2 = q2.wrapping_mul(2);
+        r2 = r2.wrapping_mul(2);
+        if r2 >= ad {
+            q2 = q2.wrapping_add(1);
+            r2 = r2.wrapping_sub(ad);
+        }
+        let delta = ad - r2;
+        if !(q1 < delta || (q1 == delta && r1 == 0)) {
+            break;
+        }
+    }
+    let magic = q2.wrapping_add(1) as i64;
+    let magic = if d < 0 { magic.wrapping_neg() } else { magic };
+    u8::try_from(p - 64).ok().map(|shift| (magic, shift))
+}
+
+/// What the backends compute with [`signed_magic`], in Rust: the reference the tests check
+/// against `checked_div`.
+#[cfg(test)]
+pub(crate) fn magic_quotient(n: i64, d: i64) -> Option<i64> {
+    let (magic, shift) = signed_magic(d)?;
+    let mut q = ((i128::from(magic) * i128::from(n)) >> 64) as i64;
+    if d > 0 && magic < 0 {
+        q = q.wrapping_add(n);
+    }
+    if d < 0 && magic > 0 {
+        q = q.wrapping_sub(n);
+    }
+    q >>= shift;
+    Some(q.wrapping_add(((q as u64) >> 63) as i64))
+}
+
 pub(crate) trait MacroAssembler: Sized {
     /// A machine register.
     type Reg: Copy + Eq + core::fmt::Debug + 'static;
@@ -332,4 +390,42 @@ pub(crate) trait MacroAssembler: Sized {
 
     /// Emits the runtime stubs (once per VM) and says where they are.
     fn runtime_stubs(&mut self) -> Result<RuntimeStubs>;
+}
+
+#[cfg(test)]
+mod magic_tests {
+    use super::{magic_quotient, signed_magic};
+
+    /// Divisors near every power of two and small ones, of both signs, against dividends at
+    /// the edges and in between: the multiplication gives `checked_div`'s quotient.
+    #[test]
+    fn magic_division_agrees_with_checked_div() {
+        let mut divisors: Vec<i64> = (2..=300).flat_map(|d| [d, -d]).collect();
+        for k in 2..63 {
+            for off in [-1i64, 0, 1] {
+                let d = (1i64 << k) + off;
+                divisors.extend([d, -d]);
+            }
+        }
+        divisors.extend([i64::MAX, i64::MIN + 1, 7, -7, 1_000_000_007, 641, 6_700_417]);
+        let mut dividends: Vec<i64> = vec![0, 1, -1, 2, -2, i64::MAX, i64::MIN, i64::MIN + 1];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..400 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            dividends.push(x as i64);
+            dividends.push((x as i64) >> (x % 60));
+        }
+        for &d in &divisors {
+            for &n in &dividends {
+                for n in [n, n.wrapping_add(d), n.wrapping_sub(d), n.wrapping_add(1)] {
+                    assert_eq!(magic_quotient(n, d), n.checked_div(d), "{n} / {d}");
+                }
+            }
+        }
+        for d in [-1, 0, 1, i64::MIN] {
+            assert_eq!(signed_magic(d), None);
+        }
+    }
 }

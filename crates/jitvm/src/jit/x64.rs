@@ -12,7 +12,7 @@ use jitasm::x64::{Assembler, Cond, Mem, Reg};
 use super::JitError;
 use super::masm::{
     ArithOp, CmpOp, DivOp, Frame, FrameStep, HelperCall, Helpers, Home, MacroAssembler, Operand,
-    Result, RuntimeStubs, Target, parallel_moves,
+    Result, RuntimeStubs, Target, parallel_moves, signed_magic,
 };
 use super::runtime::ctx_offsets as off;
 use crate::FuncId;
@@ -392,6 +392,48 @@ impl MacroAssembler for X64 {
                         self.asm.mov_rr(dst, Reg::Rax);
                     }
                     DivOp::Mod => self.asm.mov_ri(dst, 0),
+                }
+                return Ok(());
+            }
+            Operand::Imm(1) => {
+                match op {
+                    DivOp::Div => self.asm.mov_rr(dst, lhs),
+                    DivOp::Mod => self.asm.mov_ri(dst, 0),
+                }
+                return Ok(());
+            }
+            Operand::Imm(d) if signed_magic(d).is_some() => {
+                // Multiply by the reciprocal (masm::signed_magic): RDX = high half of
+                // magic * n, corrected, shifted, plus its sign bit = n / d truncated.
+                let (magic, shift) = signed_magic(d).ok_or(JitError::Internal("magic"))?;
+                self.asm.mov_ri(Reg::Rax, magic);
+                self.asm.imul_wide_r(lhs);
+                if d > 0 && magic < 0 {
+                    self.asm.add_rr(Reg::Rdx, lhs);
+                } else if d < 0 && magic > 0 {
+                    self.asm.sub_rr(Reg::Rdx, lhs);
+                }
+                if shift > 0 {
+                    self.asm.sar_ri(Reg::Rdx, shift);
+                }
+                self.asm.mov_rr(Reg::Rax, Reg::Rdx);
+                self.asm.shr_ri(Reg::Rax, 63);
+                self.asm.add_rr(Reg::Rdx, Reg::Rax);
+                match op {
+                    DivOp::Div => self.asm.mov_rr(dst, Reg::Rdx),
+                    DivOp::Mod => {
+                        // n - q * d (dst may be lhs: computed in RAX first).
+                        match i32::try_from(d) {
+                            Ok(d32) => self.asm.imul_rri(Reg::Rdx, Reg::Rdx, d32),
+                            Err(_) => {
+                                self.asm.mov_ri(TMP, d);
+                                self.asm.imul_rr(Reg::Rdx, TMP);
+                            }
+                        }
+                        self.asm.mov_rr(Reg::Rax, lhs);
+                        self.asm.sub_rr(Reg::Rax, Reg::Rdx);
+                        self.asm.mov_rr(dst, Reg::Rax);
+                    }
                 }
                 return Ok(());
             }
