@@ -7,6 +7,7 @@ use std::ops::{Deref, DerefMut, Range};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use crate::call_targets;
 use crate::config::Strategy;
 use crate::error::{Error, Result};
 use crate::fn_ptr::FnPtr;
@@ -203,6 +204,57 @@ impl CodeBlock {
         unsafe { crate::fn_ptr::entry_at(self.rx, self.len, offset) }
     }
 
+    /// Marks the code at `offsets` (offsets in the block) as valid targets of indirect calls
+    /// under Windows' Control Flow Guard (CFG), for memory made with
+    /// [`CfgCallTargets::Explicit`](crate::CfgCallTargets::Explicit): call it for every entry
+    /// point that is reached through a function pointer (a direct call or jump needs no mark).
+    /// The marks last until the block is freed, or shrunk below them (a freed or shrunk range
+    /// has its marks withdrawn before it is handed out again); write scopes keep them.
+    ///
+    /// Each offset must lie inside the block at an address that is a multiple of 16 (CFG's
+    /// granularity; align entry points to 16 bytes), else [`Error::BadCallTarget`]; the order
+    /// does not matter and duplicates are fine. The check is made everywhere, so that a JIT
+    /// tested on Linux does not fail on Windows.
+    ///
+    /// Only on Windows in a process that enforces CFG, with `Explicit`, does this make a system
+    /// call (`SetProcessValidCallTargets`, one per call; its failure is an [`Error::Os`] with the
+    /// OS error, e.g. `ERROR_COMMITMENT_LIMIT`). Everywhere else it is a checked no-op:
+    /// with [`CfgCallTargets::AllValid`](crate::CfgCallTargets::AllValid) every location is a
+    /// valid target already (Windows' default), and where CFG is not enforced (a host built
+    /// without `/guard:cf`, Windows before 10, Wine, every other OS) nothing checks indirect
+    /// calls. [`JitMemory::cfg_targets_enforced`](crate::JitMemory::cfg_targets_enforced) says
+    /// which.
+    pub fn allow_indirect_calls(&self, offsets: &[usize]) -> Result<()> {
+        let core = &self.shard.core;
+        let list =
+            call_targets::entry_points(self.rx.as_ptr() as usize, self.len, core.page, offsets)?;
+        if !core.options.cfg_targets_invalid {
+            return Ok(());
+        }
+        self.set_call_targets(&list, true)
+    }
+
+    /// Withdraws every Control Flow Guard mark of `range` (offsets in the block) before the
+    /// range is handed out again, so that a later block there has no valid target it did not
+    /// ask for. Nothing to do unless the memory's call targets are explicit and enforced.
+    fn withdraw_call_targets(&self, range: Range<usize>) -> Result<()> {
+        let core = &self.shard.core;
+        if !core.options.cfg_targets_invalid {
+            return Ok(());
+        }
+        let start = self.rx.as_ptr() as usize + range.start;
+        let list = call_targets::every_target(start, range.end - range.start, core.page)?;
+        self.set_call_targets(&list, false)
+    }
+
+    fn set_call_targets(&self, list: &call_targets::TargetList, valid: bool) -> Result<()> {
+        // The pages' start, derived from the block's pointer: base <= rx.
+        let below = (self.rx.as_ptr() as usize) - list.base;
+        let base = NonNull::new(self.rx.as_ptr().wrapping_sub(below))
+            .ok_or(Error::Internal("call targets at a null page"))?;
+        crate::sys::set_call_targets(base, list.len, &list.offsets, valid)
+    }
+
     /// Shrinks the block to `new_len` bytes (rounded up to 16, or to the page for Toggle, whose
     /// blocks own whole pages): JITs over-allocate, then know
     /// the final size. The tail is filled with traps and returned to the heap. In the
@@ -223,6 +275,7 @@ impl CodeBlock {
         }
         self.shard.core.check_usable()?;
         self.fill_traps(rounded..self.len)?;
+        self.withdraw_call_targets(rounded..self.len)?;
         let start = self.rx.as_ptr() as usize;
         if self.scopes.overlaps(start + rounded, start + self.len) {
             return Err(Error::WrongState(
@@ -291,13 +344,17 @@ impl Drop for CodeBlock {
         // leaves memory whose state we do not know: leak it rather than hand it out again.
         let filled =
             !usable || matches!(owner, Owner::Region(_)) || self.fill_traps(0..self.len).is_ok();
+        // A range handed out again must carry no Control Flow Guard mark of this block: a
+        // withdrawal that fails leaks the range too. (A PerAllocation mapping goes away whole.)
+        let withdrawn =
+            matches!(owner, Owner::Region(_)) || self.withdraw_call_targets(0..self.len).is_ok();
         // A write scope on this block that was leaked (`mem::forget`) still holds its pages open
         // (Toggle): they stay writable and not executable for good (the record that would close
         // them goes away with this block), so the trap fill did not make them executable, and
         // the memory's count of open pages still counts them. Reusing or unmapping the range
         // would hand out pages in that state. Leak the block instead.
         let core = &self.shard.core;
-        let keep = !filled || !self.scopes.is_empty();
+        let keep = !filled || !withdrawn || !self.scopes.is_empty();
         match owner {
             Owner::Range(id) if !keep => {
                 // A usable block was trap-filled and published: this thread may hand it out

@@ -141,6 +141,46 @@ impl fmt::Display for Layout {
     }
 }
 
+/// Which addresses of executable memory an indirect call may land on, where the process enforces
+/// Windows' Control Flow Guard (CFG): a host built with `/guard:cf` (MSVC, clang-cl; Rust's
+/// `-C control-flow-guard` on `*-windows-msvc`). Under CFG every indirect call is checked
+/// against a per-process bitmap of valid targets, one entry per 16 bytes; Windows marks
+/// **every** location of executable memory that a program allocates as valid unless told
+/// otherwise (Microsoft, "Memory Protection Constants": "The default behavior for executable
+/// pages allocated is to be marked valid call targets for CFG"), so without
+/// [`CfgCallTargets::Explicit`] each byte of JIT code is a valid target, and CFG does not
+/// protect calls into it.
+///
+/// Set with [`Config::cfg_call_targets`]. See `docs/windows.md`, "Control Flow Guard".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CfgCallTargets {
+    /// Windows' default: every location of code memory is a valid indirect-call target.
+    /// [`CodeBlock::allow_indirect_calls`](crate::CodeBlock::allow_indirect_calls) checks its
+    /// offsets and does nothing else.
+    #[default]
+    AllValid,
+    /// No location of code memory is a valid indirect-call target until the JIT marks it with
+    /// [`CodeBlock::allow_indirect_calls`](crate::CodeBlock::allow_indirect_calls), as V8 and
+    /// ChakraCore do: on Windows in a process that enforces CFG, executable memory is
+    /// allocated with `PAGE_TARGETS_INVALID` (`FILE_MAP_TARGETS_INVALID` for a mirror's
+    /// executable view), Toggle flips pages back to executable with `PAGE_TARGETS_NO_UPDATE`
+    /// (so that its marks survive a write scope), and a freed or shrunk block's marks are
+    /// withdrawn before its range is handed out again. Where CFG is not enforced (a host built
+    /// without it, Windows before 10, Wine, every other OS) every address is callable anyway:
+    /// this is accepted and changes nothing, and `allow_indirect_calls` is a checked no-op.
+    Explicit,
+}
+
+impl CfgCallTargets {
+    /// The lower-case name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            CfgCallTargets::AllValid => "all-valid",
+            CfgCallTargets::Explicit => "explicit",
+        }
+    }
+}
+
 /// The configuration of a [`JitMemory`](crate::JitMemory). Build it with the methods below.
 ///
 /// ```
@@ -162,6 +202,7 @@ pub struct Config {
     pub(crate) txm_debugger_speaks_protocol: bool,
     pub(crate) near: Option<(usize, usize)>,
     pub(crate) bti: bool,
+    pub(crate) cfg_call_targets: CfgCallTargets,
 }
 
 impl Default for Config {
@@ -192,6 +233,7 @@ impl Config {
             txm_debugger_speaks_protocol: false,
             near: None,
             bti: false,
+            cfg_call_targets: CfgCallTargets::AllValid,
         }
     }
 
@@ -299,6 +341,22 @@ impl Config {
     pub fn bti(mut self, on: bool) -> Self {
         self.bti = on;
         self
+    }
+
+    /// Which addresses of code memory are valid indirect-call targets under Windows' Control
+    /// Flow Guard (default [`CfgCallTargets::AllValid`], Windows' own default: all of them).
+    /// [`CfgCallTargets::Explicit`] makes none valid until
+    /// [`CodeBlock::allow_indirect_calls`](crate::CodeBlock::allow_indirect_calls) marks entry
+    /// points; it takes effect only on Windows in a process that enforces CFG, and is accepted
+    /// (changing nothing) everywhere else. Every strategy Windows offers (Toggle, Mirror, Rwx).
+    pub fn cfg_call_targets(mut self, targets: CfgCallTargets) -> Self {
+        self.cfg_call_targets = targets;
+        self
+    }
+
+    /// The Control Flow Guard setting asked for ([`Config::cfg_call_targets`]).
+    pub fn requested_cfg_call_targets(&self) -> CfgCallTargets {
+        self.cfg_call_targets
     }
 
     /// The strategy asked for (before `Auto` and the environment are resolved).

@@ -162,6 +162,17 @@ pub enum Error {
         /// Why, in words a user can act on.
         reason: String,
     },
+    /// An offset given to
+    /// [`CodeBlock::allow_indirect_calls`](crate::CodeBlock::allow_indirect_calls) cannot be an
+    /// indirect-call target: outside the block, or at an address that is not a multiple of 16
+    /// (Control Flow Guard's granularity).
+    #[error("offset {offset} cannot be marked as an indirect-call target: {reason}")]
+    BadCallTarget {
+        /// The offset in the block.
+        offset: usize,
+        /// Why, in words.
+        reason: &'static str,
+    },
     /// A broken internal invariant: a bug in jitmem. Please report it.
     #[error("internal error in jitmem: {0}")]
     Internal(&'static str),

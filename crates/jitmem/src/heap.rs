@@ -109,7 +109,7 @@ impl Core {
         // (which decides what a child may do with memory made before the fork) only counts forks
         // once they are installed.
         fork::ensure_handlers()?;
-        let rules = Rules::new(choice.strategy, options.bti)?;
+        let rules = Rules::new(choice.strategy, &options)?;
         let page = sys::page_size();
         Ok(Arc::new(Core {
             granule: rules.granule(page, MIN_GRANULE),

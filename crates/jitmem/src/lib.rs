@@ -69,6 +69,7 @@ pub mod apple;
     reason = "code-entry points (`entry` turns an address into a function pointer), the raw write pair of the C ABI, and slices over the writable view of a block's range"
 )]
 mod block;
+mod call_targets;
 mod config;
 #[cfg(feature = "debuginfo")]
 #[expect(
@@ -137,7 +138,8 @@ mod thread_cache;
 
 pub use block::{CodeBlock, WriteScope};
 pub use config::{
-    BTI_ENV, Choice, Config, LAYOUT_ENV, Layout, STRATEGY_ENV, Strategy, TxmProtocol,
+    BTI_ENV, CfgCallTargets, Choice, Config, LAYOUT_ENV, Layout, STRATEGY_ENV, Strategy,
+    TxmProtocol,
 };
 pub use error::{Error, Result};
 pub use exec_buffer::{ExecBuffer, page_size, round_to_page};

@@ -104,6 +104,10 @@ impl JitMemory {
                 max_distance,
             }),
             bti: config.bti,
+            cfg_targets_invalid: crate::call_targets::targets_invalid(
+                config.cfg_call_targets,
+                sys::cfg_enforced(),
+            ),
         };
         let core = Core::new(choice, options, config.default_align)?;
         let shards: Vec<Arc<Shard>> = match core.layout {
@@ -150,6 +154,15 @@ impl JitMemory {
     /// The layout in use.
     pub fn layout(&self) -> Layout {
         self.core.layout
+    }
+
+    /// Whether indirect calls into this memory's code are checked against explicit targets:
+    /// [`CfgCallTargets::Explicit`](crate::CfgCallTargets::Explicit) was asked for and the
+    /// process enforces Windows' Control Flow Guard, so that only the locations marked with
+    /// [`CodeBlock::allow_indirect_calls`] may be called through a pointer. `false` elsewhere
+    /// (every location is callable, and `allow_indirect_calls` is a checked no-op).
+    pub fn cfg_targets_enforced(&self) -> bool {
+        self.core.options.cfg_targets_invalid
     }
 
     /// The strategy and layout in use, and why.

@@ -33,7 +33,8 @@ impl StrategyRules for Mirror {
         let views = super::region::place_mirror(views, len, options)?;
         let record = Arc::new(MirrorRecord::new(views.rx, len, used));
         // Built before registering so that a failure to register unmaps both views.
-        let region = Region::mirror(views, len, Arc::clone(&record)).guarded(options.guard);
+        let rx = sys::Prot::RX.with_targets_invalid(options.cfg_targets_invalid);
+        let region = Region::mirror(views, len, rx, Arc::clone(&record)).guarded(options.guard);
         fork::register(record)?;
         Ok(region)
     }

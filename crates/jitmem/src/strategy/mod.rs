@@ -70,11 +70,15 @@ impl Rules {
             })
     }
 
-    /// The rules of `strategy` (not `Auto`, which the probe resolves first); `bti`: executable
-    /// pages are mapped with `PROT_BTI` (`Config::bti`).
-    pub(crate) fn new(strategy: Strategy, bti: bool) -> Result<Rules> {
+    /// The rules of `strategy` (not `Auto`, which the probe resolves first) for regions mapped
+    /// with `options`: `bti`, executable pages are mapped with `PROT_BTI` (`Config::bti`);
+    /// `cfg_targets_invalid`, their locations are no Control Flow Guard targets until marked.
+    pub(crate) fn new(strategy: Strategy, options: &sys::MapOptions) -> Result<Rules> {
         Ok(match strategy {
-            Strategy::Toggle => Rules::Toggle(toggle::Toggle::new(bti)),
+            Strategy::Toggle => Rules::Toggle(toggle::Toggle::new(
+                options.bti,
+                options.cfg_targets_invalid,
+            )),
             Strategy::Mirror => Rules::Mirror(mirror::Mirror),
             Strategy::PerThread => Rules::PerThread(per_thread::PerThread::new()?),
             Strategy::Rwx => Rules::Rwx(rwx::Rwx),
@@ -198,7 +202,7 @@ mod tests {
             (Strategy::Rwx, true),
             (Strategy::Mirror, false),
         ] {
-            let rules = Rules::new(s, false).unwrap();
+            let rules = Rules::new(s, &sys::MapOptions::default()).unwrap();
             assert_eq!(rules.child_keeps_memory(), keeps, "{s}");
             assert_eq!(rules.strategy(), s);
         }
@@ -212,10 +216,10 @@ mod tests {
     /// Toggle blocks own whole pages; the others use the allocator's granule.
     #[test]
     fn granules() {
-        let toggle = Rules::new(Strategy::Toggle, false).unwrap();
+        let toggle = Rules::new(Strategy::Toggle, &sys::MapOptions::default()).unwrap();
         assert_eq!(toggle.granule(4096, 16), 4096);
-        let mirror = Rules::new(Strategy::Mirror, false).unwrap();
+        let mirror = Rules::new(Strategy::Mirror, &sys::MapOptions::default()).unwrap();
         assert_eq!(mirror.granule(4096, 16), 16);
-        assert!(Rules::new(Strategy::Auto, false).is_err());
+        assert!(Rules::new(Strategy::Auto, &sys::MapOptions::default()).is_err());
     }
 }

@@ -33,7 +33,8 @@ pub(crate) struct Region {
     /// lock, or the region's creation).
     committed: AtomicUsize,
     /// The protection pages of a private region are committed with (its strategy's resting
-    /// protection); a mirror commits RX on its executable view and RW on its writable one.
+    /// protection); a mirror commits this on its executable view (RX, with explicit Control
+    /// Flow Guard targets or not) and RW on its writable one.
     commit_prot: Prot,
 }
 
@@ -90,8 +91,13 @@ impl Region {
     }
 
     /// A mirror's two reserved views ([`sys::reserve_mirror`]), registered with the fork
-    /// registry as `record`.
-    pub(crate) fn mirror(views: MirrorViews, len: usize, record: Arc<MirrorRecord>) -> Region {
+    /// registry as `record`; the executable view is committed with `rx`.
+    pub(crate) fn mirror(
+        views: MirrorViews,
+        len: usize,
+        rx: Prot,
+        record: Arc<MirrorRecord>,
+    ) -> Region {
         Region {
             rx: views.rx,
             rw: views.rw,
@@ -102,7 +108,7 @@ impl Region {
             generation: fork::generation(),
             child_keeps: false,
             committed: AtomicUsize::new(0),
-            commit_prot: Prot::RX,
+            commit_prot: rx,
         }
     }
 
@@ -134,7 +140,7 @@ impl Region {
             // SAFETY: [offset, offset + len) of both views of our section, above the mark:
             // never committed through either view.
             unsafe {
-                sys::commit(at(self.rx)?, len, Prot::RX)?;
+                sys::commit(at(self.rx)?, len, self.commit_prot)?;
                 sys::commit(at(self.rw)?, len, Prot::RW)?;
             }
         } else {

@@ -20,7 +20,9 @@ impl StrategyRules for Rwx {
     }
 
     fn map(&self, len: usize, _used: usize, options: sys::MapOptions) -> Result<Region> {
-        let prot = Prot::RWX.with_bti(options.bti);
+        let prot = Prot::RWX
+            .with_bti(options.bti)
+            .with_targets_invalid(options.cfg_targets_invalid);
         let ptr = sys::reserve_private(len, prot, options)?;
         let ptr = super::region::place_private(ptr, len, options)?;
         Ok(Region::reserved_private(ptr, len, prot, true).guarded(options.guard))

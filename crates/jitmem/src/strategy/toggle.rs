@@ -54,16 +54,20 @@ pub(crate) struct Toggle {
     open_pages: AtomicUsize,
     page: usize,
     /// The protection of pages no scope holds: read-execute, with `PROT_BTI` under
-    /// `Config::bti`.
+    /// `Config::bti`, and with explicit Control Flow Guard targets under
+    /// `Config::cfg_call_targets` (Windows: committed with `PAGE_TARGETS_INVALID`, and flipped
+    /// back with `PAGE_TARGETS_NO_UPDATE`, so that a write scope keeps the block's marks).
     rx: Prot,
 }
 
 impl Toggle {
-    pub(super) fn new(bti: bool) -> Self {
+    pub(super) fn new(bti: bool, cfg_targets_invalid: bool) -> Self {
         Toggle {
             open_pages: AtomicUsize::new(0),
             page: sys::page_size(),
-            rx: Prot::RX.with_bti(bti),
+            rx: Prot::RX
+                .with_bti(bti)
+                .with_targets_invalid(cfg_targets_invalid),
         }
     }
 }

@@ -24,11 +24,34 @@ impl Prot {
     /// Linux AArch64's `PROT_BTI`: indirect branches into these executable pages must land on
     /// a `bti` landing pad (`Config::bti`).
     const BTI: u8 = 0b1000;
+    /// Windows' Control Flow Guard (`Config::cfg_call_targets` Explicit, in a process that
+    /// enforces CFG): executable pages are allocated with `PAGE_TARGETS_INVALID`, and made
+    /// executable again with `PAGE_TARGETS_NO_UPDATE` (the same bit). Ignored elsewhere.
+    const TARGETS_INVALID: u8 = 0b1_0000;
 
     /// The same protection, with the executable pages guarded by BTI when `on` (Linux AArch64;
     /// other platforms never see it set: `Config::bti` is refused there).
     pub(crate) fn with_bti(self, on: bool) -> Prot {
         if on { Prot(self.0 | Prot::BTI) } else { self }
+    }
+
+    /// The same protection, with no location of executable pages a valid Control Flow Guard
+    /// call target until marked, when `on` (Windows; other platforms ignore it).
+    pub(crate) fn with_targets_invalid(self, on: bool) -> Prot {
+        if on {
+            Prot(self.0 | Prot::TARGETS_INVALID)
+        } else {
+            self
+        }
+    }
+
+    /// See [`Prot::with_targets_invalid`]: meaningful for executable protections only.
+    #[cfg_attr(
+        not(windows),
+        allow(dead_code, reason = "Control Flow Guard exists on Windows only")
+    )]
+    pub(crate) fn targets_invalid(self) -> bool {
+        self.0 & Prot::TARGETS_INVALID != 0 && self.exec()
     }
 
     #[cfg_attr(
@@ -119,6 +142,9 @@ pub(crate) struct MapOptions {
     pub(crate) near: Option<Near>,
     /// Map the executable view with `PROT_BTI` (`Config::bti`, Linux AArch64).
     pub(crate) bti: bool,
+    /// No location of executable memory is a valid Control Flow Guard call target until marked
+    /// (`Config::cfg_call_targets` Explicit, in a process that enforces CFG; Windows only).
+    pub(crate) cfg_targets_invalid: bool,
 }
 
 /// Where executable views must lie: every byte of them (guard pages included) at most

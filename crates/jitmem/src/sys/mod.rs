@@ -16,10 +16,12 @@
 //! | [`Wait`] | `wait_while_equal`, `wake_one` | sleeping on a contended lock word |
 //! | [`Probe`] | `probe_facts` | what the probe reports |
 //! | [`Place`] | `MOVES`, `reservation_granularity`, `reserve`, `move_mapping`, `bti_support` | guard pages, placement near an address (`Config::near`), BTI (`Config::bti`) |
+//! | [`CallTargets`] | `cfg_enforced`, `set_call_targets` | Windows' Control Flow Guard (`Config::cfg_call_targets`) |
 //!
 //! Each backend is a folder with one file per concern (`memory.rs`, `mirror.rs`, `rights.rs`,
 //! `icache.rs`, `fork.rs`, `introspect.rs`, `wait.rs`, `probe.rs`, `place.rs`), each file holding that
-//! concern's `impl Trait for Os`, and a `mod.rs` that declares `pub(crate) struct Os` and
+//! concern's `impl Trait for Os` (Windows also `cfg.rs`; the others implement [`CallTargets`]
+//! with `impl_no_call_targets!`), and a `mod.rs` that declares `pub(crate) struct Os` and
 //! `impl Platform for Os {}`:
 //!
 //! | backend | targets |
@@ -113,6 +115,46 @@ macro_rules! impl_no_fork {
     )
 )]
 pub(crate) use impl_no_fork;
+
+/// `impl CallTargets for Os` of a platform without Control Flow Guard: nothing enforces call
+/// targets, so every address of executable memory is callable and there is nothing to mark.
+#[cfg_attr(
+    all(
+        windows,
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(test)
+    ),
+    allow(unused_macros, reason = "used by the backends other than Windows")
+)]
+macro_rules! impl_no_call_targets {
+    () => {
+        impl $crate::sys::CallTargets for Os {
+            /// Never: this platform has no Control Flow Guard.
+            fn cfg_enforced() -> bool {
+                false
+            }
+
+            /// Nothing to mark (never called: [`cfg_enforced`](Self::cfg_enforced) is false).
+            fn set_call_targets(
+                _base: std::ptr::NonNull<u8>,
+                _len: usize,
+                _offsets: &[usize],
+                _valid: bool,
+            ) -> $crate::error::Result<()> {
+                Ok(())
+            }
+        }
+    };
+}
+#[cfg_attr(
+    all(
+        windows,
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        not(test)
+    ),
+    allow(unused_imports, reason = "used by the backends other than Windows")
+)]
+pub(crate) use impl_no_call_targets;
 
 mod arch;
 mod common;
@@ -217,7 +259,7 @@ pub(crate) use backend::Os;
 /// A complete platform: every concern implemented. Each backend says `impl Platform for Os {}`,
 /// which compiles only if its `Os` implements every supertrait.
 pub(crate) trait Platform:
-    Memory + Mirror + Commit + Rights + Icache + Fork + Introspect + Wait + Probe + Place
+    Memory + Mirror + Commit + Rights + Icache + Fork + Introspect + Wait + Probe + Place + CallTargets
 {
 }
 
@@ -497,6 +539,30 @@ pub(crate) trait Place {
     /// `Ok` when executable pages can be mapped with `PROT_BTI` (Linux on AArch64 with
     /// `HWCAP2_BTI`); `Err` says why not.
     fn bti_support() -> std::result::Result<(), String>;
+}
+
+/// Windows' Control Flow Guard: which locations of executable memory an indirect call may land
+/// on (`Config::cfg_call_targets`). Platforms without CFG implement it with
+/// `impl_no_call_targets!`. The decisions are in `crate::call_targets`.
+pub(crate) trait CallTargets {
+    /// Whether this process enforces Control Flow Guard (read once).
+    fn cfg_enforced() -> bool;
+
+    /// Marks the locations `base + offsets[i]` valid (`valid`) or invalid indirect-call
+    /// targets. `[base, base + len)` is whole pages of one executable allocation made by this
+    /// crate; `offsets` are ascending multiples of 16 below `len`. Called only when
+    /// [`CallTargets::cfg_enforced`].
+    ///
+    /// Safe: it changes the process's CFG bitmap only, never memory contents or protections; a
+    /// wrong mark lets an indirect call land where it should not (a weaker mitigation) or makes
+    /// CFG terminate the process at a call it should allow, and a range that is not executable
+    /// memory of this process is refused by the system with an error.
+    fn set_call_targets(
+        base: NonNull<u8>,
+        len: usize,
+        offsets: &[usize],
+        valid: bool,
+    ) -> Result<()>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -818,6 +884,21 @@ pub(crate) unsafe fn move_mapping(from: NonNull<u8>, len: usize, to: NonNull<u8>
 /// [`Place::bti_support`].
 pub(crate) fn bti_support() -> std::result::Result<(), String> {
     <Os as Place>::bti_support()
+}
+
+/// [`CallTargets::cfg_enforced`].
+pub(crate) fn cfg_enforced() -> bool {
+    <Os as CallTargets>::cfg_enforced()
+}
+
+/// [`CallTargets::set_call_targets`].
+pub(crate) fn set_call_targets(
+    base: NonNull<u8>,
+    len: usize,
+    offsets: &[usize],
+    valid: bool,
+) -> Result<()> {
+    <Os as CallTargets>::set_call_targets(base, len, offsets, valid)
 }
 
 /// [`Probe::probe_facts`].

@@ -25,6 +25,9 @@ pub(crate) struct Os;
 
 impl super::Platform for Os {}
 
+// Nothing is ever mapped here, and nothing enforces call targets.
+crate::sys::impl_no_call_targets!();
+
 // Mappings are usable as mapped: nothing to commit.
 impl crate::sys::Commit for Os {}
 

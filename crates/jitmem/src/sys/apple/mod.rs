@@ -95,5 +95,8 @@ pub(crate) struct Os;
 
 impl super::Platform for Os {}
 
+// No Control Flow Guard here: every address of executable memory is callable.
+crate::sys::impl_no_call_targets!();
+
 // Mappings are usable as mapped: nothing to commit.
 impl crate::sys::Commit for Os {}

@@ -56,7 +56,9 @@ fn map_private(len: usize, prot: Prot) -> Result<NonNull<u8>> {
 }
 
 /// Changes the protection of `[ptr, ptr + len)` (`VirtualProtect`). The range lies inside one
-/// allocation (a region of this crate).
+/// allocation (a region of this crate). An executable `prot` with [`Prot::targets_invalid`]
+/// passes `PAGE_TARGETS_NO_UPDATE`, so that the pages' Control Flow Guard marks survive (see
+/// [`native`]).
 ///
 /// # Safety
 /// The caller owns the range (it was mapped by this crate and is still mapped) and nothing
@@ -102,8 +104,8 @@ unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> Result<()> {
 /// function"), and what .NET's double mapping does (dotnet/runtime,
 /// `src/coreclr/minipal/Windows/doublemapping.cpp`: `CommitDoubleMappedMemory`).
 impl Commit for Os {
-    fn reserve_private(len: usize, _prot: Prot, _options: MapOptions) -> Result<NonNull<u8>> {
-        reserve_private(len)
+    fn reserve_private(len: usize, prot: Prot, _options: MapOptions) -> Result<NonNull<u8>> {
+        reserve_private(len, prot)
     }
 
     fn reserve_mirror(len: usize, options: MapOptions) -> Result<MirrorViews> {
@@ -132,15 +134,30 @@ impl Commit for Os {
 
 /// Reserves `len` bytes of address space (`VirtualAlloc(MEM_RESERVE, PAGE_NOACCESS)`): no commit
 /// charge, no page usable until [`commit`] gives it its protection.
+///
+/// For memory whose Control Flow Guard targets are explicit ([`Prot::targets_invalid`]) the
+/// reservation itself is made with `prot` (`PAGE_EXECUTE_READ | PAGE_TARGETS_INVALID`): memory
+/// must be allocated with an execute protection from the start to get a CFG bitmap, and
+/// `SetProcessValidCallTargets` fails on memory allocated otherwise and made executable later
+/// (MicrosoftDocs/sdk-api pull request 442). Reserved pages stay inaccessible whatever the
+/// protection, until committed.
 #[doc(alias = "VirtualAlloc")]
-fn reserve_private(len: usize) -> Result<NonNull<u8>> {
+fn reserve_private(len: usize, prot: Prot) -> Result<NonNull<u8>> {
+    let protection = if prot.targets_invalid() {
+        native(prot)
+    } else {
+        PAGE_NOACCESS
+    };
     // SAFETY: a new reservation at an address the system picks touches no existing memory.
-    let ptr = unsafe { VirtualAlloc(std::ptr::null(), len, MEM_RESERVE, PAGE_NOACCESS) };
+    let ptr = unsafe { VirtualAlloc(std::ptr::null(), len, MEM_RESERVE, protection) };
     NonNull::new(ptr.cast::<u8>()).ok_or_else(|| os_error("VirtualAlloc(MEM_RESERVE)"))
 }
 
 /// Commits `[ptr, ptr + len)` of a reservation (private, or a view of a `SEC_RESERVE` section)
-/// with `prot` (`VirtualAlloc(MEM_COMMIT)`). A failure keeps the OS error as its source:
+/// with `prot` (`VirtualAlloc(MEM_COMMIT)`; with `PAGE_TARGETS_INVALID` when
+/// [`Prot::targets_invalid`], as ChakraCore commits its JIT's section views:
+/// `VirtualAllocEx(MEM_COMMIT, PAGE_EXECUTE_READ | PAGE_TARGETS_INVALID)`,
+/// `lib/Common/Memory/SectionAllocWrapper.cpp`). A failure keeps the OS error as its source:
 /// `ERROR_COMMITMENT_LIMIT` (1455) when the system's commit limit is reached,
 /// `ERROR_DYNAMIC_CODE_BLOCKED` (1655) under Arbitrary Code Guard.
 ///

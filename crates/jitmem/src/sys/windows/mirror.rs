@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, INVALID_HANDLE_VALUE};
 use windows_sys::Win32::System::Memory::{
-    CreateFileMappingW, FILE_MAP_EXECUTE, FILE_MAP_READ, FILE_MAP_WRITE,
+    CreateFileMappingW, FILE_MAP_EXECUTE, FILE_MAP_READ, FILE_MAP_TARGETS_INVALID, FILE_MAP_WRITE,
     MEMORY_MAPPED_VIEW_ADDRESS, MapViewOfFile, PAGE_EXECUTE_READWRITE, SEC_RESERVE,
     UnmapViewOfFile,
 };
@@ -71,7 +71,19 @@ pub(super) fn reserve_mirror(len: usize, options: MapOptions) -> Result<MirrorVi
 
 /// The two views of a new pagefile-backed section of `len` bytes, created with `attributes`
 /// (0: `SEC_COMMIT`, the default; or `SEC_RESERVE`).
-fn map_section_twice(len: usize, _options: MapOptions, attributes: u32) -> Result<MirrorViews> {
+///
+/// With `options.cfg_targets_invalid` (explicit Control Flow Guard targets) the executable view
+/// is mapped with `FILE_MAP_TARGETS_INVALID`: "Sets all the locations in the mapped file as
+/// invalid targets for CFG. This flag is similar to PAGE_TARGETS_INVALID. Use this flag in
+/// combination with the execute access right FILE_MAP_EXECUTE"
+/// (<https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-mapviewoffilefromapp>);
+/// its pages are then committed with `PAGE_TARGETS_INVALID` as well (`memory.rs`'s `commit`).
+fn map_section_twice(len: usize, options: MapOptions, attributes: u32) -> Result<MirrorViews> {
+    let targets = if options.cfg_targets_invalid {
+        FILE_MAP_TARGETS_INVALID
+    } else {
+        0
+    };
     let size = u64::try_from(len).map_err(|_| Error::TooLarge { len })?;
     // SAFETY: an unnamed section backed by the paging file, with default security; the size is
     // split into its high and low halves as the API wants.
@@ -97,7 +109,7 @@ fn map_section_twice(len: usize, _options: MapOptions, attributes: u32) -> Resul
     )?;
     let rx = match map_view(
         &section,
-        FILE_MAP_READ | FILE_MAP_EXECUTE,
+        FILE_MAP_READ | FILE_MAP_EXECUTE | targets,
         len,
         "MapViewOfFile(FILE_MAP_READ | FILE_MAP_EXECUTE)",
     ) {

@@ -23,6 +23,12 @@
 //! - **Arbitrary Code Guard** (`ProcessDynamicCodePolicy`) forbids making any memory executable
 //!   after it is mapped, and mapping new executable memory: every strategy fails, and the probe
 //!   says so.
+//! - **Control Flow Guard.** Executable memory is a valid indirect-call target everywhere
+//!   (Windows' default) unless `Config::cfg_call_targets` asks for explicit targets and the
+//!   process enforces CFG: then executable memory is reserved and committed with
+//!   `PAGE_TARGETS_INVALID`, made executable again with `PAGE_TARGETS_NO_UPDATE`, and entry
+//!   points are marked with `SetProcessValidCallTargets` (`cfg.rs`). Never run with CFG
+//!   enforced: Wine has no CFG.
 //! - **Arena placement.** Mirror arenas are one section mapped twice. `VirtualAlloc2` and
 //!   `MapViewOfFile3` placeholders are not used: they matter only to put views at chosen
 //!   addresses or grow a reservation in place, which no layout does, and they need
@@ -37,13 +43,14 @@ use std::sync::OnceLock;
 
 use windows_sys::Win32::System::Memory::{
     PAGE_EXECUTE_READ, PAGE_EXECUTE_READWRITE, PAGE_NOACCESS, PAGE_PROTECTION_FLAGS, PAGE_READONLY,
-    PAGE_READWRITE,
+    PAGE_READWRITE, PAGE_TARGETS_INVALID, PAGE_TARGETS_NO_UPDATE,
 };
 use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, SYSTEM_INFO};
 
 use super::Prot;
 use crate::error::Error;
 
+mod cfg;
 mod fork;
 mod icache;
 mod introspect;
@@ -103,8 +110,31 @@ pub(super) fn allocation_granularity() -> usize {
     system().granularity
 }
 
-/// The `PAGE_*` constant for `prot`.
+/// The `PAGE_*` constant for `prot`, with `PAGE_TARGETS_INVALID` for an executable protection
+/// whose locations must not be valid Control Flow Guard targets until marked
+/// ([`Prot::targets_invalid`]).
+///
+/// One bit, two meanings (both are `0x40000000`;
+/// <https://learn.microsoft.com/en-us/windows/win32/memory/memory-protection-constants>): given
+/// to `VirtualAlloc` (`MEM_RESERVE`, `MEM_COMMIT`) it is `PAGE_TARGETS_INVALID`, "Sets all
+/// locations in the pages as invalid targets for CFG"; given to `VirtualProtect` it is
+/// `PAGE_TARGETS_NO_UPDATE`, "Pages in the region will not have their CFG information updated
+/// while the protection changes for VirtualProtect", without which making pages executable
+/// marks every location valid again. Both are what a region of explicit targets wants, so
+/// every call that maps, commits or protects such a region passes the bit with its execute
+/// protection (Toggle's flip back to read-execute included), and never with another.
 pub(super) fn native(prot: Prot) -> PAGE_PROTECTION_FLAGS {
+    const _: () = assert!(PAGE_TARGETS_INVALID == PAGE_TARGETS_NO_UPDATE);
+    let targets = if prot.targets_invalid() {
+        PAGE_TARGETS_INVALID
+    } else {
+        0
+    };
+    native_access(prot) | targets
+}
+
+/// The `PAGE_*` access constant for `prot`.
+fn native_access(prot: Prot) -> PAGE_PROTECTION_FLAGS {
     match prot {
         Prot::NONE => PAGE_NOACCESS,
         Prot::RW => PAGE_READWRITE,
@@ -127,6 +157,17 @@ pub(super) fn os_error(op: &'static str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_invalid_goes_with_execute_protections_only() {
+        assert_eq!(native(Prot::RX), PAGE_EXECUTE_READ);
+        let rx = Prot::RX.with_targets_invalid(true);
+        assert_eq!(native(rx), PAGE_EXECUTE_READ | PAGE_TARGETS_INVALID);
+        let rwx = Prot::RWX.with_targets_invalid(true);
+        assert_eq!(native(rwx), PAGE_EXECUTE_READWRITE | PAGE_TARGETS_INVALID);
+        // Toggle's write side: not executable, so no CFG bit (VirtualProtect would refuse it).
+        assert_eq!(native(Prot::RW.with_targets_invalid(true)), PAGE_READWRITE);
+    }
 
     #[test]
     fn granularity_is_not_the_page_size() {

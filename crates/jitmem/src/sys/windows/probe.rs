@@ -31,7 +31,7 @@ impl Probe for Os {
 
 /// The Windows version from `RtlGetVersion` (which, unlike `GetVersionExW`, does not depend on
 /// the program's manifest).
-fn windows_version() -> Option<(u32, u32, u32)> {
+pub(super) fn windows_version() -> Option<(u32, u32, u32)> {
     let mut info = OSVERSIONINFOW {
         dwOSVersionInfoSize: size_of::<OSVERSIONINFOW>() as u32,
         ..Default::default()
@@ -42,7 +42,7 @@ fn windows_version() -> Option<(u32, u32, u32)> {
 }
 
 /// Wine's version when this process runs under Wine (its `ntdll` exports `wine_get_version`).
-fn wine_version() -> Option<String> {
+pub(super) fn wine_version() -> Option<String> {
     // SAFETY: GetModuleHandleW with a valid wide string; ntdll is loaded in every process.
     let ntdll = unsafe { GetModuleHandleW(windows_sys::w!("ntdll.dll")) };
     if ntdll.is_null() {
@@ -68,7 +68,7 @@ fn wine_version() -> Option<String> {
 
 /// Reads a process mitigation policy of this process into `T` (a `PROCESS_MITIGATION_*_POLICY`,
 /// which is one `u32` of flags).
-fn mitigation_flags<T: Default>(policy: PROCESS_MITIGATION_POLICY) -> io::Result<T> {
+pub(super) fn mitigation_flags<T: Default>(policy: PROCESS_MITIGATION_POLICY) -> io::Result<T> {
     let mut value = T::default();
     // SAFETY: our own process's pseudo-handle and a writable buffer of the size we pass; T is
     // the structure this policy fills.
@@ -172,9 +172,9 @@ fn control_flow_guard() -> String {
             // SAFETY: both union members are a u32 of flags.
             let flags = unsafe { policy.Anonymous.Flags };
             if flags & 1 != 0 {
-                "on: executable pages made by VirtualAlloc, VirtualProtect and MapViewOfFile are valid call targets as a whole, so every byte of JIT code is a valid indirect-call target (jitmem's default; explicit targets with PAGE_TARGETS_INVALID and SetProcessValidCallTargets are not implemented)".to_owned()
+                "on: executable pages made by VirtualAlloc, VirtualProtect and MapViewOfFile are valid call targets as a whole, so by default (CfgCallTargets::AllValid) every byte of JIT code is a valid indirect-call target; Config::cfg_call_targets(CfgCallTargets::Explicit) allocates code with PAGE_TARGETS_INVALID and marks only the entry points given to CodeBlock::allow_indirect_calls (SetProcessValidCallTargets)".to_owned()
             } else {
-                "off".to_owned()
+                "off: nothing checks indirect calls (CfgCallTargets::Explicit changes nothing, and CodeBlock::allow_indirect_calls is a checked no-op)".to_owned()
             }
         }
     }
