@@ -277,3 +277,121 @@ fn division_by_constants_agrees_with_the_interpreter() {
         );
     }
 }
+
+/// Calls of small leaf functions, which the JIT compiles inline: random expression callees
+/// (arguments, constants, arithmetic including traps, compares, dup and pop) called with
+/// arguments of every operand form (constants, locals, computed values, values spilled under a
+/// deep operand stack), under the default limits, a depth limit that only main fits, and a
+/// small step budget: the JIT gives the interpreter's prints, result and trap (kind, function,
+/// offset) in every mode.
+#[test]
+fn inlined_leaf_calls_agree_with_the_interpreter() {
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+    const CONSTS: [i64; 9] = [0, 1, -1, 2, 3, 7, -7, i64::MAX, i64::MIN];
+    const BINOPS: [&str; 11] = [
+        "add_ii", "sub_ii", "mul_ii", "div_ii", "mod_ii", "lt_ii", "le_ii", "gt_ii", "ge_ii",
+        "eq_ii", "ne_ii",
+    ];
+    // An expression of at most `depth` levels over `args` arguments, pushing one value.
+    fn expr(rng: &mut Rng, args: u32, depth: u32, out: &mut String) {
+        match if depth == 0 { rng.next(2) } else { rng.next(6) } {
+            0 => out.push_str(&format!("    load_local {}\n", rng.next(u64::from(args)))),
+            1 => out.push_str(&format!("    load_imm {}\n", CONSTS[rng.next(9) as usize])),
+            2 => {
+                expr(rng, args, depth - 1, out);
+                out.push_str("    neg_i\n");
+            }
+            3 => {
+                expr(rng, args, depth - 1, out);
+                out.push_str("    dup\n    pop\n");
+            }
+            _ => {
+                expr(rng, args, depth - 1, out);
+                expr(rng, args, depth - 1, out);
+                out.push_str(&format!("    {}\n", BINOPS[rng.next(11) as usize]));
+            }
+        }
+    }
+    let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+    let mut inlined_somewhere = false;
+    for case in 0..300 {
+        let leaves = 1 + rng.next(3) as u32;
+        let mut source = String::from(
+            "func main args=0 locals=2\n    load_imm 5\n    store_local 0\n    load_imm -3\n    store_local 1\n",
+        );
+        let mut funcs = String::new();
+        let mut arity = Vec::new();
+        for leaf in 0..leaves {
+            let args = 1 + rng.next(3) as u32;
+            arity.push(args);
+            funcs.push_str(&format!("\nfunc leaf{leaf} args={args} locals={args}\n"));
+            let depth = 1 + rng.next(2) as u32;
+            expr(&mut rng, args, depth, &mut funcs);
+            funcs.push_str("    return\nend\n");
+        }
+        for _ in 0..(2 + rng.next(4)) {
+            let leaf = rng.next(u64::from(leaves)) as usize;
+            // A few pending values under the call, so that registers run out and spill.
+            let pending = rng.next(5);
+            for p in 0..pending {
+                source.push_str(&format!("    load_local 0\n    load_imm {p}\n    add_ii\n"));
+            }
+            for _ in 0..arity[leaf] {
+                match rng.next(3) {
+                    0 => {
+                        source.push_str(&format!("    load_imm {}\n", CONSTS[rng.next(9) as usize]))
+                    }
+                    1 => source.push_str(&format!("    load_local {}\n", rng.next(2))),
+                    _ => source.push_str("    load_local 0\n    load_local 1\n    mul_ii\n"),
+                }
+            }
+            source.push_str(&format!("    call leaf{leaf}\n    print\n"));
+            for _ in 0..pending {
+                source.push_str("    print\n");
+            }
+        }
+        source.push_str("    load_local 0\n    return\nend\n");
+        source.push_str(&funcs);
+        let module = jitvm::text::parse(&source).unwrap();
+        let program = jitvm::verify::verify(&module).unwrap();
+        for limits in [
+            Limits::default(),
+            Limits {
+                max_depth: 1,
+                max_steps: u64::MAX,
+            },
+            Limits {
+                max_depth: 100,
+                max_steps: 2,
+            },
+        ] {
+            let expected = common::interpret(&program, &limits);
+            for mode in MODES {
+                // Without --stats: counting instructions turns inlining off.
+                let options = RunOptions {
+                    jit: mode,
+                    limits,
+                    ..RunOptions::default()
+                };
+                let mut out = Vec::new();
+                let report = vm::run(&program, &options, &mut out);
+                assert!(report.jit.failures.is_empty(), "{:?}", report.jit.failures);
+                assert_eq!(
+                    (String::from_utf8_lossy(&out), report.ended.unwrap()),
+                    (String::from_utf8_lossy(&expected.0), expected.1),
+                    "case {case} in {mode:?} with {limits:?}:\n{source}"
+                );
+            }
+        }
+        inlined_somewhere |= jitvm::jit::inlined_calls(&program) > 0;
+    }
+    assert!(inlined_somewhere, "no call was compiled inline");
+}

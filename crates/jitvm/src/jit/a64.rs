@@ -550,6 +550,12 @@ impl MacroAssembler for A64 {
         Ok(())
     }
 
+    /// `call` takes one level with `subs DEPTH, DEPTH, 1` and traps on the borrow (`b.lo`): on
+    /// DEPTH == 0.
+    fn depth_check(&mut self, depth_trap: Label) -> Result<()> {
+        Ok(self.asm.cbz(DEPTH, depth_trap)?)
+    }
+
     fn print(&mut self, value: Operand<Reg>) -> Result<()> {
         self.load(X1, value)?;
         self.asm.mov_rr(X0, CTX)?;

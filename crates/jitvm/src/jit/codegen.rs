@@ -52,6 +52,8 @@ pub(crate) struct CompiledCode {
     /// Direct helper calls, patched when the code is published (the code is position
     /// independent but for them).
     pub helper_calls: Vec<HelperCall>,
+    /// Calls compiled inline (small leaf callees).
+    pub inlined_calls: u32,
 }
 
 /// One value-stack entry.
@@ -62,6 +64,9 @@ enum Val<R> {
     Reg(R),
     /// In the frame slot of its own depth.
     Slot,
+    /// An argument of a callee being compiled inline, in a scratch register the inline body
+    /// only reads (like a local's home: not owned by the entry, never freed with it).
+    Arg(R),
 }
 
 struct Codegen<'a, M: MacroAssembler> {
@@ -78,6 +83,7 @@ struct Codegen<'a, M: MacroAssembler> {
     after_headers: Vec<(u32, Label)>,
     traps: HashMap<u64, Label>,
     options: CodegenOptions,
+    inlined_calls: u32,
 }
 
 /// Compiles function `func` of `program` for the ISA of `M`.
@@ -102,6 +108,7 @@ pub(crate) fn compile<M: MacroAssembler>(
         after_headers: Vec::new(),
         traps: HashMap::new(),
         options,
+        inlined_calls: 0,
     };
     let stack_trap = cg.trap_label(TrapKind::NativeStack, 0);
     cg.masm.native_entry(&cg.frame, stack_trap)?;
@@ -145,6 +152,7 @@ pub(crate) fn compile<M: MacroAssembler>(
         osr_entries,
         frame_steps,
         helper_calls,
+        inlined_calls: cg.inlined_calls,
     })
 }
 
@@ -344,7 +352,7 @@ impl<M: MacroAssembler> Codegen<'_, M> {
                     .ok_or(JitError::Internal("dup on an empty stack"))?;
                 let top = self.stack[depth];
                 match top {
-                    Val::Imm(_) | Val::Local(_) => self.stack.push(top),
+                    Val::Imm(_) | Val::Local(_) | Val::Arg(_) => self.stack.push(top),
                     Val::Reg(_) | Val::Slot => {
                         let src = self.operand((top, depth));
                         let dst = self.alloc()?;
@@ -376,7 +384,7 @@ impl<M: MacroAssembler> Codegen<'_, M> {
     fn operand(&self, (v, depth): (Val<M::Reg>, usize)) -> Operand<M::Reg> {
         match v {
             Val::Imm(i) => Operand::Imm(i),
-            Val::Reg(r) => Operand::Reg(r),
+            Val::Reg(r) | Val::Arg(r) => Operand::Reg(r),
             Val::Slot => Operand::Slot(self.stack_base + depth as u32),
             Val::Local(n) => match self.frame.homes.get(n as usize) {
                 Some(Home::Reg(r)) => Operand::Reg(*r),
@@ -648,6 +656,9 @@ impl<M: MacroAssembler> Codegen<'_, M> {
             .function(callee)
             .ok_or(JitError::Internal("call to an unknown function"))?
             .args() as usize;
+        if self.inlinable(callee) {
+            return self.inline_call(callee, offset);
+        }
         if self.options.steps {
             let trap = self.trap_label(TrapKind::StepLimit, offset);
             self.masm.step(trap)?;
@@ -671,6 +682,148 @@ impl<M: MacroAssembler> Codegen<'_, M> {
         self.masm
             .call(&self.frame, callee, &args, depth_trap, dst)?;
         self.stack.push(Val::Reg(dst));
+        Ok(())
+    }
+}
+
+impl<M: MacroAssembler> Codegen<'_, M> {
+    /// Whether a call of `callee` here is compiled inline: `callee` is a small leaf expression
+    /// (its arguments, constants, arithmetic and compares, then `return`: no jump, call, print,
+    /// store or extra local), instructions are not being counted (`--stats` counts per run of
+    /// straight-line code), and its operand stack fits the caller's frame slots and the
+    /// scratch registers next to the arguments it pins.
+    fn inlinable(&self, callee: FuncId) -> bool {
+        const MAX_INSNS: usize = 24;
+        let (Some(g), Some(f)) = (
+            self.program.function(callee),
+            self.program.function(self.func),
+        ) else {
+            return false;
+        };
+        let code = g.code();
+        let args = g.args();
+        if self.options.count || callee == self.func || g.locals() != args || code.len() > MAX_INSNS
+        {
+            return false;
+        }
+        let Some((last, body)) = code.split_last() else {
+            return false;
+        };
+        let simple = body.iter().all(|insn| match *insn {
+            Insn::LoadLocal(n) => n < args,
+            Insn::LoadImm(_)
+            | Insn::Add
+            | Insn::Sub
+            | Insn::Mul
+            | Insn::Div
+            | Insn::Mod
+            | Insn::Neg
+            | Insn::Lt
+            | Insn::Le
+            | Insn::Gt
+            | Insn::Ge
+            | Insn::Eq
+            | Insn::Ne
+            | Insn::Dup
+            | Insn::Pop => true,
+            _ => false,
+        });
+        if !simple || *last != Insn::Return {
+            return false;
+        }
+        let Some(base) = self.stack.len().checked_sub(args as usize) else {
+            return false;
+        };
+        let pinned = self.stack[base..]
+            .iter()
+            .filter(|v| matches!(v, Val::Reg(_) | Val::Slot))
+            .count();
+        base + g.max_stack() as usize <= f.max_stack() as usize
+            && pinned + (g.max_stack() as usize) < M::SCRATCH.len()
+    }
+
+    /// Compiles a call of `callee` ([`inlinable`](Self::inlinable)) inline: the same step and
+    /// call depth checks as a call, then the callee's instructions on the arguments in place,
+    /// its traps reported at its own offsets, as the interpreter reports them.
+    fn inline_call(&mut self, callee: FuncId, offset: u32) -> Result<()> {
+        let g = self
+            .program
+            .function(callee)
+            .ok_or(JitError::Internal("inline: no such function"))?;
+        if self.options.steps {
+            let trap = self.trap_label(TrapKind::StepLimit, offset);
+            self.masm.step(trap)?;
+        }
+        let depth_trap = self.trap_label(TrapKind::CallDepth, offset);
+        self.masm.depth_check(depth_trap)?;
+        let base = self
+            .stack
+            .len()
+            .checked_sub(g.args() as usize)
+            .ok_or(JitError::Internal("call with too few values"))?;
+        let passed: Vec<(Val<M::Reg>, usize)> = (base..self.stack.len())
+            .map(|d| (self.stack[d], d))
+            .collect();
+        // Off the stack first, so that no allocation below spills an argument's register.
+        self.stack.truncate(base);
+        let mut argv = Vec::with_capacity(passed.len());
+        let mut pinned = Vec::new();
+        for (v, depth) in passed {
+            argv.push(match v {
+                Val::Imm(_) | Val::Local(_) | Val::Arg(_) => v,
+                Val::Reg(r) => {
+                    pinned.push(r);
+                    Val::Arg(r)
+                }
+                Val::Slot => {
+                    // Its slot is about to be reused by the callee's operand stack.
+                    let src = self.operand((v, depth));
+                    let r = self.alloc()?;
+                    self.masm.load(r, src)?;
+                    pinned.push(r);
+                    Val::Arg(r)
+                }
+            });
+        }
+        let caller = std::mem::replace(&mut self.func, callee);
+        let code = g.code();
+        let mut result = None;
+        for (i, &insn) in code.iter().enumerate() {
+            match insn {
+                Insn::LoadLocal(n) => {
+                    let v = *argv
+                        .get(n as usize)
+                        .ok_or(JitError::Internal("inline: argument out of range"))?;
+                    self.stack.push(v);
+                }
+                Insn::Return => {
+                    result = Some(self.pop()?);
+                    break;
+                }
+                _ => {
+                    let next = code.get(i + 1).copied();
+                    if self.insn(i, insn, g.offset_of(i), next)? {
+                        return Err(JitError::Internal("inline: fused an instruction"));
+                    }
+                }
+            }
+        }
+        self.func = caller;
+        let (v, _) = result.ok_or(JitError::Internal("inline: no return"))?;
+        if self.stack.len() != base {
+            return Err(JitError::Internal("inline: operand stack unbalanced"));
+        }
+        let v = match v {
+            // Returning an argument: its register becomes the result's own.
+            Val::Arg(r) if pinned.contains(&r) => {
+                pinned.retain(|&p| p != r);
+                Val::Reg(r)
+            }
+            other => other,
+        };
+        self.free.extend(pinned);
+        self.stack.push(v);
+        self.inlined_calls += 1;
         Ok(())
     }
 }

@@ -379,6 +379,9 @@ pub(crate) trait MacroAssembler: Sized {
         depth_trap: Label,
         dst: Self::Reg,
     ) -> Result<()>;
+    /// The call depth check of a call whose callee is compiled inline: jumps to `depth_trap`
+    /// exactly when [`call`](Self::call) would (no depth left), and leaves the depth as it was.
+    fn depth_check(&mut self, depth_trap: Label) -> Result<()>;
     /// Prints `value` through the runtime (scratch registers are free).
     fn print(&mut self, value: Operand<Self::Reg>) -> Result<()>;
     /// Takes one step from the step budget, jumping to `trap` when none is left.

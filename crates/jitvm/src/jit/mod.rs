@@ -133,6 +133,19 @@ pub fn compile_cost(
     Ok(block.len())
 }
 
+/// How many calls the JIT compiles inline when it compiles every function of `program` for
+/// the host (tests and `--stats`-like reports; 0 where there is no JIT backend).
+pub fn inlined_calls(program: &crate::Program) -> u32 {
+    let Some(isa) = Isa::native() else {
+        return 0;
+    };
+    (0..program.functions().len())
+        .filter_map(|f| crate::FuncId::try_from(f).ok())
+        .filter_map(|f| compile_for(isa, program, f, CodegenOptions::default()).ok())
+        .map(|code| code.inlined_calls)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

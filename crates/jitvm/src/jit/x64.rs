@@ -538,6 +538,13 @@ impl MacroAssembler for X64 {
         Ok(())
     }
 
+    /// `call` takes one level with `sub DEPTH, 1` and traps on the borrow: on DEPTH == 0.
+    fn depth_check(&mut self, depth_trap: Label) -> Result<()> {
+        self.asm.test_rr(DEPTH, DEPTH);
+        self.asm.jcc(Cond::E, depth_trap)?;
+        Ok(())
+    }
+
     fn print(&mut self, value: Operand<Reg>) -> Result<()> {
         self.load(Reg::Rsi, value)?;
         self.asm.mov_rr(Reg::Rdi, CTX);
