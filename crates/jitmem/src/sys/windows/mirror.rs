@@ -12,7 +12,7 @@ use windows_sys::Win32::System::Memory::{
 
 use super::{Os, os_error};
 use crate::error::{Error, Result};
-use crate::sys::{MapOptions, Mirror, MirrorBacking, MirrorViews};
+use crate::sys::{MapOptions, Mirror, MirrorBacking, MirrorViews, Near, Place};
 
 impl Mirror for Os {
     fn map_mirror(len: usize, options: MapOptions) -> Result<MirrorViews> {
@@ -71,7 +71,7 @@ pub(super) fn reserve_mirror(len: usize, options: MapOptions) -> Result<MirrorVi
 
 /// The two views of a new pagefile-backed section of `len` bytes, created with `attributes`
 /// (0: `SEC_COMMIT`, the default; or `SEC_RESERVE`).
-fn map_section_twice(len: usize, _options: MapOptions, attributes: u32) -> Result<MirrorViews> {
+fn map_section_twice(len: usize, options: MapOptions, attributes: u32) -> Result<MirrorViews> {
     let size = u64::try_from(len).map_err(|_| Error::TooLarge { len })?;
     // SAFETY: an unnamed section backed by the paging file, with default security; the size is
     // split into its high and low halves as the API wants.
@@ -89,22 +89,25 @@ fn map_section_twice(len: usize, _options: MapOptions, attributes: u32) -> Resul
         return Err(os_error("CreateFileMappingW(PAGE_EXECUTE_READWRITE)"));
     }
     let section = Section(handle);
+    // Guard pages around both views, the executable one near `Config::near` (place.rs).
     let rw = map_view(
         &section,
         FILE_MAP_WRITE,
         len,
         "MapViewOfFile(FILE_MAP_WRITE)",
+        (options.guard, None),
     )?;
     let rx = match map_view(
         &section,
         FILE_MAP_READ | FILE_MAP_EXECUTE,
         len,
         "MapViewOfFile(FILE_MAP_READ | FILE_MAP_EXECUTE)",
+        (options.guard, options.near),
     ) {
         Ok(rx) => rx,
         Err(e) => {
-            // SAFETY: rw was mapped just above and is not shared with anyone.
-            let _ = unsafe { unmap_view(rw, len) };
+            // SAFETY: rw (and its guards) was mapped just above and is not shared with anyone.
+            let _ = unsafe { <Os as Place>::unmap_guarded_view(rw, len, options.guard) };
             return Err(e);
         }
     };
@@ -113,7 +116,18 @@ fn map_section_twice(len: usize, _options: MapOptions, attributes: u32) -> Resul
     Ok(MirrorViews { rx, rw })
 }
 
-fn map_view(section: &Section, access: u32, len: usize, op: &'static str) -> Result<NonNull<u8>> {
+/// A view of `section`; with `(guard, near)` other than `(0, None)`, placed with guard pages
+/// and near an address by `place.rs`.
+fn map_view(
+    section: &Section,
+    access: u32,
+    len: usize,
+    op: &'static str,
+    (guard, near): (usize, Option<Near>),
+) -> Result<NonNull<u8>> {
+    if guard > 0 || near.is_some() {
+        return super::place::map_view_placed(section.0, access, len, guard, near, op);
+    }
     // SAFETY: a new view of our own section, at an address the system picks.
     let view = unsafe { MapViewOfFile(section.0, access, 0, 0, len) };
     NonNull::new(view.Value.cast::<u8>()).ok_or_else(|| os_error(op))

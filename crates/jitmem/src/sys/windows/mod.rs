@@ -23,10 +23,10 @@
 //! - **Arbitrary Code Guard** (`ProcessDynamicCodePolicy`) forbids making any memory executable
 //!   after it is mapped, and mapping new executable memory: every strategy fails, and the probe
 //!   says so.
-//! - **Arena placement.** Mirror arenas are one section mapped twice. `VirtualAlloc2` and
-//!   `MapViewOfFile3` placeholders are not used: they matter only to put views at chosen
-//!   addresses or grow a reservation in place, which no layout does, and they need
-//!   Windows 10 1803.
+//! - **Placement.** Guard pages and `Config::near` by making each region where it goes (a
+//!   reservation of guard + region + guard; a view mapped between two guard reservations), since
+//!   nothing can be moved: see `place.rs`. `VirtualAlloc2` and `MapViewOfFile3` placeholders are
+//!   not used (Windows 10 1803; Wine 8 refuses `MEM_RESERVE_PLACEHOLDER`).
 //!
 //! # Safety
 //! Functions that map memory are safe: they create new mappings nobody else knows about.
