@@ -515,6 +515,11 @@ pub(crate) trait Place {
     /// known to anyone else) and the reservation `[to, to + len)`.
     unsafe fn move_mapping(from: NonNull<u8>, len: usize, to: NonNull<u8>) -> Result<()>;
 
+    /// The address ranges `[start, end)` taken (mapped or reserved) that overlap `[lo, hi)`:
+    /// where [`near`]'s search must not put anything. Linux and Apple read the whole memory
+    /// map ([`Introspect::mappings`]); Windows walks `VirtualQuery` over the window only.
+    fn busy_ranges(lo: usize, hi: usize) -> io::Result<Vec<(usize, usize)>>;
+
     /// Removes one view of a mirror (`len` bytes at `view`, as [`Commit::reserve_mirror`] and
     /// the placement made it) together with its `guard` bytes of guard pages on each side
     /// (none when `guard` is 0).
@@ -867,6 +872,28 @@ pub(crate) fn guarded_range(
     let start = NonNull::new(view.as_ptr().wrapping_sub(guard))
         .ok_or(Error::Internal("guard pages at address 0"))?;
     Ok((start, total))
+}
+
+/// [`Place::busy_ranges`].
+pub(crate) fn busy_ranges(lo: usize, hi: usize) -> io::Result<Vec<(usize, usize)>> {
+    <Os as Place>::busy_ranges(lo, hi)
+}
+
+/// [`Place::busy_ranges`] from [`Introspect::mappings`]: every mapping that overlaps
+/// `[lo, hi)`.
+#[cfg_attr(
+    windows,
+    allow(
+        dead_code,
+        reason = "Windows walks VirtualQuery over the window instead"
+    )
+)]
+pub(crate) fn busy_from_mappings(lo: usize, hi: usize) -> io::Result<Vec<(usize, usize)>> {
+    Ok(mappings()?
+        .iter()
+        .filter(|m| m.start < hi && m.end > lo)
+        .map(|m| (m.start, m.end))
+        .collect())
 }
 
 /// [`Place::unmap_guarded_view`].

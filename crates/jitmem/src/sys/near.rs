@@ -1,8 +1,8 @@
 //! Finding room within reach of an address (`Config::near`): JITs call their runtime with
 //! x86-64 `call rel32` (+-2 GiB) or AArch64 `bl` (+-128 MiB), so V8 and LuaJIT put code near the
 //! binary. Here a region's reservation (guard pages included) is put in the nearest free gap of
-//! the process's memory map ([`Introspect::mappings`](super::Introspect::mappings):
-//! `/proc/self/maps` on Linux, a `VirtualQuery` walk on Windows) that lies inside the window,
+//! the process's memory map ([`Place::busy_ranges`](super::Place::busy_ranges):
+//! `/proc/self/maps` on Linux, a `VirtualQuery` walk of the window on Windows) inside the window,
 //! trying candidate addresses in order of distance; a candidate another thread took meanwhile is
 //! skipped. Never farther: when the window is full the answer is [`Error::NoRoomNear`].
 //!
@@ -73,14 +73,10 @@ pub(crate) fn find_near<T>(
         }
     }
     for _ in 0..ROUNDS {
-        let busy: Vec<(usize, usize)> = super::mappings()
-            .map_err(|source| Error::Os {
-                op: "read the process's memory map to place code near an address",
-                source,
-            })?
-            .iter()
-            .map(|m| (m.start, m.end))
-            .collect();
+        let busy = super::busy_ranges(window.lo, window.hi).map_err(|source| Error::Os {
+            op: "read the process's memory map to place code near an address",
+            source,
+        })?;
         for at in window.candidates(&busy, len) {
             if let Some(got) = try_at(at)? {
                 LAST.store(at, Ordering::Relaxed);

@@ -90,6 +90,11 @@ impl Place for Os {
         Err(refused("move a mapping", reason()))
     }
 
+    /// Refused (never reached: nothing is placed).
+    fn busy_ranges(_lo: usize, _hi: usize) -> io::Result<Vec<(usize, usize)>> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, reason()))
+    }
+
     /// Refused (never reached: no mirror was made).
     ///
     /// # Safety

@@ -56,6 +56,11 @@ impl Place for Os {
         ))
     }
 
+    /// [`busy_from_mappings`](crate::sys::busy_from_mappings).
+    fn busy_ranges(lo: usize, hi: usize) -> std::io::Result<Vec<(usize, usize)>> {
+        crate::sys::busy_from_mappings(lo, hi)
+    }
+
     /// The view and its guards are one range: one `mach_vm_deallocate` of `[view - guard, view + len +
     /// guard)`.
     ///

@@ -40,10 +40,11 @@ use std::ptr::NonNull;
 
 use windows_sys::Win32::Foundation::{ERROR_INVALID_ADDRESS, GetLastError, HANDLE};
 use windows_sys::Win32::System::Memory::{
-    FILE_MAP, MEM_RELEASE, MEM_RESERVE, MapViewOfFileEx, PAGE_NOACCESS, VirtualAlloc, VirtualFree,
+    FILE_MAP, MEM_FREE, MEM_RELEASE, MEM_RESERVE, MEMORY_BASIC_INFORMATION, MapViewOfFileEx,
+    PAGE_NOACCESS, VirtualAlloc, VirtualFree, VirtualQuery,
 };
 
-use super::{Os, allocation_granularity, os_error};
+use super::{Os, allocation_granularity, os_error, system};
 use crate::error::{Error, Result};
 use crate::sys::{MapOptions, Mirror, Near, Place, Placement, near, refused};
 
@@ -69,6 +70,14 @@ impl Place for Os {
             "moving a mapping into a reservation",
             "Windows cannot move an allocation or a view: regions are made where they go",
         ))
+    }
+
+    /// `VirtualQuery` from `lo` up to `hi`: every region that is not `MEM_FREE` (reserved or
+    /// committed; a region is a run of pages of one allocation in one state), as `[start, end)`.
+    /// Only the window is walked, and no region's name is asked for (unlike
+    /// [`Introspect::mappings`](crate::sys::Introspect::mappings)).
+    fn busy_ranges(lo: usize, hi: usize) -> io::Result<Vec<(usize, usize)>> {
+        busy_ranges(lo, hi)
     }
 
     /// `UnmapViewOfFile(view)`, then `VirtualFree(MEM_RELEASE)` of each guard reservation
@@ -97,6 +106,39 @@ impl Place for Os {
     fn bti_support() -> std::result::Result<(), String> {
         Err("PROT_BTI is a Linux AArch64 feature; Windows does not offer it".to_owned())
     }
+}
+
+/// See [`Place::busy_ranges`].
+fn busy_ranges(lo: usize, hi: usize) -> io::Result<Vec<(usize, usize)>> {
+    let sys = system();
+    let mut out = Vec::new();
+    let mut addr = lo.max(sys.lowest);
+    let end = hi.min(sys.highest.saturating_add(1));
+    while addr < end {
+        let mut info = MEMORY_BASIC_INFORMATION::default();
+        // SAFETY: VirtualQuery only reads the process's address-space bookkeeping and writes
+        // `info`, whose size we pass.
+        let n = unsafe {
+            VirtualQuery(
+                addr as *const core::ffi::c_void,
+                &mut info,
+                size_of::<MEMORY_BASIC_INFORMATION>(),
+            )
+        };
+        if n == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let start = info.BaseAddress as usize;
+        let next = start.saturating_add(info.RegionSize);
+        if info.State != MEM_FREE {
+            out.push((start, next));
+        }
+        if next <= addr {
+            break;
+        }
+        addr = next;
+    }
+    Ok(out)
 }
 
 /// `len` rounded up to the allocation granularity: the address space a view of `len` bytes
@@ -257,8 +299,7 @@ fn map_view_at(
 mod tests {
     use windows_sys::Win32::Foundation::{CloseHandle, INVALID_HANDLE_VALUE};
     use windows_sys::Win32::System::Memory::{
-        CreateFileMappingW, FILE_MAP_WRITE, MEM_FREE, MEM_MAPPED, MEM_PRIVATE,
-        MEMORY_BASIC_INFORMATION, PAGE_READWRITE, SEC_RESERVE, VirtualQuery,
+        CreateFileMappingW, FILE_MAP_WRITE, MEM_MAPPED, MEM_PRIVATE, PAGE_READWRITE, SEC_RESERVE,
     };
 
     use super::*;
@@ -298,6 +339,21 @@ mod tests {
         // SAFETY: the test's own reservation.
         unsafe { release(base as *mut u8).unwrap() };
         assert_eq!(query(region).0, MEM_FREE);
+    }
+
+    /// The window walk sees a reservation of ours inside it, and nothing of it outside.
+    #[test]
+    fn busy_ranges_sees_what_is_reserved_in_the_window() {
+        let g = allocation_granularity();
+        let r = reserve(4 * g, None).unwrap().unwrap().as_ptr() as usize;
+        let busy = busy_ranges(r - 8 * g, r + 8 * g).unwrap();
+        assert!(busy.contains(&(r, r + 4 * g)), "{busy:x?}");
+        for &(s, e) in &busy {
+            assert!(s < r + 8 * g && e > r - 8 * g, "{s:#x}..{e:#x} is outside the window");
+        }
+        // SAFETY: the test's own reservation.
+        unsafe { release(r as *mut u8).unwrap() };
+        assert!(!busy_ranges(r, r + 4 * g).unwrap().contains(&(r, r + 4 * g)));
     }
 
     /// A view has a guard reservation on each side; the same room again is refused (`None`)
