@@ -18,7 +18,8 @@
 //!   (ERROR_INVALID_ADDRESS)"); another thread may take part of `base..` between the
 //!   calls, in which case what was made is given back and the next address is tried. Without
 //!   `near`, `base` is room the system just found (a reservation of the whole span, given back
-//!   at once). Released by [`Place::unmap_guarded_view`]: the view, then each guard.
+//!   at once); jitmem's own threads place views one at a time (a lock), so only a thread
+//!   allocating by other means can race. Released by [`Place::unmap_guarded_view`]: the view, then each guard.
 //!   Placeholders (`VirtualAlloc2(MEM_RESERVE_PLACEHOLDER)`, `MapViewOfFile3(
 //!   MEM_REPLACE_PLACEHOLDER)`, Windows 10 1803) would close that window, but Wine 8 (where this
 //!   is run) and older Windows 10 lack them, and importing them would stop the binary loading
@@ -37,6 +38,7 @@
 
 use std::io;
 use std::ptr::NonNull;
+use std::sync::Mutex;
 
 use windows_sys::Win32::Foundation::{ERROR_INVALID_ADDRESS, GetLastError, HANDLE};
 use windows_sys::Win32::System::Memory::{
@@ -49,8 +51,12 @@ use crate::error::{Error, Result};
 use crate::sys::{MapOptions, Mirror, Near, Place, Placement, near, refused};
 
 /// Attempts at mapping a view with its guards at room the system found, before giving up (each
-/// failure means another thread took part of that room between two calls).
+/// failure means another thread, not placing a view through jitmem, took part of that room
+/// between two calls).
 const RACE_TRIES: usize = 16;
+
+/// Held while a view and its guards are placed (see [`map_view_placed`]).
+static PLACING: Mutex<()> = Mutex::new(());
 
 impl Place for Os {
     const PLACEMENT: Placement = Placement::AtReservation;
@@ -214,6 +220,9 @@ pub(super) fn map_view_placed(
 ) -> Result<NonNull<u8>> {
     let span = span(len)?;
     let total = total(len, guard)?;
+    // jitmem's own threads place views one at a time: otherwise they would all be shown the
+    // same room (the lowest free range) and take it from one another every time.
+    let _placing = PLACING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let try_at = |base: usize| map_view_at(section, access, len, guard, span, base, op);
     if let Some(near) = near {
         return near::find_near(total, near, try_at);
@@ -354,6 +363,70 @@ mod tests {
         // SAFETY: the test's own reservation.
         unsafe { release(r as *mut u8).unwrap() };
         assert!(!busy_ranges(r, r + 4 * g).unwrap().contains(&(r, r + 4 * g)));
+    }
+
+    /// Threads placing views with guards at once, while another thread reserves and releases
+    /// address space in a loop (each may take room a placement found): every view ends up
+    /// between its own two guards, and everything is given back.
+    #[test]
+    fn views_placed_by_racing_threads_each_get_their_guards() {
+        let g = allocation_granularity();
+        let len = g;
+        // SAFETY: an unnamed pagefile-backed section of our own, closed at the end.
+        let section = unsafe {
+            CreateFileMappingW(
+                INVALID_HANDLE_VALUE,
+                std::ptr::null(),
+                PAGE_READWRITE | SEC_RESERVE,
+                0,
+                len as u32,
+                std::ptr::null(),
+            )
+        };
+        assert!(!section.is_null());
+        let handle = section as usize;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let views: Vec<usize> = std::thread::scope(|s| {
+            // Another allocator at work meanwhile, not through jitmem (nor its lock).
+            let stop = &stop;
+            s.spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = reserve(g, None).unwrap().unwrap();
+                    // SAFETY: the reservation just made.
+                    unsafe { release(r.as_ptr()).unwrap() };
+                }
+            });
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(move || {
+                        (0..32)
+                            .map(|_| {
+                                let section = handle as HANDLE;
+                                map_view_placed(section, FILE_MAP_WRITE, len, g, None, "test")
+                                    .unwrap()
+                                    .as_ptr() as usize
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            // Every placing thread joined before the allocator stops, even one that failed.
+            let joined: Vec<_> = threads.into_iter().map(|t| t.join()).collect();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            joined.into_iter().flat_map(|views| views.unwrap()).collect()
+        });
+        for &v in &views {
+            assert_eq!(query(v - g), (MEM_RESERVE, MEM_PRIVATE, v - g), "{v:#x}");
+            assert_eq!(query(v).1, MEM_MAPPED, "{v:#x}");
+            assert_eq!(query(v + len), (MEM_RESERVE, MEM_PRIVATE, v + len), "{v:#x}");
+        }
+        for &v in &views {
+            let view = NonNull::new(v as *mut u8).unwrap();
+            // SAFETY: the test's own views and guards.
+            unsafe { <Os as Place>::unmap_guarded_view(view, len, g).unwrap() };
+        }
+        // SAFETY: the test's own section handle.
+        unsafe { CloseHandle(section) };
     }
 
     /// A view has a guard reservation on each side; the same room again is refused (`None`)
