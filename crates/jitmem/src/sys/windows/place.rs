@@ -14,8 +14,9 @@
 //!   `base + guard + span`. Each call fails rather than replace what is there (Microsoft's
 //!   `VirtualAlloc` documentation: with a non-NULL address, "the specified address is rounded
 //!   down to the nearest multiple of the allocation granularity" and the call fails if the range
-//!   is not free; `MapViewOfFileEx`: "If the address space is already in use, the function fails
-//!   (ERROR_INVALID_ADDRESS)"); another thread may take part of `base..` between the
+//!   is not free; `MapViewOfFileEx`'s `lpBaseAddress`: "If there is not enough address space at
+//!   the specified address, the function fails", with `ERROR_INVALID_ADDRESS` as seen under
+//!   Wine, the only code taken for "taken"); another thread may take part of `base..` between the
 //!   calls, in which case what was made is given back and the next address is tried. Without
 //!   `near`, `base` is room the system just found (a reservation of the whole span, given back
 //!   at once); jitmem's own threads place views one at a time (a lock), so only a thread
