@@ -324,7 +324,8 @@ impl Config {
     /// size of the code being called). Regions go in the nearest free gaps of the address
     /// space; when there is no room within reach, mapping a region (a new chunk, the arena)
     /// fails with [`Error::NoRoomNear`](crate::Error::NoRoomNear), never placing code farther.
-    /// Linux only (it moves each fresh mapping into a reservation, `mremap`); elsewhere
+    /// Linux (each fresh mapping is moved into a reservation, `mremap`) and Windows (each
+    /// region is reserved, or each view mapped, at the chosen address); on Apple
     /// [`JitMemory::new`](crate::JitMemory::new) gives
     /// [`Error::FeatureUnsupported`](crate::Error::FeatureUnsupported).
     pub fn near(mut self, address: usize, max_distance: usize) -> Self {

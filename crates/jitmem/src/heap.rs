@@ -47,9 +47,9 @@ pub struct Stats {
     /// from are committed (in 64 KiB steps, counted against the commit limit): the rest is
     /// reserved address space with no commit charge.
     pub reserved_bytes: usize,
-    /// Bytes of address space held as inaccessible guard pages: one page before and after each
-    /// Pooled chunk and the Arena, for each view (two views for Mirror), on platforms that
-    /// make them (Linux). The address space in use is `reserved_bytes + guard_bytes`; guard
+    /// Bytes of address space held as inaccessible guard pages: one page (Linux) or one 64 KiB
+    /// allocation granule (Windows) before and after each Pooled chunk and the Arena, for each
+    /// view (two views for Mirror), on platforms that make them (Linux, Windows). The address space in use is `reserved_bytes + guard_bytes`; guard
     /// pages use no memory.
     pub guard_bytes: usize,
     /// Regions (chunks, the arena, or per-allocation mappings) currently mapped. Each is one

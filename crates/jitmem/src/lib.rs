@@ -111,11 +111,6 @@ mod memory;
     reason = "the one atomic store of a live patch through a block's writable view"
 )]
 mod patch;
-#[expect(
-    unsafe_code,
-    reason = "gives back a reservation it made that landed outside the window"
-)]
-mod placement;
 pub mod probe;
 #[expect(unsafe_code, reason = "calls the code it wrote (a code-entry point)")]
 pub mod selftest;

@@ -81,18 +81,24 @@ impl JitMemory {
                 reason,
             })?;
         }
-        if config.near.is_some() && !sys::MOVES {
+        if config.near.is_some() && sys::PLACEMENT == sys::Placement::Unsupported {
             return Err(Error::FeatureUnsupported {
                 feature: "placement near an address (Config::near)",
-                reason: "implemented on Linux only: regions are moved into a reservation with mremap, and this platform cannot move a mapping".to_owned(),
+                reason: "implemented on Linux and Windows only: this platform's regions cannot be placed at a chosen address".to_owned(),
             });
         }
         // The first region proves the strategy works: any refusal there is "unsupported".
         let unsupported = |e: Error| unsupported(strategy, e);
-        // Guard pages around each Pooled chunk and the Arena (both views of a mirror), where a
-        // mapping can be moved into a reservation; PerAllocation blocks have none.
+        // Guard pages around each Pooled chunk and the Arena (both views of a mirror), where
+        // regions can be placed (Linux, Windows); PerAllocation blocks have none. One unit of
+        // reservation each side: a page on Linux, the 64 KiB allocation granularity on Windows
+        // (nothing smaller can be reserved there).
         let guard = match choice.layout {
-            Layout::Pooled | Layout::Arena { .. } if sys::MOVES => page,
+            Layout::Pooled | Layout::Arena { .. }
+                if sys::PLACEMENT != sys::Placement::Unsupported =>
+            {
+                sys::reservation_granularity().max(page)
+            }
             _ => 0,
         };
         let options = sys::MapOptions {

@@ -1,14 +1,14 @@
-//! Placement near an address (`Config::near`), guard pages around Pooled chunks and the Arena,
-//! and BTI landing pads (`Config::bti`, Linux AArch64).
+//! Placement near an address (`Config::near`), guard pages around Pooled chunks and the Arena
+//! (Linux, and Windows: run under Wine), and BTI landing pads (`Config::bti`, Linux AArch64).
 
 mod common;
 
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", windows))]
 use common::{child_signal, is_child, run_child};
 use jitmem::{Config, Error, JitMemory, Layout, Strategy};
 
 /// Every strategy this machine supports, as `Config`s (Rwx with its opt-in).
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", windows))]
 fn configs(layout: Layout) -> Vec<(Strategy, Config)> {
     Strategy::CONCRETE
         .into_iter()
@@ -30,7 +30,7 @@ fn configs(layout: Layout) -> Vec<(Strategy, Config)> {
 }
 
 /// Asserts every byte of `block` is within `max` of `target`.
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", windows))]
 fn assert_in_reach(block: &jitmem::CodeBlock, target: usize, max: usize, what: &str) {
     let first = block.as_ptr() as usize;
     let last = first + block.len() - 1;
@@ -43,8 +43,19 @@ fn assert_in_reach(block: &jitmem::CodeBlock, target: usize, max: usize, what: &
 /// AArch64 `bl` reach, the tighter of the two.
 const BL_REACH: usize = 128 << 20;
 
+/// Guard bytes on each side of each view: one unit of reservation (a page on Linux, the 64 KiB
+/// allocation granularity on Windows).
+#[cfg(any(target_os = "linux", windows))]
+fn guard_unit(memory: &JitMemory) -> usize {
+    if cfg!(windows) {
+        64 << 10
+    } else {
+        memory.page_size()
+    }
+}
+
 #[test]
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", windows))]
 fn near_places_every_block_of_every_layout_within_reach() {
     let target = near_places_every_block_of_every_layout_within_reach as *const () as usize;
     for layout in [
@@ -84,7 +95,7 @@ fn near_places_every_block_of_every_layout_within_reach() {
             let views = if strategy == Strategy::Mirror { 2 } else { 1 };
             let guards = match layout {
                 Layout::PerAllocation => 0,
-                _ => stats.regions * views * 2 * memory.page_size(),
+                _ => stats.regions * views * 2 * guard_unit(&memory),
             };
             assert_eq!(stats.guard_bytes, guards, "{what}: {stats:?}");
         }
@@ -95,7 +106,7 @@ fn near_places_every_block_of_every_layout_within_reach() {
 /// lies in it, and the chunk that no longer fits is refused with `NoRoomNear`, never placed
 /// farther. In a child process, so that no other test's mapping lands in the hole.
 #[test]
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", windows))]
 fn a_full_window_refuses_instead_of_placing_farther() {
     const TEST: &str = "a_full_window_refuses_instead_of_placing_farther";
     if !is_child(TEST) {
@@ -110,22 +121,7 @@ fn a_full_window_refuses_instead_of_placing_farther() {
     const SPAN: usize = 64 << 20;
     const HOLE: usize = 4 << 20;
     for (strategy, config) in configs(Layout::Pooled) {
-        // SAFETY: a fresh inaccessible reservation of our own; the middle is given back to
-        // make the hole and the rest is unmapped at the end.
-        let span = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                SPAN,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(span, libc::MAP_FAILED);
-        let hole = span as usize + SPAN / 2;
-        // SAFETY: the middle of our own reservation.
-        assert_eq!(unsafe { libc::munmap(hole as *mut libc::c_void, HOLE) }, 0);
+        let (span, hole) = hole_in_span(SPAN, HOLE);
         let centre = hole + HOLE / 2;
         let max = HOLE / 2;
         let memory = JitMemory::new(config.near(centre, max)).unwrap();
@@ -162,11 +158,7 @@ fn a_full_window_refuses_instead_of_placing_farther() {
         );
         drop(blocks);
         drop(memory);
-        // SAFETY: the rest of our own reservation.
-        unsafe {
-            libc::munmap(span, SPAN / 2);
-            libc::munmap((hole + HOLE) as *mut libc::c_void, SPAN / 2 - HOLE);
-        }
+        free_span(span, SPAN, hole, HOLE);
         // An Arena larger than the window is refused when the memory is made.
         let arena = Config::new()
             .strategy(strategy)
@@ -185,9 +177,82 @@ fn a_full_window_refuses_instead_of_placing_farther() {
     println!("child ok");
 }
 
+/// `span` bytes of inaccessible address space of our own with a free `hole` of bytes in the
+/// middle (at `span + span_len / 2`): `(span, hole)`.
+#[cfg(target_os = "linux")]
+fn hole_in_span(span_len: usize, hole_len: usize) -> (usize, usize) {
+    // SAFETY: a fresh inaccessible reservation of our own; the middle is given back to make
+    // the hole and the rest is unmapped by `free_span`.
+    let span = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span_len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(span, libc::MAP_FAILED);
+    let hole = span as usize + span_len / 2;
+    // SAFETY: the middle of our own reservation.
+    let rc = unsafe { libc::munmap(hole as *mut libc::c_void, hole_len) };
+    assert_eq!(rc, 0);
+    (span as usize, hole)
+}
+
+/// Gives back what [`hole_in_span`] kept.
+#[cfg(target_os = "linux")]
+fn free_span(span: usize, span_len: usize, hole: usize, hole_len: usize) {
+    // SAFETY: the rest of our own reservation.
+    unsafe {
+        libc::munmap(span as *mut libc::c_void, span_len / 2);
+        libc::munmap(
+            (hole + hole_len) as *mut libc::c_void,
+            span_len / 2 - hole_len,
+        );
+    }
+}
+
+/// Windows releases whole reservations only: room for `span_len` bytes is found, given back,
+/// and reserved again as two reservations around the hole (in a child process: nothing else
+/// maps meanwhile).
+#[cfg(windows)]
+fn hole_in_span(span_len: usize, hole_len: usize) -> (usize, usize) {
+    use windows_sys::Win32::System::Memory::{
+        MEM_RELEASE, MEM_RESERVE, PAGE_NOACCESS, VirtualAlloc, VirtualFree,
+    };
+    // SAFETY: a fresh reservation of our own, given back at once.
+    let span = unsafe { VirtualAlloc(std::ptr::null(), span_len, MEM_RESERVE, PAGE_NOACCESS) };
+    assert!(!span.is_null());
+    // SAFETY: our own reservation.
+    assert_ne!(unsafe { VirtualFree(span, 0, MEM_RELEASE) }, 0);
+    let span = span as usize;
+    let hole = span + span_len / 2;
+    for (at, len) in [
+        (span, span_len / 2),
+        (hole + hole_len, span_len / 2 - hole_len),
+    ] {
+        // SAFETY: a new reservation at free room; released by `free_span`.
+        let got = unsafe { VirtualAlloc(at as *const _, len, MEM_RESERVE, PAGE_NOACCESS) };
+        assert_eq!(got as usize, at, "could not reserve around the hole");
+    }
+    (span, hole)
+}
+
+/// Gives back what [`hole_in_span`] kept.
+#[cfg(windows)]
+fn free_span(span: usize, _span_len: usize, hole: usize, hole_len: usize) {
+    use windows_sys::Win32::System::Memory::{MEM_RELEASE, VirtualFree};
+    for at in [span, hole + hole_len] {
+        // SAFETY: our own reservations.
+        assert_ne!(unsafe { VirtualFree(at as *mut _, 0, MEM_RELEASE) }, 0);
+    }
+}
+
 /// Writes one byte just past (or just before) a whole Pooled chunk or Arena through the
 /// writable view: it must fault, whatever the strategy.
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", windows))]
 fn write_beside_a_whole_region(memory: JitMemory, before: bool) {
     let len = match memory.layout() {
         Layout::Arena { size } => size,
@@ -215,9 +280,9 @@ fn write_beside_a_whole_region(memory: JitMemory, before: bool) {
 }
 
 /// Guard pages: a write one byte past a whole Pooled chunk or Arena, through the writable
-/// view, faults (Linux: the platforms that make guard pages).
+/// view, faults (Linux and Windows: the platforms that make guard pages).
 #[test]
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", windows))]
 fn writing_one_byte_past_a_chunk_faults() {
     common::fault_per_pair(
         "writing_one_byte_past_a_chunk_faults",
@@ -228,7 +293,7 @@ fn writing_one_byte_past_a_chunk_faults() {
 
 /// Guard pages: a write one byte before a whole Pooled chunk or Arena faults too.
 #[test]
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", windows))]
 fn writing_one_byte_before_a_chunk_faults() {
     common::fault_per_pair(
         "writing_one_byte_before_a_chunk_faults",
@@ -237,10 +302,10 @@ fn writing_one_byte_before_a_chunk_faults() {
     );
 }
 
-/// Where regions cannot be moved into a reservation, `near` is refused with a reason and no
-/// guard pages are counted.
+/// Where regions cannot be placed (Apple), `near` is refused with a reason and no guard pages
+/// are counted.
 #[test]
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", windows)))]
 fn near_is_refused_where_regions_cannot_be_placed() {
     let err = JitMemory::new(Config::new().near(0x1000_0000, BL_REACH)).unwrap_err();
     assert!(matches!(err, Error::FeatureUnsupported { .. }), "{err}");

@@ -224,9 +224,8 @@ impl Drop for Region {
         if let Some(record) = &self.mirror {
             fork::unregister(record);
             if same_process {
-                let (rw, len) = self.with_guards(self.rw);
                 // SAFETY: the RW view and its guards are ours and nothing refers to them.
-                let _ = unsafe { sys::unmap_view(rw, len) };
+                let _ = unsafe { sys::unmap_guarded_view(self.rw, self.len, self.guard) };
             } else if self.guard > 0 {
                 // In a fork child the RW view was never inherited (MADV_DONTFORK): that address
                 // may now hold something else, so leave it alone; its guard pages were
@@ -240,10 +239,9 @@ impl Drop for Region {
                     }
                 }
             }
-            let (rx, len) = self.with_guards(self.rx);
             // SAFETY: the RX view and its guards are ours (in a child: the private copy the
             // fork handler put there) and its blocks are gone (they hold the heap alive).
-            let _ = unsafe { sys::unmap_view(rx, len) };
+            let _ = unsafe { sys::unmap_guarded_view(self.rx, self.len, self.guard) };
         } else if self.child_keeps || same_process {
             let (rx, len) = self.with_guards(self.rx);
             // SAFETY: the region and its guards are ours and its blocks are gone (they hold
@@ -257,15 +255,16 @@ impl Drop for Region {
 
 /// Moves the fresh view `[ptr, ptr + len)` into a reservation of `guard + len + guard` bytes
 /// (within `near` when given), so that it has inaccessible guard pages on both sides; returns
-/// its new address. Without guard pages and `near` it stays where it is. On error the view is
-/// where it was, and the caller still owns it.
+/// its new address. Without guard pages and `near` it stays where it is, and so it does where
+/// the platform placed it when it was made ([`sys::Placement::AtReservation`]: Windows). On
+/// error the view is where it was, and the caller still owns it.
 fn place_view(
     ptr: NonNull<u8>,
     len: usize,
     guard: usize,
     near: Option<Near>,
 ) -> Result<NonNull<u8>> {
-    if guard == 0 && near.is_none() {
+    if (guard == 0 && near.is_none()) || sys::PLACEMENT != sys::Placement::MoveIntoReservation {
         return Ok(ptr);
     }
     let total = guard
@@ -273,7 +272,7 @@ fn place_view(
         .and_then(|g| g.checked_add(len))
         .ok_or(Error::TooLarge { len })?;
     let base = match near {
-        Some(near) => crate::placement::reserve_near(total, near)?,
+        Some(near) => sys::near::reserve_near(total, near)?,
         None => sys::reserve(total, None)?.ok_or(Error::Internal("reservation at no address"))?,
     };
     let to = NonNull::new(base.as_ptr().wrapping_add(guard)).ok_or(Error::Internal("null view"))?;
@@ -324,7 +323,8 @@ pub(crate) fn place_mirror(
             return Err(e);
         }
     };
-    // With guard pages the view always moved into a reservation holding them.
+    // With guard pages the view always moved into a reservation holding them (or, where the
+    // platform places regions as it makes them, already sat between its guards).
     let rx_guard = options.guard;
     let unmap_rx = || {
         let start = NonNull::new(rx.as_ptr().wrapping_sub(rx_guard)).unwrap_or(rx);

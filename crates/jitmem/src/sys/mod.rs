@@ -15,7 +15,7 @@
 //! | [`Introspect`] | `mappings`, `mapping_count`, `mapping_limit`, `thread_stack` | the process's memory map, the calling thread's stack |
 //! | [`Wait`] | `wait_while_equal`, `wake_one` | sleeping on a contended lock word |
 //! | [`Probe`] | `probe_facts` | what the probe reports |
-//! | [`Place`] | `MOVES`, `reservation_granularity`, `reserve`, `move_mapping`, `bti_support` | guard pages, placement near an address (`Config::near`), BTI (`Config::bti`) |
+//! | [`Place`] | `PLACEMENT`, `reserve`, `move_mapping`, `unmap_guarded_view`, `bti_support` | guard pages, placement near an address (`Config::near`, with [`near`]'s search), BTI (`Config::bti`) |
 //! | [`CallTargets`] | `cfg_enforced`, `set_call_targets` | Windows' Control Flow Guard (`Config::cfg_call_targets`) |
 //!
 //! Each backend is a folder with one file per concern (`memory.rs`, `mirror.rs`, `rights.rs`,
@@ -158,6 +158,7 @@ pub(crate) use impl_no_call_targets;
 
 mod arch;
 mod common;
+pub(crate) mod near;
 pub(crate) use common::*;
 pub use common::{Mapping, MirrorBacking, TxmProtocol};
 
@@ -515,13 +516,32 @@ pub(crate) trait Probe {
     fn probe_facts(rwx_trial: bool) -> ProbeFacts;
 }
 
+/// How a platform gives regions guard pages and places them near an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(
+    dead_code,
+    reason = "each backend constructs one variant (Apple and the unsupported backend the same)"
+)]
+pub(crate) enum Placement {
+    /// Neither: regions get no guard pages and `Config::near` is refused.
+    Unsupported,
+    /// A fresh mapping is moved into a reservation of `guard + len + guard` bytes made with
+    /// [`Place::reserve`] (within `near` by [`near::reserve_near`]) by [`Place::move_mapping`]
+    /// (Linux: `mremap`).
+    MoveIntoReservation,
+    /// The region is made where it goes: [`Commit::reserve_private`] and
+    /// [`Commit::reserve_mirror`] honour [`MapOptions::guard`] and [`MapOptions::near`]
+    /// themselves, and return views that already have their guard pages (Windows, which cannot
+    /// move an allocation or a view).
+    AtReservation,
+}
+
 /// Where regions go: inaccessible reservations (the guard pages around Pooled chunks and the
 /// Arena, and the window of `Config::near`) and moving a fresh mapping into one; and whether
 /// executable pages can be guarded by BTI.
 pub(crate) trait Place {
-    /// Whether [`Place::move_mapping`] works here. Where it does not, regions get no guard
-    /// pages and `Config::near` is refused.
-    const MOVES: bool;
+    /// How this platform makes guard pages and honours `Config::near`.
+    const PLACEMENT: Placement;
 
     /// Reserves `len` bytes (a multiple of the granularity) of inaccessible address space, at
     /// an address the system picks, or exactly at `at` (a multiple of the granularity);
@@ -529,12 +549,26 @@ pub(crate) trait Place {
     fn reserve(len: usize, at: Option<usize>) -> Result<Option<NonNull<u8>>>;
 
     /// Moves the whole mapping `[from, from + len)` to `to`, replacing what was there; the
-    /// mapping keeps its pages, protections and flags. On error nothing has moved.
+    /// mapping keeps its pages, protections and flags. On error nothing has moved. Only
+    /// called where [`Place::PLACEMENT`] is [`Placement::MoveIntoReservation`].
     ///
     /// # Safety
     /// The caller owns the mapping at `from` (one whole mapping made by this crate, not yet
     /// known to anyone else) and the reservation `[to, to + len)`.
     unsafe fn move_mapping(from: NonNull<u8>, len: usize, to: NonNull<u8>) -> Result<()>;
+
+    /// The address ranges `[start, end)` taken (mapped or reserved) that overlap `[lo, hi)`:
+    /// where [`near`]'s search must not put anything. Linux and Apple read the whole memory
+    /// map ([`Introspect::mappings`]); Windows walks `VirtualQuery` over the window only.
+    fn busy_ranges(lo: usize, hi: usize) -> io::Result<Vec<(usize, usize)>>;
+
+    /// Removes one view of a mirror (`len` bytes at `view`, as [`Commit::reserve_mirror`] and
+    /// the placement made it) together with its `guard` bytes of guard pages on each side
+    /// (none when `guard` is 0).
+    ///
+    /// # Safety
+    /// The caller owns the view and its guard pages, and nothing refers to them any more.
+    unsafe fn unmap_guarded_view(view: NonNull<u8>, len: usize, guard: usize) -> Result<()>;
 
     /// `Ok` when executable pages can be mapped with `PROT_BTI` (Linux on AArch64 with
     /// `HWCAP2_BTI`); `Err` says why not.
@@ -864,8 +898,8 @@ pub(crate) fn wake_one(word: &AtomicU32) {
     <Os as Wait>::wake_one(word)
 }
 
-/// [`Place::MOVES`].
-pub(crate) const MOVES: bool = <Os as Place>::MOVES;
+/// [`Place::PLACEMENT`].
+pub(crate) const PLACEMENT: Placement = <Os as Place>::PLACEMENT;
 
 /// [`Place::reserve`].
 pub(crate) fn reserve(len: usize, at: Option<usize>) -> Result<Option<NonNull<u8>>> {
@@ -879,6 +913,62 @@ pub(crate) fn reserve(len: usize, at: Option<usize>) -> Result<Option<NonNull<u8
 pub(crate) unsafe fn move_mapping(from: NonNull<u8>, len: usize, to: NonNull<u8>) -> Result<()> {
     // SAFETY: forwarded from the caller.
     unsafe { <Os as Place>::move_mapping(from, len, to) }
+}
+
+/// `[view - guard, view + len + guard)`: a view and its guard pages, as one range.
+#[cfg_attr(
+    windows,
+    allow(
+        dead_code,
+        reason = "Windows releases a view and its guards one by one"
+    )
+)]
+pub(crate) fn guarded_range(
+    view: NonNull<u8>,
+    len: usize,
+    guard: usize,
+) -> Result<(NonNull<u8>, usize)> {
+    let total = guard
+        .checked_mul(2)
+        .and_then(|g| g.checked_add(len))
+        .ok_or(Error::TooLarge { len })?;
+    if (view.as_ptr() as usize) < guard {
+        return Err(Error::Internal("guard pages below address 0"));
+    }
+    let start = NonNull::new(view.as_ptr().wrapping_sub(guard))
+        .ok_or(Error::Internal("guard pages at address 0"))?;
+    Ok((start, total))
+}
+
+/// [`Place::busy_ranges`].
+pub(crate) fn busy_ranges(lo: usize, hi: usize) -> io::Result<Vec<(usize, usize)>> {
+    <Os as Place>::busy_ranges(lo, hi)
+}
+
+/// [`Place::busy_ranges`] from [`Introspect::mappings`]: every mapping that overlaps
+/// `[lo, hi)`.
+#[cfg_attr(
+    windows,
+    allow(
+        dead_code,
+        reason = "Windows walks VirtualQuery over the window instead"
+    )
+)]
+pub(crate) fn busy_from_mappings(lo: usize, hi: usize) -> io::Result<Vec<(usize, usize)>> {
+    Ok(mappings()?
+        .iter()
+        .filter(|m| m.start < hi && m.end > lo)
+        .map(|m| (m.start, m.end))
+        .collect())
+}
+
+/// [`Place::unmap_guarded_view`].
+///
+/// # Safety
+/// As [`Place::unmap_guarded_view`].
+pub(crate) unsafe fn unmap_guarded_view(view: NonNull<u8>, len: usize, guard: usize) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { <Os as Place>::unmap_guarded_view(view, len, guard) }
 }
 
 /// [`Place::bti_support`].

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{
     Icache, Introspect, MapOptions, Mapping, Memory, Mirror, MirrorBacking, MirrorViews, Place,
-    Probe, ProbeFacts, Prot, Rights, Wait, refused, try_map, try_rwx_if,
+    Placement, Probe, ProbeFacts, Prot, Rights, Wait, refused, try_map, try_rwx_if,
 };
 use crate::error::Result;
 
@@ -78,7 +78,7 @@ impl Memory for Os {
 }
 
 impl Place for Os {
-    const MOVES: bool = false;
+    const PLACEMENT: Placement = Placement::Unsupported;
 
     /// Refused.
     fn reserve(_len: usize, _at: Option<usize>) -> Result<Option<NonNull<u8>>> {
@@ -91,6 +91,19 @@ impl Place for Os {
     /// The contract of [`Place::move_mapping`].
     unsafe fn move_mapping(_from: NonNull<u8>, _len: usize, _to: NonNull<u8>) -> Result<()> {
         Err(refused("move a mapping", reason()))
+    }
+
+    /// Refused (never reached: nothing is placed).
+    fn busy_ranges(_lo: usize, _hi: usize) -> io::Result<Vec<(usize, usize)>> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, reason()))
+    }
+
+    /// Refused (never reached: no mirror was made).
+    ///
+    /// # Safety
+    /// The contract of [`Place::unmap_guarded_view`].
+    unsafe fn unmap_guarded_view(_view: NonNull<u8>, _len: usize, _guard: usize) -> Result<()> {
+        Err(refused("unmap a mirror view", reason()))
     }
 
     fn bti_support() -> std::result::Result<(), String> {

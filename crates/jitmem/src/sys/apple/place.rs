@@ -14,11 +14,10 @@ use std::ptr::NonNull;
 use super::Os;
 use crate::error::Result;
 use crate::sys::posix::{non_null_map, unmap};
-use crate::sys::{Place, refused};
+use crate::sys::{Place, Placement, refused};
 
 impl Place for Os {
-    const MOVES: bool = false;
-
+    const PLACEMENT: Placement = Placement::Unsupported;
 
     /// `mmap(at, len, PROT_NONE, MAP_PRIVATE | MAP_ANON)` (`at` as a hint), checked.
     fn reserve(len: usize, at: Option<usize>) -> Result<Option<NonNull<u8>>> {
@@ -55,6 +54,22 @@ impl Place for Os {
             "moving a mapping into a reservation",
             "guard pages and Config::near are not implemented on Apple platforms",
         ))
+    }
+
+    /// [`busy_from_mappings`](crate::sys::busy_from_mappings).
+    fn busy_ranges(lo: usize, hi: usize) -> std::io::Result<Vec<(usize, usize)>> {
+        crate::sys::busy_from_mappings(lo, hi)
+    }
+
+    /// The view and its guards are one range: one `mach_vm_deallocate` of `[view - guard, view + len +
+    /// guard)`.
+    ///
+    /// # Safety
+    /// The contract of [`Place::unmap_guarded_view`].
+    unsafe fn unmap_guarded_view(view: NonNull<u8>, len: usize, guard: usize) -> Result<()> {
+        let (start, total) = crate::sys::guarded_range(view, len, guard)?;
+        // SAFETY: the caller owns the view and its guards, which form this one range.
+        unsafe { <Os as crate::sys::Mirror>::unmap_view(start, total) }
     }
 
     fn bti_support() -> std::result::Result<(), String> {

@@ -16,11 +16,10 @@ use std::ptr::NonNull;
 use super::Os;
 use crate::error::{Error, Result};
 use crate::sys::posix::{map_error, map_private, unmap};
-use crate::sys::{Place, Prot};
+use crate::sys::{Place, Placement, Prot};
 
 impl Place for Os {
-    const MOVES: bool = true;
-
+    const PLACEMENT: Placement = Placement::MoveIntoReservation;
 
     fn reserve(len: usize, at: Option<usize>) -> Result<Option<NonNull<u8>>> {
         match at {
@@ -54,6 +53,22 @@ impl Place for Os {
             return Err(Error::Internal("mremap(MREMAP_FIXED) moved elsewhere"));
         }
         Ok(())
+    }
+
+    /// [`busy_from_mappings`](crate::sys::busy_from_mappings).
+    fn busy_ranges(lo: usize, hi: usize) -> std::io::Result<Vec<(usize, usize)>> {
+        crate::sys::busy_from_mappings(lo, hi)
+    }
+
+    /// The view and its guards are one range: one `munmap` of `[view - guard, view + len +
+    /// guard)`.
+    ///
+    /// # Safety
+    /// The contract of [`Place::unmap_guarded_view`].
+    unsafe fn unmap_guarded_view(view: NonNull<u8>, len: usize, guard: usize) -> Result<()> {
+        let (start, total) = crate::sys::guarded_range(view, len, guard)?;
+        // SAFETY: the caller owns the view and its guards, which form this one range.
+        unsafe { <Os as crate::sys::Mirror>::unmap_view(start, total) }
     }
 
     fn bti_support() -> std::result::Result<(), String> {

@@ -104,7 +104,10 @@ unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> Result<()> {
 /// function"), and what .NET's double mapping does (dotnet/runtime,
 /// `src/coreclr/minipal/Windows/doublemapping.cpp`: `CommitDoubleMappedMemory`).
 impl Commit for Os {
-    fn reserve_private(len: usize, prot: Prot, _options: MapOptions) -> Result<NonNull<u8>> {
+    fn reserve_private(len: usize, prot: Prot, options: MapOptions) -> Result<NonNull<u8>> {
+        if options.guard > 0 || options.near.is_some() {
+            return super::place::reserve_private(len, prot, options);
+        }
         reserve_private(len, prot)
     }
 

@@ -12,7 +12,7 @@ use windows_sys::Win32::System::Memory::{
 
 use super::{Os, os_error};
 use crate::error::{Error, Result};
-use crate::sys::{MapOptions, Mirror, MirrorBacking, MirrorViews};
+use crate::sys::{MapOptions, Mirror, MirrorBacking, MirrorViews, Near, Place};
 
 impl Mirror for Os {
     fn map_mirror(len: usize, options: MapOptions) -> Result<MirrorViews> {
@@ -101,22 +101,25 @@ fn map_section_twice(len: usize, options: MapOptions, attributes: u32) -> Result
         return Err(os_error("CreateFileMappingW(PAGE_EXECUTE_READWRITE)"));
     }
     let section = Section(handle);
+    // Guard pages around both views, the executable one near `Config::near` (place.rs).
     let rw = map_view(
         &section,
         FILE_MAP_WRITE,
         len,
         "MapViewOfFile(FILE_MAP_WRITE)",
+        (options.guard, None),
     )?;
     let rx = match map_view(
         &section,
         FILE_MAP_READ | FILE_MAP_EXECUTE | targets,
         len,
         "MapViewOfFile(FILE_MAP_READ | FILE_MAP_EXECUTE)",
+        (options.guard, options.near),
     ) {
         Ok(rx) => rx,
         Err(e) => {
-            // SAFETY: rw was mapped just above and is not shared with anyone.
-            let _ = unsafe { unmap_view(rw, len) };
+            // SAFETY: rw (and its guards) was mapped just above and is not shared with anyone.
+            let _ = unsafe { <Os as Place>::unmap_guarded_view(rw, len, options.guard) };
             return Err(e);
         }
     };
@@ -125,7 +128,18 @@ fn map_section_twice(len: usize, options: MapOptions, attributes: u32) -> Result
     Ok(MirrorViews { rx, rw })
 }
 
-fn map_view(section: &Section, access: u32, len: usize, op: &'static str) -> Result<NonNull<u8>> {
+/// A view of `section`; with `(guard, near)` other than `(0, None)`, placed with guard pages
+/// and near an address by `place.rs`.
+fn map_view(
+    section: &Section,
+    access: u32,
+    len: usize,
+    op: &'static str,
+    (guard, near): (usize, Option<Near>),
+) -> Result<NonNull<u8>> {
+    if guard > 0 || near.is_some() {
+        return super::place::map_view_placed(section.0, access, len, guard, near, op);
+    }
     // SAFETY: a new view of our own section, at an address the system picks.
     let view = unsafe { MapViewOfFile(section.0, access, 0, 0, len) };
     NonNull::new(view.Value.cast::<u8>()).ok_or_else(|| os_error(op))

@@ -29,10 +29,10 @@
 //!   `PAGE_TARGETS_INVALID`, made executable again with `PAGE_TARGETS_NO_UPDATE`, and entry
 //!   points are marked with `SetProcessValidCallTargets` (`cfg.rs`). Never run with CFG
 //!   enforced: Wine has no CFG.
-//! - **Arena placement.** Mirror arenas are one section mapped twice. `VirtualAlloc2` and
-//!   `MapViewOfFile3` placeholders are not used: they matter only to put views at chosen
-//!   addresses or grow a reservation in place, which no layout does, and they need
-//!   Windows 10 1803.
+//! - **Placement.** Guard pages and `Config::near` by making each region where it goes (a
+//!   reservation of guard + region + guard; a view mapped between two guard reservations), since
+//!   nothing can be moved: see `place.rs`. `VirtualAlloc2` and `MapViewOfFile3` placeholders are
+//!   not used (Windows 10 1803; Wine 8 refuses `MEM_RESERVE_PLACEHOLDER`).
 //!
 //! # Safety
 //! Functions that map memory are safe: they create new mappings nobody else knows about.

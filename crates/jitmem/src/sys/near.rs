@@ -1,15 +1,20 @@
 //! Finding room within reach of an address (`Config::near`): JITs call their runtime with
 //! x86-64 `call rel32` (+-2 GiB) or AArch64 `bl` (+-128 MiB), so V8 and LuaJIT put code near the
-//! binary. Here a region's reservation is put in the nearest free gap of the process's memory
-//! map (`/proc/self/maps` on Linux) that lies inside the window, trying candidate addresses in
-//! order of distance; a candidate another thread took meanwhile is skipped. Never farther: when
-//! the window is full the answer is [`Error::NoRoomNear`].
+//! binary. Here a region's reservation (guard pages included) is put in the nearest free gap of
+//! the process's memory map ([`Place::busy_ranges`](super::Place::busy_ranges):
+//! `/proc/self/maps` on Linux, a `VirtualQuery` walk of the window on Windows) inside the window,
+//! trying candidate addresses in order of distance; a candidate another thread took meanwhile is
+//! skipped. Never farther: when the window is full the answer is [`Error::NoRoomNear`].
+//!
+//! Platform-neutral: what "take this address" means is the caller's `try_at` (Linux: a
+//! `MAP_FIXED_NOREPLACE` reservation that a fresh mapping is then moved into; Windows: the
+//! region itself, reserved or mapped there with `VirtualAlloc` / `MapViewOfFileEx`).
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::Near;
 use crate::error::{Error, Result};
-use crate::sys::{self, Near};
 
 /// Nothing is placed below this address (Linux's `vm.mmap_min_addr` is 64 KiB; the first MiB
 /// is left alone).
@@ -27,16 +32,33 @@ const NEXT_FIT_TRIES: usize = 8;
 static LAST: AtomicUsize = AtomicUsize::new(0);
 
 /// Reserves `len` bytes (a multiple of the reservation granularity) of inaccessible address
-/// space, every byte of it within `near`. Costs one system call when the space just below the
-/// previous reservation is free, else a read of the memory map and a call per candidate.
+/// space, every byte of it within `near` ([`Place::reserve`](super::Place::reserve) at each
+/// candidate).
+#[cfg_attr(
+    windows,
+    allow(dead_code, reason = "Windows places regions at the reservation itself")
+)]
 pub(crate) fn reserve_near(len: usize, near: Near) -> Result<NonNull<u8>> {
+    find_near(len, near, |at| super::reserve(len, Some(at)))
+}
+
+/// Calls `try_at(start)` for start addresses of `len` bytes (a multiple of the reservation
+/// granularity) lying wholly within `near`, nearest first, until one answers `Some`: `try_at`
+/// takes exactly `[start, start + len)` or answers `None` (taken meanwhile) and leaves nothing
+/// behind. Costs one try when the space just below the previous placement is free, else a read
+/// of the memory map and a try per candidate. `Error::NoRoomNear` when no candidate is left.
+pub(crate) fn find_near<T>(
+    len: usize,
+    near: Near,
+    mut try_at: impl FnMut(usize) -> Result<Option<T>>,
+) -> Result<T> {
     let no_room = Error::NoRoomNear {
         address: near.address,
         max_distance: near.max_distance,
         len,
     };
-    let window = Window::new(near, sys::reservation_granularity()).ok_or(no_room)?;
-    // Just below the previous reservation, stepping down past what others mapped there since.
+    let window = Window::new(near, super::reservation_granularity()).ok_or(no_room)?;
+    // Just below the previous placement, stepping down past what others mapped there since.
     let last = LAST.load(Ordering::Relaxed);
     for k in 1..=NEXT_FIT_TRIES {
         let Some(at) = len.checked_mul(k).and_then(|d| last.checked_sub(d)) else {
@@ -45,28 +67,20 @@ pub(crate) fn reserve_near(len: usize, near: Near) -> Result<NonNull<u8>> {
         if !window.holds(at, len) {
             break;
         }
-        if let Some(got) = sys::reserve(len, Some(at))? {
+        if let Some(got) = try_at(at)? {
             LAST.store(at, Ordering::Relaxed);
             return Ok(got);
         }
     }
     for _ in 0..ROUNDS {
-        let busy: Vec<(usize, usize)> = sys::mappings()
-            .map_err(|source| Error::Os {
-                op: "read the process's memory map to place code near an address",
-                source,
-            })?
-            .iter()
-            .map(|m| (m.start, m.end))
-            .collect();
+        let busy = super::busy_ranges(window.lo, window.hi).map_err(|source| Error::Os {
+            op: "read the process's memory map to place code near an address",
+            source,
+        })?;
         for at in window.candidates(&busy, len) {
-            if let Some(got) = sys::reserve(len, Some(at))? {
-                if window.holds(got.as_ptr() as usize, len) {
-                    LAST.store(got.as_ptr() as usize, Ordering::Relaxed);
-                    return Ok(got);
-                }
-                // SAFETY: the reservation just made, known to no one else.
-                unsafe { sys::unmap(got, len)? };
+            if let Some(got) = try_at(at)? {
+                LAST.store(at, Ordering::Relaxed);
+                return Ok(got);
             }
         }
     }
