@@ -358,15 +358,18 @@ mod tests {
             guard: g,
             ..MapOptions::default()
         };
-        let region = reserve_private(len, options).unwrap().as_ptr() as usize;
-        let base = region - g;
-        for at in [base, region, region + g - 1, region + g + g - 1] {
-            assert_eq!(query(at), (MEM_RESERVE, MEM_PRIVATE, base), "{at:#x}");
+        // Plain, and with explicit CFG targets (reserved with an execute protection).
+        for prot in [Prot::RX, Prot::RX.with_targets_invalid(true)] {
+            let region = reserve_private(len, prot, options).unwrap().as_ptr() as usize;
+            let base = region - g;
+            for at in [base, region, region + g - 1, region + g + g - 1] {
+                assert_eq!(query(at), (MEM_RESERVE, MEM_PRIVATE, base), "{at:#x}");
+            }
+            assert_ne!(query(region + 2 * g).2, base);
+            // SAFETY: the test's own reservation.
+            unsafe { release(base as *mut u8).unwrap() };
+            assert_eq!(query(region).0, MEM_FREE);
         }
-        assert_ne!(query(region + 2 * g).2, base);
-        // SAFETY: the test's own reservation.
-        unsafe { release(base as *mut u8).unwrap() };
-        assert_eq!(query(region).0, MEM_FREE);
     }
 
     /// The window walk sees a reservation of ours inside it, and nothing of it outside.
