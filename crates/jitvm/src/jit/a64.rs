@@ -525,6 +525,7 @@ impl MacroAssembler for A64 {
         args: &[Operand<Reg>],
         depth_trap: Label,
         dst: Reg,
+        direct: Option<Label>,
     ) -> Result<()> {
         let mut in_regs = Vec::with_capacity(ARGS.len());
         for (i, &arg) in args.iter().enumerate() {
@@ -541,10 +542,14 @@ impl MacroAssembler for A64 {
         }
         self.asm.subs_ri(DEPTH, DEPTH, 1)?;
         self.asm.b_cond(Cond::Lo, depth_trap)?;
-        self.asm.mov_imm(CALLEE, i64::from(callee))?;
-        self.ldr(TMP2, CTX, i64::from(off::TABLE))?;
-        self.ldr(TMP, TMP2, i64::from(callee) * 8)?;
-        self.asm.blr(TMP)?;
+        if let Some(entry) = direct {
+            self.asm.bl(entry)?;
+        } else {
+            self.asm.mov_imm(CALLEE, i64::from(callee))?;
+            self.ldr(TMP2, CTX, i64::from(off::TABLE))?;
+            self.ldr(TMP, TMP2, i64::from(callee) * 8)?;
+            self.asm.blr(TMP)?;
+        }
         self.asm.add_ri(DEPTH, DEPTH, 1)?;
         self.asm.mov_rr(dst, X0)?;
         Ok(())

@@ -84,6 +84,8 @@ struct Codegen<'a, M: MacroAssembler> {
     traps: HashMap<u64, Label>,
     options: CodegenOptions,
     inlined_calls: u32,
+    /// This function's native entry: recursive calls go straight there.
+    self_entry: Option<Label>,
 }
 
 /// Compiles function `func` of `program` for the ISA of `M`.
@@ -109,8 +111,12 @@ pub(crate) fn compile<M: MacroAssembler>(
         traps: HashMap::new(),
         options,
         inlined_calls: 0,
+        self_entry: None,
     };
     let stack_trap = cg.trap_label(TrapKind::NativeStack, 0);
+    let entry = cg.masm.new_label();
+    cg.masm.bind(entry)?;
+    cg.self_entry = Some(entry);
     cg.masm.native_entry(&cg.frame, stack_trap)?;
     let native_entry = 0;
     cg.body()?;
@@ -678,9 +684,12 @@ impl<M: MacroAssembler> Codegen<'_, M> {
         self.stack.truncate(base);
         self.spill_regs()?;
         let depth_trap = self.trap_label(TrapKind::CallDepth, offset);
+        // A recursive call goes straight to this code's own entry: the table would lead to the
+        // same code (a function is compiled once and its code lives while it runs).
+        let direct = self.self_entry.filter(|_| callee == self.func);
         let dst = self.alloc()?;
         self.masm
-            .call(&self.frame, callee, &args, depth_trap, dst)?;
+            .call(&self.frame, callee, &args, depth_trap, dst, direct)?;
         self.stack.push(Val::Reg(dst));
         Ok(())
     }

@@ -80,3 +80,34 @@ fn a64_lines(code: &[u8]) -> Vec<(usize, Vec<u8>, String)> {
         })
         .collect()
 }
+
+#[cfg(all(test, feature = "bench"))]
+mod tests {
+    use super::*;
+
+    /// A recursive call goes straight to the function's own entry (offset 0), read back by the
+    /// independent decoders; a call of another function goes through the table.
+    #[test]
+    fn recursive_calls_are_direct_and_others_through_the_table() {
+        let source = crate::bench::Workload::Fib.source(20);
+        let program = crate::verify::verify(&crate::text::parse(&source).unwrap()).unwrap();
+        let fib = 1;
+        let x64 = native_listing(Isa::X64, &program, fib, false).unwrap();
+        let direct = x64.lines().filter(|l| l.ends_with("call 0")).count();
+        assert_eq!(direct, 2, "{x64}");
+        let a64 = native_listing(Isa::A64, &program, fib, false).unwrap();
+        let bl_to_start = a64
+            .lines()
+            .filter(|l| {
+                let Some((offset, rest)) = l.trim().split_once(':') else {
+                    return false;
+                };
+                let offset = i64::from_str_radix(offset.trim(), 16).unwrap_or(-1);
+                rest.trim_end().ends_with(&format!("bl $-{offset:#x}"))
+            })
+            .count();
+        assert_eq!(bl_to_start, 2, "{a64}");
+        let main = native_listing(Isa::X64, &program, 0, false).unwrap();
+        assert!(main.contains("call qword ptr [r11+8]"), "{main}");
+    }
+}

@@ -368,9 +368,10 @@ pub(crate) trait MacroAssembler: Sized {
     fn branch_zero(&mut self, value: Self::Reg, if_zero: bool, target: Label) -> Result<()>;
     /// Jumps to `target`.
     fn jump(&mut self, target: Label) -> Result<()>;
-    /// Calls `callee` through the function table with `args` (only the arguments may be in
-    /// scratch registers; every other value is spilled),
-    /// checking the call depth first (jumping to `depth_trap`); the result lands in `dst`.
+    /// Calls `callee` with `args` (only the arguments may be in scratch registers; every other
+    /// value is spilled), checking the call depth first (jumping to `depth_trap`); the result
+    /// lands in `dst`. Through the function table, or, with `direct` (a recursive call: the
+    /// label of this function's own native entry), with one `call rel32` / `bl` there.
     fn call(
         &mut self,
         frame: &Frame<Self::Reg>,
@@ -378,6 +379,7 @@ pub(crate) trait MacroAssembler: Sized {
         args: &[Operand<Self::Reg>],
         depth_trap: Label,
         dst: Self::Reg,
+        direct: Option<Label>,
     ) -> Result<()>;
     /// The call depth check of a call whose callee is compiled inline: jumps to `depth_trap`
     /// exactly when [`call`](Self::call) would (no depth left), and leaves the depth as it was.

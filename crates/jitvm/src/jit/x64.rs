@@ -510,6 +510,7 @@ impl MacroAssembler for X64 {
         args: &[Operand<Reg>],
         depth_trap: Label,
         dst: Reg,
+        direct: Option<Label>,
     ) -> Result<()> {
         let mut in_regs = Vec::with_capacity(ARGS.len());
         for (i, &arg) in args.iter().enumerate() {
@@ -528,11 +529,15 @@ impl MacroAssembler for X64 {
         }
         self.asm.sub_ri(DEPTH, 1);
         self.asm.jcc(Cond::B, depth_trap)?;
-        self.asm.mov_ri(Reg::Rax, i64::from(callee));
-        self.asm.mov_rm(TMP, ctx(off::TABLE))?;
-        let disp = i32::try_from(u64::from(callee) * 8)
-            .map_err(|_| JitError::Internal("function index too large"))?;
-        self.asm.call_m(Mem::base(TMP, disp))?;
+        if let Some(entry) = direct {
+            self.asm.call_label(entry)?;
+        } else {
+            self.asm.mov_ri(Reg::Rax, i64::from(callee));
+            self.asm.mov_rm(TMP, ctx(off::TABLE))?;
+            let disp = i32::try_from(u64::from(callee) * 8)
+                .map_err(|_| JitError::Internal("function index too large"))?;
+            self.asm.call_m(Mem::base(TMP, disp))?;
+        }
         self.asm.add_ri(DEPTH, 1);
         self.asm.mov_rr(dst, Reg::Rax);
         Ok(())
