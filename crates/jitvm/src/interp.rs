@@ -83,6 +83,11 @@ impl<W: Write> PlainEngine<W> {
 
 impl<W: Write> Engine for PlainEngine<W> {
     #[inline(always)]
+    fn observes(&self) -> bool {
+        false
+    }
+
+    #[inline(always)]
     fn enter(
         &mut self,
         _program: &Program,
@@ -242,6 +247,7 @@ fn exec<E: Engine, const COUNT: bool>(
     entry_depth: u32,
 ) -> Result<i64, Stop> {
     let funcs = program.functions();
+    let observes = engine.observes();
     let mut frames: Vec<Frame> = Vec::new();
     let mut icount: u64 = 0;
     let mut func = entry;
@@ -421,15 +427,18 @@ fn exec<E: Engine, const COUNT: bool>(
                         let header = low.counts.get(pc.wrapping_sub(1)).copied().unwrap_or(0);
                         icount = icount.wrapping_add(u64::from(header));
                     }
-                    sync_out!();
-                    let locals = regs.get_mut(..f.locals() as usize).unwrap_or_default();
-                    let r = engine.loop_header(program, func, at, locals, depth);
-                    match r {
-                        Ok(None) => {}
-                        Ok(Some(v)) => ret!(v),
-                        Err(stop) => finish!(Err(stop)),
+                    if observes {
+                        sync_out!();
+                        let locals = regs.get_mut(..f.locals() as usize).unwrap_or_default();
+                        let r = engine.loop_header(program, func, at, locals, depth);
+                        match r {
+                            Ok(None) => {}
+                            Ok(Some(v)) => ret!(v),
+                            Err(stop) => finish!(Err(stop)),
+                        }
                     }
                 }
+                Op::LoopHeader { .. } if !observes => {}
                 Op::LoopHeader { at } => {
                     sync_out!();
                     let locals = regs.get_mut(..f.locals() as usize).unwrap_or_default();
@@ -465,10 +474,12 @@ fn exec<E: Engine, const COUNT: bool>(
                     if let Some(rest) = stack.get_mut(new_base.saturating_add(args)..locals_end) {
                         rest.fill(0);
                     }
-                    sync_out!();
                     let r = match stack.get_mut(new_base..locals_end) {
-                        Some(locals) => engine.enter(program, callee, locals, depth + 1),
-                        None => Ok(None),
+                        Some(locals) if observes => {
+                            sync_out!();
+                            engine.enter(program, callee, locals, depth + 1)
+                        }
+                        _ => Ok(None),
                     };
                     match r {
                         Ok(None) => {

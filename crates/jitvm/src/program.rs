@@ -261,6 +261,14 @@ pub trait Engine {
         depth: u32,
     ) -> Result<Option<i64>, Stop>;
 
+    /// Whether [`enter`](Self::enter) and [`loop_header`](Self::loop_header) can ever do
+    /// anything but return `Ok(None)` in this run. `false` (an engine without a JIT, or a run
+    /// with the JIT off) lets the interpreter skip those calls on its hot paths. Asked once per
+    /// interpreted call tree, so the answer must not change during a run.
+    fn observes(&self) -> bool {
+        true
+    }
+
     /// `print`: write the value and a newline.
     fn print(&mut self, value: i64);
 

@@ -786,6 +786,12 @@ impl<W: Output> Engine for EngineRef<W> {
 }
 
 impl<W: Output> Engine for JitEngine<W> {
+    /// Only with a JIT (not with `JitMode::Off`, nor when the JIT could not start): `jit` is
+    /// set when the engine is made and never changes.
+    fn observes(&self) -> bool {
+        self.state().jit.is_some()
+    }
+
     fn enter(
         &mut self,
         program: &Program,
