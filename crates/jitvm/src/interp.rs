@@ -34,7 +34,7 @@
 
 use std::io::{self, Write};
 
-use crate::ir::{Op, Reg};
+use crate::ir::{Op, Reg, magic_div};
 use crate::program::{Counters, Engine, FuncId, Limits, Program, Stop, Trap, TrapKind};
 
 /// An engine without a JIT: every call and loop is interpreted, `print` writes `{v}\n` to `W`.
@@ -377,6 +377,25 @@ fn exec<E: Engine, const COUNT: bool>(
                 Op::DivRI { dst, a, k } => write_or_trap!(dst, div(rd(regs, a), k)),
                 Op::ModRR { dst, a, b } => write_or_trap!(dst, rem(rd(regs, a), rd(regs, b))),
                 Op::ModRI { dst, a, k } => write_or_trap!(dst, rem(rd(regs, a), k)),
+                Op::DivMagic {
+                    dst,
+                    a,
+                    magic,
+                    shift,
+                    adjust,
+                } => wr(regs, dst, magic_div(rd(regs, a), magic, shift, adjust)),
+                Op::ModMagic {
+                    dst,
+                    a,
+                    magic,
+                    shift,
+                    adjust,
+                    k,
+                } => {
+                    let n = rd(regs, a);
+                    let q = magic_div(n, magic, shift, adjust);
+                    wr(regs, dst, n.wrapping_sub(q.wrapping_mul(i64::from(k))));
+                }
                 Op::LtRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) < rd(regs, b))),
                 Op::LtRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) < k)),
                 Op::LeRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) <= rd(regs, b))),

@@ -175,6 +175,31 @@ impl Lowerer<'_> {
     }
 
     fn emit(&mut self, op: Op, offset: u32) {
+        // Division by a constant: a multiplication by its reciprocal.
+        let op = match op {
+            Op::DivRI { dst, a, k } => match super::magic_for(k) {
+                Some((magic, shift, adjust)) => Op::DivMagic {
+                    dst,
+                    a,
+                    magic,
+                    shift,
+                    adjust,
+                },
+                None => op,
+            },
+            Op::ModRI { dst, a, k } => match (super::magic_for(k), i32::try_from(k)) {
+                (Some((magic, shift, adjust)), Ok(k)) => Op::ModMagic {
+                    dst,
+                    a,
+                    magic,
+                    shift,
+                    adjust,
+                    k,
+                },
+                _ => op,
+            },
+            other => other,
+        };
         self.ops.push(op);
         self.counts.push(self.pending);
         self.traps.push((offset, 0));

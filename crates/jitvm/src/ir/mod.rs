@@ -86,6 +86,11 @@ ops! {
         DivRI { dst: Reg, a: Reg, k: i64 },
         ModRR { dst: Reg, a: Reg, b: Reg },
         ModRI { dst: Reg, a: Reg, k: i64 },
+        /// `a / k` for a constant `k` with a magic number (`jit::masm::signed_magic`):
+        /// `hi(magic * a) + adjust * a`, shifted right by `shift`, plus its sign bit.
+        DivMagic { dst: Reg, a: Reg, magic: i64, shift: u8, adjust: i8 },
+        /// `a % k` the same way: `a - (a / k) * k`, for `k` that fits 32 bits.
+        ModMagic { dst: Reg, a: Reg, magic: i64, shift: u8, adjust: i8, k: i32 },
         LtRR { dst: Reg, a: Reg, b: Reg },
         LtRI { dst: Reg, a: Reg, k: i64 },
         LeRR { dst: Reg, a: Reg, b: Reg },
@@ -177,9 +182,76 @@ pub(crate) struct Lowered {
     pub(crate) frame: u32,
 }
 
+/// The quotient [`Op::DivMagic`] and [`Op::ModMagic`] compute: `n / k` truncated, for the
+/// `(magic, shift, adjust)` the lowering derived from `k`.
+#[inline(always)]
+pub(crate) fn magic_div(n: i64, magic: i64, shift: u8, adjust: i8) -> i64 {
+    let hi = ((i128::from(magic) * i128::from(n)) >> 64) as i64;
+    let q = hi.wrapping_add(n.wrapping_mul(i64::from(adjust))) >> shift;
+    q.wrapping_add(((q as u64) >> 63) as i64)
+}
+
+/// `(magic, shift, adjust)` for dividing by `k`, or `None` where `k` keeps its division
+/// (`-1..=1`, `i64::MIN`: the traps and the identity).
+pub(crate) fn magic_for(k: i64) -> Option<(i64, u8, i8)> {
+    let (magic, shift) = crate::jit::signed_magic(k)?;
+    let adjust = if k > 0 && magic < 0 {
+        1
+    } else if k < 0 && magic > 0 {
+        -1
+    } else {
+        0
+    };
+    Some((magic, shift, adjust))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The operations stay three words: the interpreter's dispatch reads one per step.
+    #[test]
+    fn ops_stay_small() {
+        assert!(
+            std::mem::size_of::<Op>() <= 24,
+            "{}",
+            std::mem::size_of::<Op>()
+        );
+    }
+
+    /// The interpreter's magic division is `checked_div`'s quotient.
+    #[test]
+    fn magic_division_is_checked_div() {
+        let dividends = [
+            0,
+            1,
+            -1,
+            7,
+            -7,
+            100,
+            -100,
+            i64::MAX,
+            i64::MIN,
+            i64::MIN + 1,
+            123_456_789,
+        ];
+        for k in (2..200)
+            .chain([1 << 20, (1 << 40) + 1, i64::MAX])
+            .flat_map(|k| [k, -k])
+        {
+            let (magic, shift, adjust) = magic_for(k).unwrap();
+            for n in dividends {
+                assert_eq!(
+                    Some(magic_div(n, magic, shift, adjust)),
+                    n.checked_div(k),
+                    "{n}/{k}"
+                );
+            }
+        }
+        for k in [-1, 0, 1, i64::MIN] {
+            assert_eq!(magic_for(k), None);
+        }
+    }
 
     #[test]
     fn accessors_follow_the_sections() {

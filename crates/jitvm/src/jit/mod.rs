@@ -11,6 +11,7 @@ pub(crate) mod codegen;
 #[cfg(feature = "disasm")]
 pub mod disasm;
 pub(crate) mod masm;
+pub(crate) use masm::signed_magic;
 pub(crate) mod runtime;
 pub(crate) mod x64;
 
