@@ -329,6 +329,22 @@ fn exec<E: Engine, const COUNT: bool>(
             }};
         }
 
+        // Tells the engine about the loop header `$at` (when it can act on it): on-stack
+        // replacement may finish the frame.
+        macro_rules! loop_header {
+            ($at:expr) => {{
+                if observes {
+                    sync_out!();
+                    let locals = regs.get_mut(..f.locals() as usize).unwrap_or_default();
+                    match engine.loop_header(program, func, $at, locals, depth) {
+                        Ok(None) => {}
+                        Ok(Some(v)) => ret!(v),
+                        Err(stop) => finish!(Err(stop)),
+                    }
+                }
+            }};
+        }
+
         // Writes the value of `$result` to `$dst`, or traps with its error.
         macro_rules! write_or_trap {
             ($dst:expr, $result:expr) => {
@@ -446,28 +462,9 @@ fn exec<E: Engine, const COUNT: bool>(
                         let header = low.counts.get(pc.wrapping_sub(1)).copied().unwrap_or(0);
                         icount = icount.wrapping_add(u64::from(header));
                     }
-                    if observes {
-                        sync_out!();
-                        let locals = regs.get_mut(..f.locals() as usize).unwrap_or_default();
-                        let r = engine.loop_header(program, func, at, locals, depth);
-                        match r {
-                            Ok(None) => {}
-                            Ok(Some(v)) => ret!(v),
-                            Err(stop) => finish!(Err(stop)),
-                        }
-                    }
+                    loop_header!(at);
                 }
-                Op::LoopHeader { .. } if !observes => {}
-                Op::LoopHeader { at } => {
-                    sync_out!();
-                    let locals = regs.get_mut(..f.locals() as usize).unwrap_or_default();
-                    let r = engine.loop_header(program, func, at, locals, depth);
-                    match r {
-                        Ok(None) => {}
-                        Ok(Some(v)) => ret!(v),
-                        Err(stop) => finish!(Err(stop)),
-                    }
-                }
+                Op::LoopHeader { at } => loop_header!(at),
                 Op::Call {
                     func: callee,
                     base: at,

@@ -28,7 +28,8 @@ pub struct RunOptions {
     pub stats: bool,
     /// Executable memory for compiled code.
     pub memory: jitmem::Config,
-    /// Native stack of the run's thread, in bytes; `None` sizes it from the program and the
+    /// Native stack the run needs, in bytes (on the calling thread when it has that much left,
+    /// else on a thread of its own with that stack); `None` sizes it from the program and the
     /// depth limit (up to [`MAX_STACK`] of address space, refusing programs that need more).
     pub native_stack: Option<usize>,
     /// Where compiled functions are named and their frames described (see

@@ -109,6 +109,18 @@ fn perf(dir: &Path) -> Command {
     command
 }
 
+/// `perf record -e cpu-clock [extra] -N -q -o perf.data -- jitvm run --jit-eager <sink> fib.jvm`
+/// in `dir`, with the jitdump directory `dir` (the sink flag chooses perf map or jitdump).
+fn perf_record(dir: &Path, extra: &[&str], sink: &str) {
+    run(perf(dir)
+        .args(["record", "-e", "cpu-clock"])
+        .args(extra)
+        .args(["-N", "-q", "-o", "perf.data", "--"])
+        .arg(env!("CARGO_BIN_EXE_jitvm"))
+        .args(["run", "--jit-eager", sink, "fib.jvm"])
+        .env("JITDUMPDIR", dir));
+}
+
 /// Checks that `perf report` and `perf script` on `data` attribute most samples to `fib`.
 fn assert_most_samples_in_fib(dir: &Path, data: &str) {
     let report = run(perf(dir).args(["report", "-i", data, "--stdio", "--sort", "sym"]));
@@ -150,19 +162,7 @@ fn perf_map_names_samples_after_the_bytecode_function() {
     }
     let dir = scratch("perfmap");
     std::fs::write(dir.join("fib.jvm"), fib_source(32, false)).unwrap();
-    run(perf(&dir)
-        .args([
-            "record",
-            "-e",
-            "cpu-clock",
-            "-N",
-            "-q",
-            "-o",
-            "perf.data",
-            "--",
-        ])
-        .arg(env!("CARGO_BIN_EXE_jitvm"))
-        .args(["run", "--jit-eager", "--perf-map", "fib.jvm"]));
+    perf_record(&dir, &[], "--perf-map");
     let pid = recorded_pid(&dir, "perf.data");
     assert_most_samples_in_fib(&dir, "perf.data");
     if let Some(pid) = pid {
@@ -181,22 +181,7 @@ fn jitdump_names_samples_after_perf_inject() {
     let dir = scratch("jitdump");
     std::fs::write(dir.join("fib.jvm"), fib_source(32, false)).unwrap();
     // -k 1: CLOCK_MONOTONIC sample times, the clock of the dump's records.
-    run(perf(&dir)
-        .args([
-            "record",
-            "-k",
-            "1",
-            "-e",
-            "cpu-clock",
-            "-N",
-            "-q",
-            "-o",
-            "perf.data",
-            "--",
-        ])
-        .arg(env!("CARGO_BIN_EXE_jitvm"))
-        .args(["run", "--jit-eager", "--jitdump", "fib.jvm"])
-        .env("JITDUMPDIR", &dir));
+    perf_record(&dir, &["-k", "1"], "--jitdump");
     let dumps: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -220,20 +205,7 @@ fn jitdump_unwinding_info_lets_perf_walk_compiled_frames() {
     }
     let dir = scratch("jitdump-unwind");
     std::fs::write(dir.join("fib.jvm"), fib_source(34, false)).unwrap();
-    run(perf(&dir)
-        .args([
-            "record",
-            "-k",
-            "1",
-            "-e",
-            "cpu-clock",
-            "--call-graph",
-            "dwarf",
-        ])
-        .args(["-N", "-q", "-o", "perf.data", "--"])
-        .arg(env!("CARGO_BIN_EXE_jitvm"))
-        .args(["run", "--jit-eager", "--jitdump", "fib.jvm"])
-        .env("JITDUMPDIR", &dir));
+    perf_record(&dir, &["-k", "1", "--call-graph", "dwarf"], "--jitdump");
     run(perf(&dir).args(["inject", "--jit", "-i", "perf.data", "-o", "perf.jit.data"]));
     let script = run(perf(&dir).args(["script", "-i", "perf.jit.data"]));
     let script = String::from_utf8_lossy(&script.stdout);

@@ -24,17 +24,22 @@ fn programs() -> Vec<(String, Program)> {
 }
 
 fn jit(program: &Program, limits: &Limits, mode: JitMode) -> (Vec<u8>, Ended) {
+    jit_with(program, limits, mode, true)
+}
+
+/// [`jit`], with or without statistics (counting instructions turns inlining off).
+fn jit_with(program: &Program, limits: &Limits, mode: JitMode, stats: bool) -> (Vec<u8>, Ended) {
     let options = RunOptions {
         jit: mode,
         limits: *limits,
-        stats: true,
+        stats,
         ..RunOptions::default()
     };
     let mut out = Vec::new();
     let report = vm::run(program, &options, &mut out);
     assert_eq!(report.notice, None, "the JIT must run on this machine");
     assert!(report.jit.failures.is_empty(), "{:?}", report.jit.failures);
-    if mode == JitMode::Eager {
+    if stats && mode == JitMode::Eager {
         assert_eq!(
             report.jit.compiled_functions as usize,
             program.functions().len(),
@@ -386,16 +391,9 @@ fn inlined_leaf_calls_agree_with_the_interpreter() {
             let expected = common::interpret(&program, &limits);
             for mode in MODES {
                 // Without --stats: counting instructions turns inlining off.
-                let options = RunOptions {
-                    jit: mode,
-                    limits,
-                    ..RunOptions::default()
-                };
-                let mut out = Vec::new();
-                let report = vm::run(&program, &options, &mut out);
-                assert!(report.jit.failures.is_empty(), "{:?}", report.jit.failures);
+                let (out, ended) = jit_with(&program, &limits, mode, false);
                 assert_eq!(
-                    (String::from_utf8_lossy(&out), report.ended.unwrap()),
+                    (String::from_utf8_lossy(&out), ended),
                     (String::from_utf8_lossy(&expected.0), expected.1),
                     "case {case} in {mode:?} with {limits:?}:\n{source}"
                 );

@@ -387,6 +387,24 @@ mod tests {
         assert!(!busy_ranges(r, r + 4 * g).unwrap().contains(&(r, r + 4 * g)));
     }
 
+    /// An unnamed pagefile-backed `SEC_RESERVE` section of `len` bytes for a test (which closes
+    /// it).
+    fn test_section(len: usize) -> HANDLE {
+        // SAFETY: a new unnamed section with default security; nothing else refers to it.
+        let section = unsafe {
+            CreateFileMappingW(
+                INVALID_HANDLE_VALUE,
+                std::ptr::null(),
+                PAGE_READWRITE | SEC_RESERVE,
+                0,
+                u32::try_from(len).unwrap(),
+                std::ptr::null(),
+            )
+        };
+        assert!(!section.is_null());
+        section
+    }
+
     /// Threads placing views with guards at once, while another thread reserves and releases
     /// address space in a loop (each may take room a placement found): every view ends up
     /// between its own two guards, and everything is given back.
@@ -394,18 +412,7 @@ mod tests {
     fn views_placed_by_racing_threads_each_get_their_guards() {
         let g = allocation_granularity();
         let len = g;
-        // SAFETY: an unnamed pagefile-backed section of our own, closed at the end.
-        let section = unsafe {
-            CreateFileMappingW(
-                INVALID_HANDLE_VALUE,
-                std::ptr::null(),
-                PAGE_READWRITE | SEC_RESERVE,
-                0,
-                len as u32,
-                std::ptr::null(),
-            )
-        };
-        assert!(!section.is_null());
+        let section = test_section(len);
         let handle = section as usize;
         let stop = std::sync::atomic::AtomicBool::new(false);
         let views: Vec<usize> = std::thread::scope(|s| {
@@ -457,18 +464,7 @@ mod tests {
     fn a_view_sits_between_guards_and_taken_room_is_refused() {
         let g = allocation_granularity();
         let len = 2 * g;
-        // SAFETY: an unnamed pagefile-backed section of our own.
-        let section = unsafe {
-            CreateFileMappingW(
-                INVALID_HANDLE_VALUE,
-                std::ptr::null(),
-                PAGE_READWRITE | SEC_RESERVE,
-                0,
-                len as u32,
-                std::ptr::null(),
-            )
-        };
-        assert!(!section.is_null());
+        let section = test_section(len);
         let view = map_view_placed(section, FILE_MAP_WRITE, len, g, None, "test").unwrap();
         let v = view.as_ptr() as usize;
         assert_eq!(query(v - g), (MEM_RESERVE, MEM_PRIVATE, v - g));
