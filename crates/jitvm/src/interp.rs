@@ -178,7 +178,7 @@ pub fn call<E: Engine>(
         return Ok(0);
     };
     let frame = f.lowered.frame as usize;
-    let mut stack = vec![0i64; frame.max(256)];
+    let mut stack = vec![0i64; frame.max(WINDOW)];
     for (slot, &arg) in stack.iter_mut().zip(args.iter().take(f.args() as usize)) {
         *slot = arg;
     }
@@ -202,16 +202,71 @@ struct Frame {
     base: usize,
 }
 
-#[inline(always)]
-fn rd(regs: &[i64], r: Reg) -> i64 {
-    regs.get(r as usize).copied().unwrap_or(0)
+/// Slots a frame of at most this many is addressed through: a `[i64; WINDOW]` view indexed by
+/// the low byte of the slot number, so that reading and writing a slot needs no bounds check.
+/// Larger frames (rare: over 256 locals and stack slots) are addressed through a slice with
+/// checks. The value stack always has `WINDOW` slots from the base of the running frame.
+const WINDOW: usize = 256;
+
+/// The slots of the running frame, as the dispatch loop reads and writes them.
+trait Slots {
+    /// Slot `r` (0 for a slot beyond the frame, which a lowered function never names).
+    fn rd(&self, r: Reg) -> i64;
+    /// Writes slot `r` (ignored beyond the frame).
+    fn wr(&mut self, r: Reg, v: i64);
+    /// The first `n` slots (fewer if the frame has fewer).
+    fn first(&mut self, n: usize) -> &mut [i64];
+}
+
+/// A frame of at most [`WINDOW`] slots: every slot number the lowering gives it is below 256,
+/// so its low byte is the slot number.
+impl Slots for [i64; WINDOW] {
+    #[inline(always)]
+    fn rd(&self, r: Reg) -> i64 {
+        // In bounds by type (a `u8` index into 256 slots): compiled without a check.
+        self.get(usize::from(r as u8)).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn wr(&mut self, r: Reg, v: i64) {
+        if let Some(s) = self.get_mut(usize::from(r as u8)) {
+            *s = v;
+        }
+    }
+
+    fn first(&mut self, n: usize) -> &mut [i64] {
+        let n = n.min(WINDOW);
+        self.get_mut(..n).unwrap_or_default()
+    }
+}
+
+impl Slots for [i64] {
+    #[inline(always)]
+    fn rd(&self, r: Reg) -> i64 {
+        self.get(r as usize).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn wr(&mut self, r: Reg, v: i64) {
+        if let Some(s) = self.get_mut(r as usize) {
+            *s = v;
+        }
+    }
+
+    fn first(&mut self, n: usize) -> &mut [i64] {
+        let n = n.min(self.len());
+        self.get_mut(..n).unwrap_or_default()
+    }
 }
 
 #[inline(always)]
-fn wr(regs: &mut [i64], r: Reg, v: i64) {
-    if let Some(s) = regs.get_mut(r as usize) {
-        *s = v;
-    }
+fn rd<S: Slots + ?Sized>(regs: &S, r: Reg) -> i64 {
+    regs.rd(r)
+}
+
+#[inline(always)]
+fn wr<S: Slots + ?Sized>(regs: &mut S, r: Reg, v: i64) {
+    regs.wr(r, v);
 }
 
 #[inline(always)]
@@ -233,7 +288,7 @@ fn rem(a: i64, b: i64) -> Result<i64, TrapKind> {
 }
 
 /// Interprets the frame of `func` at stack base 0 (its locals already set and `enter` already
-/// asked) and every call it makes, until it returns.
+/// asked) and every call it makes, until it returns. `stack` holds at least `WINDOW` slots.
 #[allow(
     clippy::too_many_lines,
     reason = "the interpreter loop: one match over every operation, kept in one function for dispatch speed"
@@ -253,6 +308,7 @@ fn exec<E: Engine, const COUNT: bool>(
     let mut func = entry;
     let mut pc = 0usize;
     let mut base = 0usize;
+    let mut depth = entry_depth;
 
     // `steps_left` is used in place in the engine's counters (no copy to write back); the
     // instruction count is kept here and added to them before every call into the engine.
@@ -281,11 +337,6 @@ fn exec<E: Engine, const COUNT: bool>(
         };
         let low = &f.lowered;
         let ops = low.ops.as_slice();
-        let end = base.saturating_add(low.frame as usize);
-        let depth = entry_depth.saturating_add(u32::try_from(frames.len()).unwrap_or(u32::MAX));
-        let Some(regs) = stack.get_mut(base..end) else {
-            finish!(Ok(0));
-        };
 
         macro_rules! trap {
             ($kind:expr) => {{
@@ -314,6 +365,7 @@ fn exec<E: Engine, const COUNT: bool>(
                         func = caller.func;
                         pc = caller.pc;
                         base = caller.base;
+                        depth = depth.wrapping_sub(1);
                         continue 'frame;
                     }
                 }
@@ -332,10 +384,10 @@ fn exec<E: Engine, const COUNT: bool>(
         // Tells the engine about the loop header `$at` (when it can act on it): on-stack
         // replacement may finish the frame.
         macro_rules! loop_header {
-            ($at:expr) => {{
+            ($regs:ident, $at:expr) => {{
                 if observes {
                     sync_out!();
-                    let locals = regs.get_mut(..f.locals() as usize).unwrap_or_default();
+                    let locals = $regs.first(f.locals() as usize);
                     match engine.loop_header(program, func, $at, locals, depth) {
                         Ok(None) => {}
                         Ok(Some(v)) => ret!(v),
@@ -345,11 +397,38 @@ fn exec<E: Engine, const COUNT: bool>(
             }};
         }
 
+        // A fused back edge (`Op::Loop*`) to the compare-and-branch at `$t`: the step, the
+        // loop header at `$t - 1`, then the branch at `$t` with `$holds` as its compare.
+        macro_rules! loop_test {
+            ($regs:ident, $t:expr, $holds:expr) => {{
+                step!();
+                let t = $t as usize;
+                let count = |at: usize| u64::from(low.counts.get(at).copied().unwrap_or(0));
+                if COUNT {
+                    icount = icount.wrapping_add(count(t.wrapping_sub(1)));
+                }
+                if observes && let Some(&Op::LoopHeader { at }) = ops.get(t.wrapping_sub(1)) {
+                    loop_header!($regs, at);
+                }
+                // Charged after the loop header: compiled code entered there runs the test.
+                if COUNT {
+                    icount = icount.wrapping_add(count(t));
+                }
+                pc = if $holds {
+                    t + 1
+                } else {
+                    ops.get(t)
+                        .and_then(Op::target)
+                        .map_or(t, |exit| exit as usize)
+                };
+            }};
+        }
+
         // Writes the value of `$result` to `$dst`, or traps with its error.
         macro_rules! write_or_trap {
-            ($dst:expr, $result:expr) => {
+            ($regs:ident, $dst:expr, $result:expr) => {
                 match $result {
-                    Ok(v) => wr(regs, $dst, v),
+                    Ok(v) => wr($regs, $dst, v),
                     Err(kind) => trap!(kind),
                 }
             };
@@ -364,164 +443,240 @@ fn exec<E: Engine, const COUNT: bool>(
             }};
         }
 
-        loop {
-            let Some(op) = ops.get(pc) else {
-                // Unreachable for a verified program (no path falls off the end).
-                ret!(0);
-            };
-            if COUNT {
-                icount = icount.wrapping_add(u64::from(low.counts.get(pc).copied().unwrap_or(0)));
-            }
-            pc += 1;
-            match *op {
-                Op::Nop => {}
-                Op::Imm { dst, k } => wr(regs, dst, k),
-                Op::Mov { dst, src } => wr(regs, dst, rd(regs, src)),
-                Op::Neg { dst, src } => wr(regs, dst, rd(regs, src).wrapping_neg()),
-                Op::AddRR { dst, a, b } => wr(regs, dst, rd(regs, a).wrapping_add(rd(regs, b))),
-                Op::AddRI { dst, a, k } => wr(regs, dst, rd(regs, a).wrapping_add(k)),
-                Op::AddRRI { dst, a, b, k } => wr(
-                    regs,
-                    dst,
-                    rd(regs, a).wrapping_add(rd(regs, b)).wrapping_add(k),
-                ),
-                Op::SubRR { dst, a, b } => wr(regs, dst, rd(regs, a).wrapping_sub(rd(regs, b))),
-                Op::SubRI { dst, a, k } => wr(regs, dst, rd(regs, a).wrapping_sub(k)),
-                Op::MulRR { dst, a, b } => wr(regs, dst, rd(regs, a).wrapping_mul(rd(regs, b))),
-                Op::MulRI { dst, a, k } => wr(regs, dst, rd(regs, a).wrapping_mul(k)),
-                Op::DivRR { dst, a, b } => write_or_trap!(dst, div(rd(regs, a), rd(regs, b))),
-                Op::DivRI { dst, a, k } => write_or_trap!(dst, div(rd(regs, a), k)),
-                Op::ModRR { dst, a, b } => write_or_trap!(dst, rem(rd(regs, a), rd(regs, b))),
-                Op::ModRI { dst, a, k } => write_or_trap!(dst, rem(rd(regs, a), k)),
-                Op::DivMagic {
-                    dst,
-                    a,
-                    magic,
-                    shift,
-                    adjust,
-                } => wr(regs, dst, magic_div(rd(regs, a), magic, shift, adjust)),
-                Op::ModMagic {
-                    dst,
-                    a,
-                    magic,
-                    shift,
-                    adjust,
-                    k,
-                } => {
-                    let n = rd(regs, a);
-                    let q = magic_div(n, magic, shift, adjust);
-                    wr(regs, dst, n.wrapping_sub(q.wrapping_mul(i64::from(k))));
-                }
-                Op::LtRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) < rd(regs, b))),
-                Op::LtRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) < k)),
-                Op::LeRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) <= rd(regs, b))),
-                Op::LeRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) <= k)),
-                Op::GtRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) > rd(regs, b))),
-                Op::GtRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) > k)),
-                Op::GeRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) >= rd(regs, b))),
-                Op::GeRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) >= k)),
-                Op::EqRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) == rd(regs, b))),
-                Op::EqRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) == k)),
-                Op::NeRR { dst, a, b } => wr(regs, dst, i64::from(rd(regs, a) != rd(regs, b))),
-                Op::NeRI { dst, a, k } => wr(regs, dst, i64::from(rd(regs, a) != k)),
-                // The `continue`s on taken branches keep them branches: a conditional move
-                // of `pc` would put the compare on the critical path of the next dispatch.
-                Op::JnLtRR { a, b, t } => branch_unless!(rd(regs, a) < rd(regs, b), t),
-                Op::JnLtRI { a, k, t } => branch_unless!(rd(regs, a) < k, t),
-                Op::JnLeRR { a, b, t } => branch_unless!(rd(regs, a) <= rd(regs, b), t),
-                Op::JnLeRI { a, k, t } => branch_unless!(rd(regs, a) <= k, t),
-                Op::JnGtRR { a, b, t } => branch_unless!(rd(regs, a) > rd(regs, b), t),
-                Op::JnGtRI { a, k, t } => branch_unless!(rd(regs, a) > k, t),
-                Op::JnGeRR { a, b, t } => branch_unless!(rd(regs, a) >= rd(regs, b), t),
-                Op::JnGeRI { a, k, t } => branch_unless!(rd(regs, a) >= k, t),
-                Op::JnEqRR { a, b, t } => branch_unless!(rd(regs, a) == rd(regs, b), t),
-                Op::JnEqRI { a, k, t } => branch_unless!(rd(regs, a) == k, t),
-                Op::JnNeRR { a, b, t } => branch_unless!(rd(regs, a) != rd(regs, b), t),
-                Op::JnNeRI { a, k, t } => branch_unless!(rd(regs, a) != k, t),
-                Op::Jump { t } => pc = t as usize,
-                Op::JumpBack { t } => {
-                    step!();
-                    pc = t as usize;
-                }
-                Op::Jz { c, t } => {
-                    if rd(regs, c) == 0 {
-                        pc = t as usize;
-                        continue;
-                    }
-                }
-                Op::JzBack { c, t } => {
-                    if rd(regs, c) == 0 {
-                        step!();
-                        pc = t as usize;
-                    }
-                }
-                Op::LoopBack { t, at } => {
-                    step!();
-                    pc = t as usize;
+        // The dispatch loop over the frame's slots `$regs` (a `Slots`), until the frame calls,
+        // returns or stops. Expanded once per kind of frame window.
+        macro_rules! dispatch {
+            ($regs:ident) => {
+                loop {
+                    let Some(op) = ops.get(pc) else {
+                        // Unreachable for a verified program (no path falls off the end).
+                        ret!(0);
+                    };
                     if COUNT {
-                        let header = low.counts.get(pc.wrapping_sub(1)).copied().unwrap_or(0);
-                        icount = icount.wrapping_add(u64::from(header));
+                        icount = icount
+                            .wrapping_add(u64::from(low.counts.get(pc).copied().unwrap_or(0)));
                     }
-                    loop_header!(at);
-                }
-                Op::LoopHeader { at } => loop_header!(at),
-                Op::Call {
-                    func: callee,
-                    base: at,
-                } => {
-                    step!();
-                    if depth >= limits.max_depth {
-                        trap!(TrapKind::CallDepth);
-                    }
-                    let Some(cf) = funcs.get(callee as usize) else {
-                        trap!(TrapKind::CallDepth);
-                    };
-                    let new_base = base.saturating_add(at as usize);
-                    let new_end = new_base.saturating_add(cf.lowered.frame as usize);
-                    if stack.len() < new_end {
-                        // Out of memory for the value stack: reported as the call depth trap.
-                        if stack.try_reserve(new_end - stack.len()).is_err() {
-                            trap!(TrapKind::CallDepth);
+                    pc += 1;
+                    match *op {
+                        Op::Nop => {}
+                        Op::Imm { dst, k } => wr($regs, dst, k),
+                        Op::Mov { dst, src } => wr($regs, dst, rd($regs, src)),
+                        Op::Neg { dst, src } => wr($regs, dst, rd($regs, src).wrapping_neg()),
+                        Op::AddRR { dst, a, b } => {
+                            wr($regs, dst, rd($regs, a).wrapping_add(rd($regs, b)))
                         }
-                        stack.resize(new_end, 0);
-                    }
-                    let (args, locals) = (cf.args() as usize, cf.locals() as usize);
-                    let locals_end = new_base.saturating_add(locals);
-                    if let Some(rest) = stack.get_mut(new_base.saturating_add(args)..locals_end) {
-                        rest.fill(0);
-                    }
-                    let r = match stack.get_mut(new_base..locals_end) {
-                        Some(locals) if observes => {
-                            sync_out!();
-                            engine.enter(program, callee, locals, depth + 1)
+                        Op::AddRI { dst, a, k } => wr($regs, dst, rd($regs, a).wrapping_add(k)),
+                        Op::AddRRI { dst, a, b, k } => wr(
+                            $regs,
+                            dst,
+                            rd($regs, a).wrapping_add(rd($regs, b)).wrapping_add(k),
+                        ),
+                        Op::SubRR { dst, a, b } => {
+                            wr($regs, dst, rd($regs, a).wrapping_sub(rd($regs, b)))
                         }
-                        _ => Ok(None),
-                    };
-                    match r {
-                        Ok(None) => {
-                            frames.push(Frame { func, pc, base });
-                            func = callee;
-                            pc = 0;
-                            base = new_base;
+                        Op::SubRI { dst, a, k } => wr($regs, dst, rd($regs, a).wrapping_sub(k)),
+                        Op::MulRR { dst, a, b } => {
+                            wr($regs, dst, rd($regs, a).wrapping_mul(rd($regs, b)))
                         }
-                        Ok(Some(v)) => {
-                            if let Some(slot) = stack.get_mut(new_base) {
-                                *slot = v;
+                        Op::MulRI { dst, a, k } => wr($regs, dst, rd($regs, a).wrapping_mul(k)),
+                        Op::DivRR { dst, a, b } => {
+                            write_or_trap!($regs, dst, div(rd($regs, a), rd($regs, b)))
+                        }
+                        Op::DivRI { dst, a, k } => write_or_trap!($regs, dst, div(rd($regs, a), k)),
+                        Op::ModRR { dst, a, b } => {
+                            write_or_trap!($regs, dst, rem(rd($regs, a), rd($regs, b)))
+                        }
+                        Op::ModRI { dst, a, k } => write_or_trap!($regs, dst, rem(rd($regs, a), k)),
+                        Op::DivMagic {
+                            dst,
+                            a,
+                            magic,
+                            shift,
+                            adjust,
+                        } => wr($regs, dst, magic_div(rd($regs, a), magic, shift, adjust)),
+                        Op::ModMagic {
+                            dst,
+                            a,
+                            magic,
+                            shift,
+                            adjust,
+                            k,
+                        } => {
+                            let n = rd($regs, a);
+                            let q = magic_div(n, magic, shift, adjust);
+                            wr($regs, dst, n.wrapping_sub(q.wrapping_mul(i64::from(k))));
+                        }
+                        Op::LtRR { dst, a, b } => {
+                            wr($regs, dst, i64::from(rd($regs, a) < rd($regs, b)))
+                        }
+                        Op::LtRI { dst, a, k } => wr($regs, dst, i64::from(rd($regs, a) < k)),
+                        Op::LeRR { dst, a, b } => {
+                            wr($regs, dst, i64::from(rd($regs, a) <= rd($regs, b)))
+                        }
+                        Op::LeRI { dst, a, k } => wr($regs, dst, i64::from(rd($regs, a) <= k)),
+                        Op::GtRR { dst, a, b } => {
+                            wr($regs, dst, i64::from(rd($regs, a) > rd($regs, b)))
+                        }
+                        Op::GtRI { dst, a, k } => wr($regs, dst, i64::from(rd($regs, a) > k)),
+                        Op::GeRR { dst, a, b } => {
+                            wr($regs, dst, i64::from(rd($regs, a) >= rd($regs, b)))
+                        }
+                        Op::GeRI { dst, a, k } => wr($regs, dst, i64::from(rd($regs, a) >= k)),
+                        Op::EqRR { dst, a, b } => {
+                            wr($regs, dst, i64::from(rd($regs, a) == rd($regs, b)))
+                        }
+                        Op::EqRI { dst, a, k } => wr($regs, dst, i64::from(rd($regs, a) == k)),
+                        Op::NeRR { dst, a, b } => {
+                            wr($regs, dst, i64::from(rd($regs, a) != rd($regs, b)))
+                        }
+                        Op::NeRI { dst, a, k } => wr($regs, dst, i64::from(rd($regs, a) != k)),
+                        // The `continue`s on taken branches keep them branches: a conditional
+                        // move of `pc` would put the compare on the critical path of the next
+                        // dispatch.
+                        Op::JnLtRR { a, b, t } => branch_unless!(rd($regs, a) < rd($regs, b), t),
+                        Op::JnLtRI { a, k, t } => branch_unless!(rd($regs, a) < k, t),
+                        Op::JnLeRR { a, b, t } => branch_unless!(rd($regs, a) <= rd($regs, b), t),
+                        Op::JnLeRI { a, k, t } => branch_unless!(rd($regs, a) <= k, t),
+                        Op::JnGtRR { a, b, t } => branch_unless!(rd($regs, a) > rd($regs, b), t),
+                        Op::JnGtRI { a, k, t } => branch_unless!(rd($regs, a) > k, t),
+                        Op::JnGeRR { a, b, t } => branch_unless!(rd($regs, a) >= rd($regs, b), t),
+                        Op::JnGeRI { a, k, t } => branch_unless!(rd($regs, a) >= k, t),
+                        Op::JnEqRR { a, b, t } => branch_unless!(rd($regs, a) == rd($regs, b), t),
+                        Op::JnEqRI { a, k, t } => branch_unless!(rd($regs, a) == k, t),
+                        Op::JnNeRR { a, b, t } => branch_unless!(rd($regs, a) != rd($regs, b), t),
+                        Op::JnNeRI { a, k, t } => branch_unless!(rd($regs, a) != k, t),
+                        Op::Jump { t } => pc = t as usize,
+                        Op::JumpBack { t } => {
+                            step!();
+                            pc = t as usize;
+                        }
+                        Op::Jz { c, t } => {
+                            if rd($regs, c) == 0 {
+                                pc = t as usize;
+                                continue;
                             }
                         }
-                        Err(stop) => finish!(Err(stop)),
+                        Op::JzBack { c, t } => {
+                            if rd($regs, c) == 0 {
+                                step!();
+                                pc = t as usize;
+                            }
+                        }
+                        Op::LoopBack { t, at } => {
+                            step!();
+                            pc = t as usize;
+                            if COUNT {
+                                let header =
+                                    low.counts.get(pc.wrapping_sub(1)).copied().unwrap_or(0);
+                                icount = icount.wrapping_add(u64::from(header));
+                            }
+                            loop_header!($regs, at);
+                        }
+                        Op::LoopLtRR { a, b, t } => {
+                            loop_test!($regs, t, rd($regs, a) < rd($regs, b))
+                        }
+                        Op::LoopLtRI { a, k, t } => loop_test!($regs, t, rd($regs, a) < k),
+                        Op::LoopLeRR { a, b, t } => {
+                            loop_test!($regs, t, rd($regs, a) <= rd($regs, b))
+                        }
+                        Op::LoopLeRI { a, k, t } => loop_test!($regs, t, rd($regs, a) <= k),
+                        Op::LoopGtRR { a, b, t } => {
+                            loop_test!($regs, t, rd($regs, a) > rd($regs, b))
+                        }
+                        Op::LoopGtRI { a, k, t } => loop_test!($regs, t, rd($regs, a) > k),
+                        Op::LoopGeRR { a, b, t } => {
+                            loop_test!($regs, t, rd($regs, a) >= rd($regs, b))
+                        }
+                        Op::LoopGeRI { a, k, t } => loop_test!($regs, t, rd($regs, a) >= k),
+                        Op::LoopEqRR { a, b, t } => {
+                            loop_test!($regs, t, rd($regs, a) == rd($regs, b))
+                        }
+                        Op::LoopEqRI { a, k, t } => loop_test!($regs, t, rd($regs, a) == k),
+                        Op::LoopNeRR { a, b, t } => {
+                            loop_test!($regs, t, rd($regs, a) != rd($regs, b))
+                        }
+                        Op::LoopNeRI { a, k, t } => loop_test!($regs, t, rd($regs, a) != k),
+                        Op::LoopHeader { at } => loop_header!($regs, at),
+                        Op::Call {
+                            func: callee,
+                            base: at,
+                        } => {
+                            step!();
+                            if depth >= limits.max_depth {
+                                trap!(TrapKind::CallDepth);
+                            }
+                            let Some(cf) = funcs.get(callee as usize) else {
+                                trap!(TrapKind::CallDepth);
+                            };
+                            let new_base = base.saturating_add(at as usize);
+                            let frame = (cf.lowered.frame as usize).max(WINDOW);
+                            let new_end = new_base.saturating_add(frame);
+                            if stack.len() < new_end {
+                                // Out of memory for the value stack: reported as the call depth
+                                // trap.
+                                if stack.try_reserve(new_end - stack.len()).is_err() {
+                                    trap!(TrapKind::CallDepth);
+                                }
+                                stack.resize(new_end, 0);
+                            }
+                            let (args, locals) = (cf.args() as usize, cf.locals() as usize);
+                            let locals_end = new_base.saturating_add(locals);
+                            if locals > args
+                                && let Some(rest) =
+                                    stack.get_mut(new_base.saturating_add(args)..locals_end)
+                            {
+                                rest.fill(0);
+                            }
+                            let r = match stack.get_mut(new_base..locals_end) {
+                                Some(locals) if observes => {
+                                    sync_out!();
+                                    engine.enter(program, callee, locals, depth + 1)
+                                }
+                                _ => Ok(None),
+                            };
+                            match r {
+                                Ok(None) => {
+                                    frames.push(Frame { func, pc, base });
+                                    func = callee;
+                                    pc = 0;
+                                    base = new_base;
+                                    depth += 1;
+                                }
+                                Ok(Some(v)) => {
+                                    if let Some(slot) = stack.get_mut(new_base) {
+                                        *slot = v;
+                                    }
+                                }
+                                Err(stop) => finish!(Err(stop)),
+                            }
+                            continue 'frame;
+                        }
+                        Op::Ret { src } => ret!(rd($regs, src)),
+                        Op::RetImm { k } => ret!(k),
+                        Op::Print { src } => {
+                            let v = rd($regs, src);
+                            sync_out!();
+                            engine.print(v);
+                        }
+                        Op::Halt => finish!(Err(Stop::Halt)),
                     }
-                    continue 'frame;
                 }
-                Op::Ret { src } => ret!(rd(regs, src)),
-                Op::RetImm { k } => ret!(k),
-                Op::Print { src } => {
-                    let v = rd(regs, src);
-                    sync_out!();
-                    engine.print(v);
-                }
-                Op::Halt => finish!(Err(Stop::Halt)),
-            }
+            };
+        }
+
+        if low.frame as usize <= WINDOW {
+            let Some(regs) = stack
+                .get_mut(base..base.saturating_add(WINDOW))
+                .and_then(|s| <&mut [i64; WINDOW]>::try_from(s).ok())
+            else {
+                finish!(Ok(0));
+            };
+            dispatch!(regs);
+        } else {
+            let Some(regs) = stack.get_mut(base..base.saturating_add(low.frame as usize)) else {
+                finish!(Ok(0));
+            };
+            dispatch!(regs);
         }
     }
 }

@@ -130,6 +130,25 @@ ops! {
         JzBack { c: Reg, t: u32 },
     }
     _ {
+        /// The fused back edge of a loop tested at its top: a [`Op::LoopBack`] to `t` whose
+        /// loop header is followed by the compare-and-branch at `t`. One step, the loop
+        /// header's work (its `at` is in the [`Op::LoopHeader`] at `t - 1`), then the branch
+        /// at `t`: on at `t + 1` if the compare holds, else to the branch's target. Made by
+        /// the lowering's last pass (after the jump targets are fixed).
+        LoopLtRR { a: Reg, b: Reg, t: u32 },
+        LoopLtRI { a: Reg, k: i64, t: u32 },
+        LoopLeRR { a: Reg, b: Reg, t: u32 },
+        LoopLeRI { a: Reg, k: i64, t: u32 },
+        LoopGtRR { a: Reg, b: Reg, t: u32 },
+        LoopGtRI { a: Reg, k: i64, t: u32 },
+        LoopGeRR { a: Reg, b: Reg, t: u32 },
+        LoopGeRI { a: Reg, k: i64, t: u32 },
+        LoopEqRR { a: Reg, b: Reg, t: u32 },
+        LoopEqRI { a: Reg, k: i64, t: u32 },
+        LoopNeRR { a: Reg, b: Reg, t: u32 },
+        LoopNeRI { a: Reg, k: i64, t: u32 },
+    }
+    _ {
         /// `loop_header` at source instruction index `at`.
         LoopHeader { at: u32 },
         /// Call `func`; its frame (and first argument) starts at slot `base`.
@@ -142,6 +161,26 @@ ops! {
 }
 
 impl Op {
+    /// The fused back edge (`Loop*`) for a [`Op::LoopBack`] to `t` when the operation at `t`
+    /// is this compare-and-branch.
+    pub(crate) fn fused_loop_back(&self, t: u32) -> Option<Op> {
+        Some(match *self {
+            Op::JnLtRR { a, b, .. } => Op::LoopLtRR { a, b, t },
+            Op::JnLtRI { a, k, .. } => Op::LoopLtRI { a, k, t },
+            Op::JnLeRR { a, b, .. } => Op::LoopLeRR { a, b, t },
+            Op::JnLeRI { a, k, .. } => Op::LoopLeRI { a, k, t },
+            Op::JnGtRR { a, b, .. } => Op::LoopGtRR { a, b, t },
+            Op::JnGtRI { a, k, .. } => Op::LoopGtRI { a, k, t },
+            Op::JnGeRR { a, b, .. } => Op::LoopGeRR { a, b, t },
+            Op::JnGeRI { a, k, .. } => Op::LoopGeRI { a, k, t },
+            Op::JnEqRR { a, b, .. } => Op::LoopEqRR { a, b, t },
+            Op::JnEqRI { a, k, .. } => Op::LoopEqRI { a, k, t },
+            Op::JnNeRR { a, b, .. } => Op::LoopNeRR { a, b, t },
+            Op::JnNeRI { a, k, .. } => Op::LoopNeRI { a, k, t },
+            _ => return None,
+        })
+    }
+
     /// The slot an arithmetic or compare operation writes.
     pub(crate) fn dst(&self) -> Option<Reg> {
         let mut op = *self;
