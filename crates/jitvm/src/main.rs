@@ -293,6 +293,10 @@ fn run_program(program: &Program, opts: &RunOptions) -> ExitCode {
         );
         eprintln!("OSR entries:              {}", j.osr_entries);
         eprintln!("helper calls:             {}", j.helper_calls);
+        eprintln!(
+            "linked calls:             {} (straight to the callee's code; {} left through the function table)",
+            j.linked_calls, j.unlinked_calls
+        );
         if j.skipped > 0 {
             eprintln!(
                 "skipped:                  {} functions (no executable memory left)",

@@ -122,6 +122,13 @@ pub struct JitStats {
     pub skipped: u32,
     /// How compiled code calls the runtime's helpers.
     pub helper_calls: HelperCalls,
+    /// Calls between compiled functions linked to go straight to the callee's code (patched
+    /// when the later of caller and callee was compiled).
+    pub linked_calls: u32,
+    /// Calls between compiled functions left going through the function table: the callee's
+    /// code is out of the call's reach, or the patch was refused (the first reason is in
+    /// [`JitStats::failures`]).
+    pub unlinked_calls: u32,
 }
 
 /// How compiled code calls the runtime's helpers (`print`, the bridge to the interpreter).
@@ -224,6 +231,8 @@ struct NativeCode {
     _block: CodeBlock,
     /// Array entry at the start.
     start: usize,
+    /// The entry compiled callers call (arguments per the ABI).
+    native: usize,
     /// On-stack-replacement entries: (`loop_header` index, address).
     osr: Vec<(u32, usize)>,
 }
@@ -234,6 +243,9 @@ struct FuncState {
     loops: Vec<u32>,
     compiled: Option<NativeCode>,
     failed: bool,
+    /// Linkable calls of this function in compiled callers, waiting for it to be compiled:
+    /// (caller, offset of the call in the caller's code).
+    waiting: Vec<(FuncId, usize)>,
 }
 
 /// Everything compiled code's helpers touch, in one allocation (see the module documentation).
@@ -424,6 +436,7 @@ fn start(
             steps: limits.max_steps != u64::MAX,
             count: config.count,
             target,
+            link_calls: true,
         },
     };
     Ok((jit, calls))
@@ -541,15 +554,18 @@ impl<W: Output> State<W> {
                 _debug: debug,
                 _block: block,
                 start,
+                native: base + code.native_entry,
                 osr,
             };
-            Ok((native, base + code.native_entry, code.code.len()))
+            Ok((native, code.call_sites, code.code.len()))
         });
-        self.stats.compile_time += start.elapsed();
         match result {
-            Ok((code, native, bytes)) => {
+            Ok((code, sites, bytes)) => {
+                let native = code.native;
                 jit.table.set(func as usize, native);
                 state.compiled = Some(code);
+                self.link(program, func, sites);
+                self.stats.compile_time += start.elapsed();
                 self.stats.compiled_functions += 1;
                 self.stats.code_bytes += bytes as u64;
                 self.stats.compiled_instructions +=
@@ -557,6 +573,7 @@ impl<W: Output> State<W> {
                 true
             }
             Err(e) if out_of_memory(&e) => {
+                self.stats.compile_time += start.elapsed();
                 state.failed = true;
                 self.exhausted = true;
                 self.stats.skipped += 1;
@@ -570,6 +587,7 @@ impl<W: Output> State<W> {
                 false
             }
             Err(e) => {
+                self.stats.compile_time += start.elapsed();
                 state.failed = true;
                 let name = program.function(func).map_or("?", |f| f.name());
                 self.stats
@@ -578,6 +596,85 @@ impl<W: Output> State<W> {
                 false
             }
         }
+    }
+
+    /// Links calls between compiled functions once `func` is compiled: its own linkable calls
+    /// (`sites`) of functions already compiled, and the calls of `func` that compiled callers
+    /// made through its thunk until now. The others wait for their callee.
+    fn link(&mut self, program: &Program, func: FuncId, sites: Vec<(usize, FuncId)>) {
+        let native = |funcs: &[FuncState], f: FuncId| {
+            funcs
+                .get(f as usize)
+                .and_then(|s| s.compiled.as_ref())
+                .map(|c| c.native)
+        };
+        let mut now = Vec::new();
+        for (at, callee) in sites {
+            match native(&self.funcs, callee) {
+                Some(target) => now.push((func, at, target)),
+                None => {
+                    if let Some(state) = self.funcs.get_mut(callee as usize) {
+                        state.waiting.push((func, at));
+                    }
+                }
+            }
+        }
+        if let Some(target) = native(&self.funcs, func)
+            && let Some(state) = self.funcs.get_mut(func as usize)
+        {
+            now.extend(
+                std::mem::take(&mut state.waiting)
+                    .into_iter()
+                    .map(|(caller, at)| (caller, at, target)),
+            );
+        }
+        for (caller, at, target) in now {
+            match self.link_call(caller, at, target) {
+                Ok(true) => self.stats.linked_calls += 1,
+                Ok(false) => self.stats.unlinked_calls += 1,
+                Err(e) => {
+                    self.stats.unlinked_calls += 1;
+                    if self.stats.unlinked_calls == 1 {
+                        let name = program.function(caller).map_or("?", |f| f.name());
+                        self.stats.failures.push(format!(
+                            "{}: a call left going through the function table: {e}",
+                            crate::error::quote(name)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Patches the linkable call at offset `at` of `caller`'s code to go to `target`; `false`
+    /// when `target` is out of the call's reach. The patch is one aligned 4-byte store
+    /// (`patch_live`: the caller may be suspended in the middle of this very call, further up
+    /// the stack); under Toggle, whose pages are not executable while written, an ordinary
+    /// patch (this VM runs its compiled code on this thread only, which is here).
+    fn link_call(&mut self, caller: FuncId, at: usize, target: usize) -> Result<bool, JitError> {
+        let Some(jit) = self.jit.as_ref() else {
+            return Ok(false);
+        };
+        let live = jit.memory.strategy() != jitmem::Strategy::Toggle;
+        let isa = jit.isa;
+        let Some(code) = self
+            .funcs
+            .get_mut(caller as usize)
+            .and_then(|s| s.compiled.as_mut())
+        else {
+            return Ok(false);
+        };
+        let block = &mut code._block;
+        let address = block.as_ptr() as usize + at;
+        let Some((offset, bytes)) = crate::jit::link_call(isa, address, target) else {
+            return Ok(false);
+        };
+        if live {
+            block.patch_live(at + offset, &bytes)?;
+        } else {
+            block.patch(at + offset, &bytes)?;
+        }
+        Ok(true)
     }
 
     /// The array entry at the start of `func` (`at == None`) or after its `loop_header` `at`.
@@ -819,5 +916,156 @@ impl<W: Output> Engine for JitEngine<W> {
 
     fn counters(&mut self) -> &mut Counters {
         &mut self.state_mut().ctx.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `main` calls `work` (not inlinable: it has a loop) 300 times and prints the sum.
+    const CALLS: &str = "func main args=0 locals=2\nloop:\n    loop_header\n    load_local 1\n    load_imm 300\n    lt_ii\n    jump_if_false done\n    load_local 0\n    load_local 1\n    call work\n    add_ii\n    store_local 0\n    load_local 1\n    load_imm 1\n    add_ii\n    store_local 1\n    jump loop\ndone:\n    load_local 0\n    print\n    return_nil\nend\n\nfunc work args=1 locals=2\nloop:\n    loop_header\n    load_local 1\n    load_imm 3\n    lt_ii\n    jump_if_false done\n    load_local 0\n    load_imm 2\n    add_ii\n    store_local 0\n    load_local 1\n    load_imm 1\n    add_ii\n    store_local 1\n    jump loop\ndone:\n    load_local_0\n    return\nend\n";
+
+    /// The sum `CALLS` prints: sum of (i + 6) for i < 300.
+    const SUM: i64 = 299 * 300 / 2 + 6 * 300;
+
+    fn program() -> Program {
+        crate::verify::verify(&crate::text::parse(CALLS).unwrap()).unwrap()
+    }
+
+    fn engine(program: &Program, strategy: jitmem::Strategy, threshold: u32) -> JitEngine<Vec<u8>> {
+        let config = JitConfig {
+            mode: JitMode::Tiered { threshold },
+            memory: jitmem::Config::new().strategy(strategy),
+            ..JitConfig::default()
+        };
+        let engine = JitEngine::new(program, Limits::default(), &config, Vec::new());
+        assert!(engine.notice().is_none(), "{:?}", engine.notice());
+        engine
+    }
+
+    /// Where the call instruction at offset `at` of `caller`'s code goes (decoded from the
+    /// bytes, read through a write scope that changes nothing).
+    fn call_target(engine: &mut JitEngine<Vec<u8>>, caller: FuncId, at: usize) -> usize {
+        let code = engine.state_mut().funcs[caller as usize]
+            .compiled
+            .as_mut()
+            .unwrap();
+        let block = &mut code._block;
+        let address = block.as_ptr() as usize + at;
+        let scope = block.write_range(at..at + 5).unwrap();
+        let bytes = scope.to_vec();
+        drop(scope);
+        match Isa::native().unwrap() {
+            Isa::X64 => {
+                assert_eq!(bytes[0], 0xe8, "call rel32");
+                let disp = i32::from_le_bytes(bytes[1..5].try_into().unwrap());
+                (address as i64 + 5 + i64::from(disp)) as usize
+            }
+            Isa::A64 => {
+                let word = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+                assert_eq!(word >> 26, 0b100101, "bl");
+                let imm26 = ((word << 6) as i32 >> 6) as i64;
+                (address as i64 + imm26 * 4) as usize
+            }
+        }
+    }
+
+    /// The linkable call sites of `func` (compiled again: code generation is deterministic).
+    fn sites(engine: &JitEngine<Vec<u8>>, program: &Program, func: FuncId) -> Vec<(usize, FuncId)> {
+        let jit = engine.state().jit.as_ref().unwrap();
+        compile_for(jit.isa, program, func, jit.options)
+            .unwrap()
+            .call_sites
+    }
+
+    fn native(engine: &JitEngine<Vec<u8>>, func: FuncId) -> usize {
+        engine.state().funcs[func as usize]
+            .compiled
+            .as_ref()
+            .unwrap()
+            .native
+    }
+
+    fn thunk_or_native(engine: &mut JitEngine<Vec<u8>>, program: &Program) -> usize {
+        let [(at, callee)] = sites(engine, program, 0)[..] else {
+            panic!("one call site in main");
+        };
+        assert_eq!(callee, 1);
+        call_target(engine, 0, at)
+    }
+
+    fn strategies() -> Vec<jitmem::Strategy> {
+        let mut all = vec![jitmem::Strategy::Toggle, jitmem::Strategy::Mirror];
+        let per_thread = jitmem::Config::new().strategy(jitmem::Strategy::PerThread);
+        if JitMemory::new(per_thread).is_ok() {
+            all.push(jitmem::Strategy::PerThread);
+        }
+        all
+    }
+
+    /// A call compiled before its callee goes to the thunk, and straight to the callee's code
+    /// once the callee is compiled; compiled in the other order, it is linked at once.
+    #[test]
+    fn calls_are_linked_to_their_callee_in_either_order_of_compilation() {
+        let Some(_) = Isa::native() else { return };
+        let program = program();
+        for strategy in strategies() {
+            // Caller first.
+            let mut e = engine(&program, strategy, u32::MAX);
+            assert!(e.compile(&program, 0));
+            let before = thunk_or_native(&mut e, &program);
+            let main = e.state().funcs[0].compiled.as_ref().unwrap();
+            let main_code = main._block.addr_range();
+            assert!(
+                main_code.contains(&before),
+                "{strategy:?}: the thunk is in main's code"
+            );
+            assert_eq!(e.stats().linked_calls, 0);
+            assert!(e.compile(&program, 1));
+            assert_eq!(
+                thunk_or_native(&mut e, &program),
+                native(&e, 1),
+                "{strategy:?}"
+            );
+            assert_eq!((e.stats().linked_calls, e.stats().unlinked_calls), (1, 0));
+            let r = crate::interp::run(&program, &mut e, &Limits::default(), false);
+            assert_eq!(r, Ok(0));
+            assert_eq!(e.output(), &format!("{SUM}\n").into_bytes());
+
+            // Callee first.
+            let mut e = engine(&program, strategy, u32::MAX);
+            assert!(e.compile(&program, 1));
+            assert!(e.compile(&program, 0));
+            assert_eq!(
+                thunk_or_native(&mut e, &program),
+                native(&e, 1),
+                "{strategy:?}"
+            );
+            assert_eq!((e.stats().linked_calls, e.stats().unlinked_calls), (1, 0));
+        }
+    }
+
+    /// The callee tiers up while its compiled caller is suspended in a call of it (through the
+    /// thunk and the bridge): the call is patched under the caller's feet, which returns
+    /// through it unharmed and calls the callee's code directly from then on.
+    #[test]
+    fn a_call_is_linked_while_its_caller_is_suspended_in_it() {
+        let Some(_) = Isa::native() else { return };
+        let program = program();
+        for strategy in strategies() {
+            let mut e = engine(&program, strategy, 50);
+            assert!(e.compile(&program, 0));
+            let r = crate::interp::run(&program, &mut e, &Limits::default(), true);
+            assert_eq!(r, Ok(0), "{strategy:?}");
+            assert_eq!(e.output(), &format!("{SUM}\n").into_bytes());
+            assert_eq!((e.stats().linked_calls, e.stats().unlinked_calls), (1, 0));
+            assert_eq!(thunk_or_native(&mut e, &program), native(&e, 1));
+            assert_eq!(
+                e.stats().compiled_functions,
+                2,
+                "work tiered up during the run"
+            );
+        }
     }
 }

@@ -14,8 +14,8 @@ use jitasm::a64::{
 
 use super::JitError;
 use super::masm::{
-    ArithOp, CmpOp, DivOp, Frame, FrameStep, HelperCall, Helpers, Home, MacroAssembler, Operand,
-    Result, RuntimeStubs, Target, parallel_moves, signed_magic,
+    ArithOp, CallTarget, CmpOp, DivOp, Frame, FrameStep, HelperCall, Helpers, Home, MacroAssembler,
+    Operand, Result, RuntimeStubs, Target, parallel_moves, signed_magic,
 };
 use super::runtime::ctx_offsets as off;
 use crate::FuncId;
@@ -93,6 +93,13 @@ impl A64 {
         }
         self.asm.add_ri(TMP2, base, high as u64)?;
         Ok((TMP2, offset & 0xfff))
+    }
+
+    /// `CALLEE = callee` (the bridge reads it) and `TMP` = its function table entry.
+    fn table_entry(&mut self, callee: FuncId) -> Result<()> {
+        self.asm.mov_imm(CALLEE, i64::from(callee))?;
+        self.ldr(TMP2, CTX, i64::from(off::TABLE))?;
+        self.ldr(TMP, TMP2, i64::from(callee) * 8)
     }
 
     fn ldr(&mut self, rt: Reg, base: Reg, offset: i64) -> Result<()> {
@@ -525,8 +532,8 @@ impl MacroAssembler for A64 {
         args: &[Operand<Reg>],
         depth_trap: Label,
         dst: Reg,
-        direct: Option<Label>,
-    ) -> Result<()> {
+        target: CallTarget,
+    ) -> Result<Option<usize>> {
         let mut in_regs = Vec::with_capacity(ARGS.len());
         for (i, &arg) in args.iter().enumerate() {
             match ARGS.get(i) {
@@ -542,17 +549,40 @@ impl MacroAssembler for A64 {
         }
         self.asm.subs_ri(DEPTH, DEPTH, 1)?;
         self.asm.b_cond(Cond::Lo, depth_trap)?;
-        if let Some(entry) = direct {
-            self.asm.bl(entry)?;
-        } else {
-            self.asm.mov_imm(CALLEE, i64::from(callee))?;
-            self.ldr(TMP2, CTX, i64::from(off::TABLE))?;
-            self.ldr(TMP, TMP2, i64::from(callee) * 8)?;
-            self.asm.blr(TMP)?;
+        let mut site = None;
+        match target {
+            CallTarget::Entry(entry) => self.asm.bl(entry)?,
+            CallTarget::Linked(thunk) => {
+                site = Some(self.asm.offset());
+                self.asm.bl(thunk)?;
+            }
+            CallTarget::Table => {
+                self.table_entry(callee)?;
+                self.asm.blr(TMP)?;
+            }
         }
         self.asm.add_ri(DEPTH, DEPTH, 1)?;
         self.asm.mov_rr(dst, X0)?;
+        Ok(site)
+    }
+
+    /// `br x16`: a `bti c` landing pad accepts a `br` through x16 or x17 (the compiled entry),
+    /// and the bridge's `bti jc` any.
+    fn call_thunk(&mut self, callee: FuncId) -> Result<()> {
+        // Reached by a call: the frame is the caller's call state until the jump.
+        self.note(|at| FrameStep::Entry { at });
+        self.table_entry(callee)?;
+        self.asm.br(TMP)?;
         Ok(())
+    }
+
+    /// `bl`: one instruction (naturally aligned), +-128 MiB.
+    fn link_call(at: usize, target: usize) -> Option<(usize, [u8; 4])> {
+        let disp = (target as i64).checked_sub(at as i64)?;
+        let mut a = Assembler::new();
+        a.bl_disp(disp).ok()?;
+        let bytes: [u8; 4] = a.finish().ok()?.try_into().ok()?;
+        Some((0, bytes))
     }
 
     /// `call` takes one level with `subs DEPTH, DEPTH, 1` and traps on the borrow (`b.lo`): on

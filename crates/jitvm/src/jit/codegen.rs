@@ -14,8 +14,8 @@ use jitasm::Label;
 
 use super::JitError;
 use super::masm::{
-    ArithOp, CmpOp, DivOp, Frame, FrameStep, HelperCall, Home, MacroAssembler, Operand, Result,
-    Target,
+    ArithOp, CallTarget, CmpOp, DivOp, Frame, FrameStep, HelperCall, Home, MacroAssembler, Operand,
+    Result, Target,
 };
 use super::runtime::{HALT_CODE, trap_code};
 use crate::{FuncId, Insn, Program, TrapKind};
@@ -29,6 +29,9 @@ pub(crate) struct CodegenOptions {
     pub count: bool,
     /// Direct helper calls and BTI landing pads.
     pub target: Target,
+    /// Compile calls of other functions as linkable calls ([`CallTarget::Linked`]), for a
+    /// runtime that links them ([`CompiledCode::call_sites`]); through the table otherwise.
+    pub link_calls: bool,
 }
 
 /// A compiled function, position independent but for its direct helper calls.
@@ -54,6 +57,9 @@ pub(crate) struct CompiledCode {
     pub helper_calls: Vec<HelperCall>,
     /// Calls compiled inline (small leaf callees).
     pub inlined_calls: u32,
+    /// Linkable calls ([`CallTarget::Linked`]): (offset of the call instruction, callee), to
+    /// patch with [`MacroAssembler::link_call`] once the callee is compiled.
+    pub call_sites: Vec<(usize, FuncId)>,
 }
 
 /// One value-stack entry.
@@ -86,6 +92,10 @@ struct Codegen<'a, M: MacroAssembler> {
     inlined_calls: u32,
     /// This function's native entry: recursive calls go straight there.
     self_entry: Option<Label>,
+    /// The thunk of each callee called through a linkable call (emitted after the body).
+    thunks: Vec<(FuncId, Label)>,
+    /// See [`CompiledCode::call_sites`].
+    call_sites: Vec<(usize, FuncId)>,
 }
 
 /// Compiles function `func` of `program` for the ISA of `M`.
@@ -112,6 +122,8 @@ pub(crate) fn compile<M: MacroAssembler>(
         options,
         inlined_calls: 0,
         self_entry: None,
+        thunks: Vec::new(),
+        call_sites: Vec::new(),
     };
     let stack_trap = cg.trap_label(TrapKind::NativeStack, 0);
     let entry = cg.masm.new_label();
@@ -137,6 +149,12 @@ pub(crate) fn compile<M: MacroAssembler>(
         cg.masm.bind(label)?;
         cg.masm.exit(code)?;
     }
+    // Last: each thunk starts in its caller's call state (the trap exits above are reached
+    // from the body, in its frame).
+    for (callee, label) in std::mem::take(&mut cg.thunks) {
+        cg.masm.bind(label)?;
+        cg.masm.call_thunk(callee)?;
+    }
     let start_entry = cg
         .masm
         .label_offset(start)
@@ -159,6 +177,7 @@ pub(crate) fn compile<M: MacroAssembler>(
         frame_steps,
         helper_calls,
         inlined_calls: cg.inlined_calls,
+        call_sites: cg.call_sites,
     })
 }
 
@@ -685,13 +704,33 @@ impl<M: MacroAssembler> Codegen<'_, M> {
         self.spill_regs()?;
         let depth_trap = self.trap_label(TrapKind::CallDepth, offset);
         // A recursive call goes straight to this code's own entry: the table would lead to the
-        // same code (a function is compiled once and its code lives while it runs).
-        let direct = self.self_entry.filter(|_| callee == self.func);
+        // same code (a function is compiled once and its code lives while it runs). Other
+        // calls go through a thunk to the table until the callee is compiled and the call is
+        // linked to its code.
+        let target = match self.self_entry {
+            Some(entry) if callee == self.func => CallTarget::Entry(entry),
+            _ if self.options.link_calls => CallTarget::Linked(self.thunk(callee)),
+            _ => CallTarget::Table,
+        };
         let dst = self.alloc()?;
-        self.masm
-            .call(&self.frame, callee, &args, depth_trap, dst, direct)?;
+        let site = self
+            .masm
+            .call(&self.frame, callee, &args, depth_trap, dst, target)?;
+        if let Some(at) = site {
+            self.call_sites.push((at, callee));
+        }
         self.stack.push(Val::Reg(dst));
         Ok(())
+    }
+
+    /// The label of `callee`'s thunk (see [`MacroAssembler::call_thunk`]).
+    fn thunk(&mut self, callee: FuncId) -> Label {
+        if let Some(&(_, label)) = self.thunks.iter().find(|(f, _)| *f == callee) {
+            return label;
+        }
+        let label = self.masm.new_label();
+        self.thunks.push((callee, label));
+        label
     }
 }
 

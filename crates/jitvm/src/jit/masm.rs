@@ -212,6 +212,19 @@ pub(crate) struct HelperCall {
     pub target: usize,
 }
 
+/// Where a compiled call goes (see [`MacroAssembler::call`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CallTarget {
+    /// Through the function table (`call [table + 8 * callee]` / `blr`).
+    Table,
+    /// Straight to a label of this code (a recursive call: this function's native entry).
+    Entry(Label),
+    /// A linkable call: one `call rel32` / `bl` to the callee's thunk at this label (which
+    /// goes on through the function table, see [`MacroAssembler::call_thunk`]), patched to
+    /// go straight to the callee's code once it is compiled ([`MacroAssembler::link_call`]).
+    Linked(Label),
+}
+
 /// Offsets of the runtime stubs in the runtime block.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RuntimeStubs {
@@ -370,8 +383,9 @@ pub(crate) trait MacroAssembler: Sized {
     fn jump(&mut self, target: Label) -> Result<()>;
     /// Calls `callee` with `args` (only the arguments may be in scratch registers; every other
     /// value is spilled), checking the call depth first (jumping to `depth_trap`); the result
-    /// lands in `dst`. Through the function table, or, with `direct` (a recursive call: the
-    /// label of this function's own native entry), with one `call rel32` / `bl` there.
+    /// lands in `dst`. Where the call goes: `target`. For [`CallTarget::Linked`], returns the
+    /// offset of the call instruction, placed so that [`link_call`](Self::link_call)'s patch
+    /// is one naturally aligned 4-byte store.
     fn call(
         &mut self,
         frame: &Frame<Self::Reg>,
@@ -379,8 +393,17 @@ pub(crate) trait MacroAssembler: Sized {
         args: &[Operand<Self::Reg>],
         depth_trap: Label,
         dst: Self::Reg,
-        direct: Option<Label>,
-    ) -> Result<()>;
+        target: CallTarget,
+    ) -> Result<Option<usize>>;
+    /// The thunk of linkable calls of `callee` ([`CallTarget::Linked`]), here: reached by the
+    /// call with the call's registers and return address, it goes on through the function
+    /// table as a [`CallTarget::Table`] call would (no landing pad needed: only direct calls
+    /// reach it).
+    fn call_thunk(&mut self, callee: FuncId) -> Result<()>;
+    /// The patch that makes the linkable call instruction at address `at` go to `target`:
+    /// `(offset from at, the 4 bytes to store there)`, or `None` when `target` is out of the
+    /// call's reach.
+    fn link_call(at: usize, target: usize) -> Option<(usize, [u8; 4])>;
     /// The call depth check of a call whose callee is compiled inline: jumps to `depth_trap`
     /// exactly when [`call`](Self::call) would (no depth left), and leaves the depth as it was.
     fn depth_check(&mut self, depth_trap: Label) -> Result<()>;

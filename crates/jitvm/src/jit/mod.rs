@@ -104,6 +104,15 @@ pub(crate) fn publish_compiled(
     runtime::publish(memory, &code.code, &code.helper_calls, patch)
 }
 
+/// The patch linking the linkable call instruction at address `at` to `target` (see
+/// [`masm::MacroAssembler::link_call`]): (offset from `at`, 4 bytes); `None` out of reach.
+pub(crate) fn link_call(isa: Isa, at: usize, target: usize) -> Option<(usize, [u8; 4])> {
+    match isa {
+        Isa::X64 => <x64::X64 as masm::MacroAssembler>::link_call(at, target),
+        Isa::A64 => <a64::A64 as masm::MacroAssembler>::link_call(at, target),
+    }
+}
+
 /// How far a direct helper call reaches on `isa`: x86-64 `call rel32` +-2 GiB, AArch64 `bl`
 /// +-128 MiB (the smaller side of each).
 pub(crate) fn call_reach(isa: Isa) -> usize {

@@ -11,8 +11,8 @@ use jitasm::x64::{Assembler, Cond, Mem, Reg};
 
 use super::JitError;
 use super::masm::{
-    ArithOp, CmpOp, DivOp, Frame, FrameStep, HelperCall, Helpers, Home, MacroAssembler, Operand,
-    Result, RuntimeStubs, Target, parallel_moves, signed_magic,
+    ArithOp, CallTarget, CmpOp, DivOp, Frame, FrameStep, HelperCall, Helpers, Home, MacroAssembler,
+    Operand, Result, RuntimeStubs, Target, parallel_moves, signed_magic,
 };
 use super::runtime::ctx_offsets as off;
 use crate::FuncId;
@@ -175,6 +175,20 @@ impl X64 {
             }
             None => self.asm.call_m(ctx(field))?,
         }
+        Ok(())
+    }
+}
+
+/// Displacement of `callee`'s entry in the function table.
+fn table_disp(callee: FuncId) -> Result<i32> {
+    i32::try_from(u64::from(callee) * 8).map_err(|_| JitError::Internal("function index too large"))
+}
+
+impl X64 {
+    /// `rax = callee` (the bridge reads it) and `TMP` = the function table.
+    fn table_entry(&mut self, callee: FuncId) -> Result<()> {
+        self.asm.mov_ri(Reg::Rax, i64::from(callee));
+        self.asm.mov_rm(TMP, ctx(off::TABLE))?;
         Ok(())
     }
 }
@@ -510,8 +524,8 @@ impl MacroAssembler for X64 {
         args: &[Operand<Reg>],
         depth_trap: Label,
         dst: Reg,
-        direct: Option<Label>,
-    ) -> Result<()> {
+        target: CallTarget,
+    ) -> Result<Option<usize>> {
         let mut in_regs = Vec::with_capacity(ARGS.len());
         for (i, &arg) in args.iter().enumerate() {
             match ARGS.get(i) {
@@ -529,18 +543,41 @@ impl MacroAssembler for X64 {
         }
         self.asm.sub_ri(DEPTH, 1);
         self.asm.jcc(Cond::B, depth_trap)?;
-        if let Some(entry) = direct {
-            self.asm.call_label(entry)?;
-        } else {
-            self.asm.mov_ri(Reg::Rax, i64::from(callee));
-            self.asm.mov_rm(TMP, ctx(off::TABLE))?;
-            let disp = i32::try_from(u64::from(callee) * 8)
-                .map_err(|_| JitError::Internal("function index too large"))?;
-            self.asm.call_m(Mem::base(TMP, disp))?;
+        let mut site = None;
+        match target {
+            CallTarget::Entry(entry) => self.asm.call_label(entry)?,
+            CallTarget::Linked(thunk) => {
+                // The displacement (after the 1-byte opcode) 4-byte aligned: linking it is one
+                // aligned store.
+                while (self.asm.offset() + 1) % 4 != 0 {
+                    self.asm.nop();
+                }
+                site = Some(self.asm.offset());
+                self.asm.call_label(thunk)?;
+            }
+            CallTarget::Table => {
+                self.table_entry(callee)?;
+                self.asm.call_m(Mem::base(TMP, table_disp(callee)?))?;
+            }
         }
         self.asm.add_ri(DEPTH, 1);
         self.asm.mov_rr(dst, Reg::Rax);
+        Ok(site)
+    }
+
+    fn call_thunk(&mut self, callee: FuncId) -> Result<()> {
+        // Reached by a call: the frame is the caller's call state until the jump.
+        self.note(|at| FrameStep::Entry { at });
+        self.table_entry(callee)?;
+        self.asm.jmp_m(Mem::base(TMP, table_disp(callee)?))?;
         Ok(())
+    }
+
+    /// `call rel32`: the displacement, at byte 1, counts from the end of the instruction.
+    fn link_call(at: usize, target: usize) -> Option<(usize, [u8; 4])> {
+        let next = at.checked_add(5)?;
+        let disp = i32::try_from(target as i64 - next as i64).ok()?;
+        Some((1, disp.to_le_bytes()))
     }
 
     /// `call` takes one level with `sub DEPTH, 1` and traps on the borrow: on DEPTH == 0.
