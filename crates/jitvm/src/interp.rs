@@ -5,8 +5,9 @@
 //! the stack code becomes three-address operations on those slots, with compare-and-branch and
 //! store-retargeting fused in. The loop below is one `match` per operation over that array.
 //! A call needs no allocation once the stack and the frame list have grown: the callee's frame
-//! starts at the caller's first argument slot, so the arguments are already its first locals and
-//! its result lands where the caller expects it.
+//! starts at the caller's first argument slot, so the arguments are already its first locals, and
+//! its result goes straight to the slot the call names (the first argument's, or the local a
+//! following `store_local` stores it in).
 //!
 //! # Events, in the order compiled code must reproduce them
 //!
@@ -200,6 +201,11 @@ struct Frame {
     func: FuncId,
     pc: usize,
     base: usize,
+    /// Where the result of the call it is suspended in goes (a stack index).
+    ret: usize,
+    /// Instructions fused into the call after it (a `store_local` of its result), counted
+    /// when it returns.
+    after: u32,
 }
 
 /// Slots a frame of at most this many is addressed through: a `[i64; WINDOW]` view indexed by
@@ -359,8 +365,11 @@ fn exec<E: Engine, const COUNT: bool>(
                 match frames.pop() {
                     None => finish!(Ok(v)),
                     Some(caller) => {
-                        if let Some(slot) = stack.get_mut(base) {
+                        if let Some(slot) = stack.get_mut(caller.ret) {
                             *slot = v;
+                        }
+                        if COUNT {
+                            icount = icount.wrapping_add(u64::from(caller.after));
                         }
                         func = caller.func;
                         pc = caller.pc;
@@ -598,6 +607,7 @@ fn exec<E: Engine, const COUNT: bool>(
                         Op::LoopNeRI { a, k, t } => loop_test!($regs, t, rd($regs, a) != k),
                         Op::LoopHeader { at } => loop_header!($regs, at),
                         Op::Call {
+                            dst,
                             func: callee,
                             base: at,
                         } => {
@@ -619,6 +629,15 @@ fn exec<E: Engine, const COUNT: bool>(
                                 }
                                 stack.resize(new_end, 0);
                             }
+                            // A fused `store_local` of the result begins when the call
+                            // returns: counted then (its count is the trap record's `uncount`).
+                            let after = if COUNT {
+                                let after = low.traps.get(pc.wrapping_sub(1)).map_or(0, |t| t.1);
+                                icount = icount.wrapping_sub(u64::from(after));
+                                after
+                            } else {
+                                0
+                            };
                             let (args, locals) = (cf.args() as usize, cf.locals() as usize);
                             let locals_end = new_base.saturating_add(locals);
                             if locals > args
@@ -634,17 +653,27 @@ fn exec<E: Engine, const COUNT: bool>(
                                 }
                                 _ => Ok(None),
                             };
+                            let ret = base.saturating_add(dst as usize);
                             match r {
                                 Ok(None) => {
-                                    frames.push(Frame { func, pc, base });
+                                    frames.push(Frame {
+                                        func,
+                                        pc,
+                                        base,
+                                        ret,
+                                        after,
+                                    });
                                     func = callee;
                                     pc = 0;
                                     base = new_base;
                                     depth += 1;
                                 }
                                 Ok(Some(v)) => {
-                                    if let Some(slot) = stack.get_mut(new_base) {
+                                    if let Some(slot) = stack.get_mut(ret) {
                                         *slot = v;
+                                    }
+                                    if COUNT {
+                                        icount = icount.wrapping_add(u64::from(after));
                                     }
                                 }
                                 Err(stop) => finish!(Err(stop)),

@@ -490,9 +490,18 @@ pub(crate) fn lower(f: &Function, args: &[u32]) -> Lowered {
                 let nargs = args.get(func as usize).copied().unwrap_or(0) as usize;
                 let first = l.stack.len().saturating_sub(nargs);
                 let base = l.home(first);
-                l.emit(Op::Call { func, base }, offset);
+                l.emit(
+                    Op::Call {
+                        dst: base,
+                        func,
+                        base,
+                    },
+                    offset,
+                );
                 l.stack.truncate(first);
                 l.stack.push(Val::Slot(base));
+                // A `store_local` next sends the result straight to its local.
+                l.producer = true;
             }
             Insn::Return => {
                 let op = match l.pop() {

@@ -103,6 +103,9 @@ ops! {
         EqRI { dst: Reg, a: Reg, k: i64 },
         NeRR { dst: Reg, a: Reg, b: Reg },
         NeRI { dst: Reg, a: Reg, k: i64 },
+        /// Call `func`; its frame (and first argument) starts at slot `base`, its result goes
+        /// to slot `dst` (`base`, or the local a following `store_local` names).
+        Call { dst: Reg, func: crate::FuncId, base: Reg },
     }
     t {
         JnLtRR { a: Reg, b: Reg, t: u32 },
@@ -151,8 +154,6 @@ ops! {
     _ {
         /// `loop_header` at source instruction index `at`.
         LoopHeader { at: u32 },
-        /// Call `func`; its frame (and first argument) starts at slot `base`.
-        Call { func: crate::FuncId, base: Reg },
         Ret { src: Reg },
         RetImm { k: i64 },
         Print { src: Reg },
@@ -327,7 +328,22 @@ mod tests {
         assert_eq!(back, Op::LoopBack { t: 8, at: 4 });
         let jn = Op::JnNeRI { a: 1, k: 0, t: 6 };
         assert_eq!((jn.dst(), jn.target()), (None, Some(6)));
-        for op in [Op::Call { func: 1, base: 2 }, Op::Ret { src: 1 }, Op::Halt] {
+        let mut call = Op::Call {
+            dst: 2,
+            func: 1,
+            base: 2,
+        };
+        assert_eq!((call.dst(), call.target()), (Some(2), None));
+        call.set_dst(0);
+        assert_eq!(
+            call,
+            Op::Call {
+                dst: 0,
+                func: 1,
+                base: 2
+            }
+        );
+        for op in [Op::Ret { src: 1 }, Op::Halt] {
             assert_eq!((op.dst(), op.target()), (None, None), "{op:?}");
         }
     }
