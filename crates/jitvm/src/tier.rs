@@ -8,6 +8,13 @@
 //! natively from then on. Compiled code calls functions that are not compiled yet through the
 //! bridge, which runs them in the interpreter (where they may tier up in turn).
 //!
+//! A compiled call of another function is a `call rel32` / `bl` to a thunk in the caller's code
+//! that goes on through the function table. Once both caller and callee are compiled, the call
+//! is linked: patched to go straight to the callee's code (`State::link`), with jitmem's
+//! `patch_live`, because the caller may be suspended inside that very call (compiled caller ->
+//! thunk -> bridge -> interpreter -> the callee tiers up). Code is never freed during a run, so
+//! a linked call never outlives its target.
+//!
 //! When executable memory runs out (jitmem's arena is exhausted, the process is at its limit of
 //! memory mappings, the address space within reach of the helpers is full, or the OS refuses
 //! memory), compilation stops for the rest of the run: the
