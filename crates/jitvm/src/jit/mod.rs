@@ -223,6 +223,82 @@ mod tests {
         }
     }
 
+    /// With `link_calls`, a call of another function is one `call rel32` / `bl` to a thunk in
+    /// the caller's own code (x86-64: its displacement 4-byte aligned), recorded as a call site;
+    /// `link_call` makes the bytes that send it to a target within reach, and nothing beyond.
+    #[test]
+    fn linkable_calls_go_to_a_thunk_and_link_only_within_reach() {
+        // `print` in the callee keeps it from being compiled inline.
+        let src = "func main args=0 locals=0\n    load_imm 1\n    call f\n    load_imm 2\n    call f\n    add_ii\n    return\nend\nfunc f args=1 locals=1\n    load_local_0\n    print\n    load_local_0\n    return\nend\n";
+        let program = crate::verify::verify(&crate::text::parse(src).unwrap()).unwrap();
+        let linked = CodegenOptions {
+            link_calls: true,
+            ..CodegenOptions::default()
+        };
+        for isa in [Isa::X64, Isa::A64] {
+            let code = compile_for(isa, &program, 0, linked).unwrap();
+            assert_eq!(code.call_sites.len(), 2, "{isa:?}");
+            let mut thunks = Vec::new();
+            for &(at, callee) in &code.call_sites {
+                assert_eq!(callee, 1);
+                let target = match isa {
+                    Isa::X64 => {
+                        assert_eq!((at + 1) % 4, 0, "the displacement is 4-byte aligned");
+                        assert_eq!(code.code[at], 0xE8, "call rel32");
+                        let rel = i32::from_le_bytes(code.code[at + 1..at + 5].try_into().unwrap());
+                        (at as i64 + 5 + i64::from(rel)) as usize
+                    }
+                    Isa::A64 => {
+                        let word = u32::from_le_bytes(code.code[at..at + 4].try_into().unwrap());
+                        assert_eq!(word >> 26, 0b100101, "bl");
+                        (at as i64 + ((word << 6) as i32 >> 6) as i64 * 4) as usize
+                    }
+                };
+                assert!(
+                    target > at && target < code.code.len(),
+                    "{isa:?}: a thunk in the code"
+                );
+                thunks.push(target);
+            }
+            assert_eq!(thunks[0], thunks[1], "{isa:?}: one thunk per callee");
+            let table = compile_for(isa, &program, 0, CodegenOptions::default()).unwrap();
+            assert!(
+                table.call_sites.is_empty(),
+                "{isa:?}: without link_calls, the table"
+            );
+
+            let at = 0x7000_0000_0000usize;
+            let (reach, width) = match isa {
+                Isa::X64 => (i32::MAX as usize, 5),
+                Isa::A64 => ((128 << 20) - 4, 0),
+            };
+            for target in [
+                at + 0x1000,
+                at - 0x1000,
+                at + width + reach - 64,
+                at + width - reach + 64,
+            ] {
+                let target = target & !3;
+                let (offset, bytes) = link_call(isa, at, target).unwrap();
+                let decoded = match isa {
+                    Isa::X64 => {
+                        assert_eq!(offset, 1);
+                        (at as i64 + 5 + i64::from(i32::from_le_bytes(bytes))) as usize
+                    }
+                    Isa::A64 => {
+                        assert_eq!(offset, 0);
+                        let word = u32::from_le_bytes(bytes);
+                        assert_eq!(word >> 26, 0b100101, "bl");
+                        (at as i64 + ((word << 6) as i32 >> 6) as i64 * 4) as usize
+                    }
+                };
+                assert_eq!(decoded, target, "{isa:?}");
+            }
+            assert_eq!(link_call(isa, at, at + width + reach + 64), None, "{isa:?}");
+            assert_eq!(link_call(isa, at, at - reach - 64), None, "{isa:?}");
+        }
+    }
+
     /// With BTI, every AArch64 function entry, array entry and runtime stub starts with a
     /// landing pad; without it, none does.
     #[test]
