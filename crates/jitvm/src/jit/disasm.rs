@@ -6,7 +6,9 @@ use super::{CodegenOptions, Isa, JitError, compile_for};
 use crate::{FuncId, Program};
 
 /// The machine code the JIT makes for `func` on `isa`, one instruction per line with its offset
-/// and bytes; entry points are marked.
+/// and bytes; entry points and linkable calls are marked. Calls of other functions are listed
+/// as compiled, to their thunk: the tiered JIT links them to the callee's code once both are
+/// compiled.
 pub fn native_listing(
     isa: Isa,
     program: &Program,
@@ -19,6 +21,7 @@ pub fn native_listing(
         func,
         CodegenOptions {
             steps,
+            link_calls: true,
             ..CodegenOptions::default()
         },
     )?;
@@ -30,6 +33,13 @@ pub fn native_listing(
         marks.push((
             *offset,
             format!("OSR entry after the loop_header at instruction {index}"),
+        ));
+    }
+    for &(at, callee) in &code.call_sites {
+        let name = program.function(callee).map_or("?", |f| f.name());
+        marks.push((
+            at,
+            format!("call of {name}: to its thunk until linked to its code"),
         ));
     }
     let lines = match isa {
@@ -86,9 +96,10 @@ mod tests {
     use super::*;
 
     /// A recursive call goes straight to the function's own entry (offset 0), read back by the
-    /// independent decoders; a call of another function goes through the table.
+    /// independent decoders; a call of another function goes to a thunk that goes on through
+    /// the table.
     #[test]
-    fn recursive_calls_are_direct_and_others_through_the_table() {
+    fn recursive_calls_are_direct_and_others_through_a_thunk() {
         let source = crate::bench::Workload::Fib.source(20);
         let program = crate::verify::verify(&crate::text::parse(&source).unwrap()).unwrap();
         let fib = 1;
@@ -108,6 +119,7 @@ mod tests {
             .count();
         assert_eq!(bl_to_start, 2, "{a64}");
         let main = native_listing(Isa::X64, &program, 0, false).unwrap();
-        assert!(main.contains("call qword ptr [r11+8]"), "{main}");
+        assert!(main.contains("; call of fib: to its thunk"), "{main}");
+        assert!(main.contains("jmp qword ptr [r11+8]"), "{main}");
     }
 }
