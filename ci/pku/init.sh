@@ -22,9 +22,11 @@ cd /tmp
 echo "pku-vm: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPU(s)," \
   "cpuinfo flags: pku=$(grep -cw pku /proc/cpuinfo) ospke=$(grep -cw ospke /proc/cpuinfo)"
 
-# Written by run.sh: test_timeout (seconds per binary) and skip (lines `binary test`).
+# Written by run.sh: test_timeout (seconds per binary), skip (lines `binary test`) and filters
+# (lines `binary filter`: the binary runs only the tests whose names contain the filter).
 test_timeout=300
 skip=""
+filters=""
 [ -f /pku.env ] && . /pku.env
 
 why=""
@@ -33,6 +35,8 @@ for t in /tests/*; do
   name=${t##*/}
   echo "=== pku-vm: $name (JITMEM_REQUIRE_PKU=1) $(cut -d' ' -f1 /proc/uptime)s"
   set -- --nocapture
+  filter=$(echo "$filters" | awk -v b="$name" '$1 == b {print $2}')
+  [ -z "$filter" ] || { echo "pku-vm: $name runs only the tests matching $filter"; set -- "$filter" "$@"; }
   for test in $(echo "$skip" | awk -v b="$name" '$1 == b {print $2}'); do
     echo "pku-vm: skipping $name::$test (PKU_SKIP)"
     [ "$1" = --exact ] || set -- --exact "$@"

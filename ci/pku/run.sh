@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # PerThread (protection keys) on a CPU that has them: boots Debian's cloud kernel under
 # qemu-system-x86_64 with `-cpu max` (TCG emulates PKU; this machine's CPU has none) and an
-# initramfs holding jitmem's test binaries, `jitmem` and `jitmem-bench`. The guest (ci/pku/init.sh)
+# initramfs holding jitmem's test binaries, jitvm's unit tests (only its tier tests are run),
+# `jitmem` and `jitmem-bench`. The guest (ci/pku/init.sh)
 # runs them with JITMEM_REQUIRE_PKU=1, so a refused PerThread is a failure there. Exits non-zero
 # unless the console shows every binary passed, the tests made PerThread memory, the selftest
 # passed a PerThread row, and `FINAL: PASS`.
@@ -71,6 +72,13 @@ cargo test "${release[@]}" -p jitmem --no-run --message-format=json 2> "$out/bui
   cat "$out/build.err" >&2
   exit 1
 }
+# jitvm's tier tests too: its JIT's calls linked with patch_live on PerThread memory (only those
+# tests run, see `filters` below; the rest of jitvm's suite reads files the guest does not have).
+note "building jitvm's unit tests ($profile)"
+cargo test "${release[@]}" -p jitvm --lib --no-run --message-format=json 2>> "$out/build.err" >> "$out/build.json" || {
+  cat "$out/build.err" >&2
+  exit 1
+}
 mapfile -t tests < <(jq -r 'select(.reason == "compiler-artifact" and .profile.test and .executable != null) | .executable' "$out/build.json")
 [ ${#tests[@]} -gt 0 ] || { echo "pku: cargo built no test executable" >&2; exit 1; }
 if [ -n "${PKU_ONLY:-}" ]; then
@@ -99,6 +107,8 @@ chmod 755 "$root/init"
 {
   echo "test_timeout=$test_timeout"
   printf 'skip="%s"\n' "$(tr ' ' '\n' <<< "${PKU_SKIP:-}" | sed -n 's/^\([^:]*\):\(.*\)$/\1 \2/p')"
+  # Per binary, the one test-name filter it runs with (lines `binary filter`).
+  echo 'filters="jitvm tier::tests"'
 } > "$root/pku.env"
 copy_libs() {
   ldd "$1" | grep -o '/[^ ]*' | while read -r lib; do
