@@ -38,6 +38,14 @@ impl CodeBlock {
         scope.publish()
     }
 
+    /// Whether this block offers [`patch_live`](Self::patch_live) and
+    /// [`patch_live_data`](Self::patch_live_data): every strategy but Toggle, whose written
+    /// pages are not executable (use [`patch`](Self::patch) there, for code no other thread
+    /// runs meanwhile).
+    pub fn patches_live(&self) -> bool {
+        self.rules().runs_while_written()
+    }
+
     /// Replaces `bytes.len()` bytes of code at `offset` that other threads may be running right
     /// now, with one single-copy-atomic store and no system call: what JITs use to link blocks
     /// (a jump's target, a call's displacement, a `NOP` turned into a `B`).
@@ -96,7 +104,7 @@ impl CodeBlock {
     }
 
     fn check_runs_while_written(&self) -> Result<()> {
-        if self.rules().runs_while_written() {
+        if self.patches_live() {
             Ok(())
         } else {
             Err(Error::NotLivePatchable {

@@ -73,6 +73,7 @@ fn patch_live_relinks_code_another_thread_is_running() {
         |memory| {
             let (_, at, to1, to2) = selector();
             let mut block = selector_block(&memory);
+            assert_eq!(block.patches_live(), memory.strategy() != Strategy::Toggle);
             if memory.strategy() == Strategy::Toggle {
                 assert!(is_not_live_patchable(block.patch_live(at, &to2)));
                 return;

@@ -220,8 +220,8 @@ trait Slots {
     fn rd(&self, r: Reg) -> i64;
     /// Writes slot `r` (ignored beyond the frame).
     fn wr(&mut self, r: Reg, v: i64);
-    /// The first `n` slots (fewer if the frame has fewer).
-    fn first(&mut self, n: usize) -> &mut [i64];
+    /// The first `n` slots, the locals (fewer if the frame has fewer).
+    fn locals(&mut self, n: usize) -> &mut [i64];
 }
 
 /// A frame of at most [`WINDOW`] slots: every slot number the lowering gives it is below 256,
@@ -240,9 +240,8 @@ impl Slots for [i64; WINDOW] {
         }
     }
 
-    fn first(&mut self, n: usize) -> &mut [i64] {
-        let n = n.min(WINDOW);
-        self.get_mut(..n).unwrap_or_default()
+    fn locals(&mut self, n: usize) -> &mut [i64] {
+        self.as_mut_slice().locals(n)
     }
 }
 
@@ -259,20 +258,10 @@ impl Slots for [i64] {
         }
     }
 
-    fn first(&mut self, n: usize) -> &mut [i64] {
+    fn locals(&mut self, n: usize) -> &mut [i64] {
         let n = n.min(self.len());
         self.get_mut(..n).unwrap_or_default()
     }
-}
-
-#[inline(always)]
-fn rd<S: Slots + ?Sized>(regs: &S, r: Reg) -> i64 {
-    regs.rd(r)
-}
-
-#[inline(always)]
-fn wr<S: Slots + ?Sized>(regs: &mut S, r: Reg, v: i64) {
-    regs.wr(r, v);
 }
 
 #[inline(always)]
@@ -396,7 +385,7 @@ fn exec<E: Engine, const COUNT: bool>(
             ($regs:ident, $at:expr) => {{
                 if observes {
                     sync_out!();
-                    let locals = $regs.first(f.locals() as usize);
+                    let locals = $regs.locals(f.locals() as usize);
                     match engine.loop_header(program, func, $at, locals, depth) {
                         Ok(None) => {}
                         Ok(Some(v)) => ret!(v),
@@ -437,7 +426,7 @@ fn exec<E: Engine, const COUNT: bool>(
         macro_rules! write_or_trap {
             ($regs:ident, $dst:expr, $result:expr) => {
                 match $result {
-                    Ok(v) => wr($regs, $dst, v),
+                    Ok(v) => $regs.wr($dst, v),
                     Err(kind) => trap!(kind),
                 }
             };
@@ -468,41 +457,39 @@ fn exec<E: Engine, const COUNT: bool>(
                     pc += 1;
                     match *op {
                         Op::Nop => {}
-                        Op::Imm { dst, k } => wr($regs, dst, k),
-                        Op::Mov { dst, src } => wr($regs, dst, rd($regs, src)),
-                        Op::Neg { dst, src } => wr($regs, dst, rd($regs, src).wrapping_neg()),
+                        Op::Imm { dst, k } => $regs.wr(dst, k),
+                        Op::Mov { dst, src } => $regs.wr(dst, $regs.rd(src)),
+                        Op::Neg { dst, src } => $regs.wr(dst, $regs.rd(src).wrapping_neg()),
                         Op::AddRR { dst, a, b } => {
-                            wr($regs, dst, rd($regs, a).wrapping_add(rd($regs, b)))
+                            $regs.wr(dst, $regs.rd(a).wrapping_add($regs.rd(b)))
                         }
-                        Op::AddRI { dst, a, k } => wr($regs, dst, rd($regs, a).wrapping_add(k)),
-                        Op::AddRRI { dst, a, b, k } => wr(
-                            $regs,
-                            dst,
-                            rd($regs, a).wrapping_add(rd($regs, b)).wrapping_add(k),
-                        ),
+                        Op::AddRI { dst, a, k } => $regs.wr(dst, $regs.rd(a).wrapping_add(k)),
+                        Op::AddRRI { dst, a, b, k } => {
+                            $regs.wr(dst, $regs.rd(a).wrapping_add($regs.rd(b)).wrapping_add(k))
+                        }
                         Op::SubRR { dst, a, b } => {
-                            wr($regs, dst, rd($regs, a).wrapping_sub(rd($regs, b)))
+                            $regs.wr(dst, $regs.rd(a).wrapping_sub($regs.rd(b)))
                         }
-                        Op::SubRI { dst, a, k } => wr($regs, dst, rd($regs, a).wrapping_sub(k)),
+                        Op::SubRI { dst, a, k } => $regs.wr(dst, $regs.rd(a).wrapping_sub(k)),
                         Op::MulRR { dst, a, b } => {
-                            wr($regs, dst, rd($regs, a).wrapping_mul(rd($regs, b)))
+                            $regs.wr(dst, $regs.rd(a).wrapping_mul($regs.rd(b)))
                         }
-                        Op::MulRI { dst, a, k } => wr($regs, dst, rd($regs, a).wrapping_mul(k)),
+                        Op::MulRI { dst, a, k } => $regs.wr(dst, $regs.rd(a).wrapping_mul(k)),
                         Op::DivRR { dst, a, b } => {
-                            write_or_trap!($regs, dst, div(rd($regs, a), rd($regs, b)))
+                            write_or_trap!($regs, dst, div($regs.rd(a), $regs.rd(b)))
                         }
-                        Op::DivRI { dst, a, k } => write_or_trap!($regs, dst, div(rd($regs, a), k)),
+                        Op::DivRI { dst, a, k } => write_or_trap!($regs, dst, div($regs.rd(a), k)),
                         Op::ModRR { dst, a, b } => {
-                            write_or_trap!($regs, dst, rem(rd($regs, a), rd($regs, b)))
+                            write_or_trap!($regs, dst, rem($regs.rd(a), $regs.rd(b)))
                         }
-                        Op::ModRI { dst, a, k } => write_or_trap!($regs, dst, rem(rd($regs, a), k)),
+                        Op::ModRI { dst, a, k } => write_or_trap!($regs, dst, rem($regs.rd(a), k)),
                         Op::DivMagic {
                             dst,
                             a,
                             magic,
                             shift,
                             adjust,
-                        } => wr($regs, dst, magic_div(rd($regs, a), magic, shift, adjust)),
+                        } => $regs.wr(dst, magic_div($regs.rd(a), magic, shift, adjust)),
                         Op::ModMagic {
                             dst,
                             a,
@@ -511,62 +498,62 @@ fn exec<E: Engine, const COUNT: bool>(
                             adjust,
                             k,
                         } => {
-                            let n = rd($regs, a);
+                            let n = $regs.rd(a);
                             let q = magic_div(n, magic, shift, adjust);
-                            wr($regs, dst, n.wrapping_sub(q.wrapping_mul(i64::from(k))));
+                            $regs.wr(dst, n.wrapping_sub(q.wrapping_mul(i64::from(k))));
                         }
                         Op::LtRR { dst, a, b } => {
-                            wr($regs, dst, i64::from(rd($regs, a) < rd($regs, b)))
+                            $regs.wr(dst, i64::from($regs.rd(a) < $regs.rd(b)))
                         }
-                        Op::LtRI { dst, a, k } => wr($regs, dst, i64::from(rd($regs, a) < k)),
+                        Op::LtRI { dst, a, k } => $regs.wr(dst, i64::from($regs.rd(a) < k)),
                         Op::LeRR { dst, a, b } => {
-                            wr($regs, dst, i64::from(rd($regs, a) <= rd($regs, b)))
+                            $regs.wr(dst, i64::from($regs.rd(a) <= $regs.rd(b)))
                         }
-                        Op::LeRI { dst, a, k } => wr($regs, dst, i64::from(rd($regs, a) <= k)),
+                        Op::LeRI { dst, a, k } => $regs.wr(dst, i64::from($regs.rd(a) <= k)),
                         Op::GtRR { dst, a, b } => {
-                            wr($regs, dst, i64::from(rd($regs, a) > rd($regs, b)))
+                            $regs.wr(dst, i64::from($regs.rd(a) > $regs.rd(b)))
                         }
-                        Op::GtRI { dst, a, k } => wr($regs, dst, i64::from(rd($regs, a) > k)),
+                        Op::GtRI { dst, a, k } => $regs.wr(dst, i64::from($regs.rd(a) > k)),
                         Op::GeRR { dst, a, b } => {
-                            wr($regs, dst, i64::from(rd($regs, a) >= rd($regs, b)))
+                            $regs.wr(dst, i64::from($regs.rd(a) >= $regs.rd(b)))
                         }
-                        Op::GeRI { dst, a, k } => wr($regs, dst, i64::from(rd($regs, a) >= k)),
+                        Op::GeRI { dst, a, k } => $regs.wr(dst, i64::from($regs.rd(a) >= k)),
                         Op::EqRR { dst, a, b } => {
-                            wr($regs, dst, i64::from(rd($regs, a) == rd($regs, b)))
+                            $regs.wr(dst, i64::from($regs.rd(a) == $regs.rd(b)))
                         }
-                        Op::EqRI { dst, a, k } => wr($regs, dst, i64::from(rd($regs, a) == k)),
+                        Op::EqRI { dst, a, k } => $regs.wr(dst, i64::from($regs.rd(a) == k)),
                         Op::NeRR { dst, a, b } => {
-                            wr($regs, dst, i64::from(rd($regs, a) != rd($regs, b)))
+                            $regs.wr(dst, i64::from($regs.rd(a) != $regs.rd(b)))
                         }
-                        Op::NeRI { dst, a, k } => wr($regs, dst, i64::from(rd($regs, a) != k)),
+                        Op::NeRI { dst, a, k } => $regs.wr(dst, i64::from($regs.rd(a) != k)),
                         // The `continue`s on taken branches keep them branches: a conditional
                         // move of `pc` would put the compare on the critical path of the next
                         // dispatch.
-                        Op::JnLtRR { a, b, t } => branch_unless!(rd($regs, a) < rd($regs, b), t),
-                        Op::JnLtRI { a, k, t } => branch_unless!(rd($regs, a) < k, t),
-                        Op::JnLeRR { a, b, t } => branch_unless!(rd($regs, a) <= rd($regs, b), t),
-                        Op::JnLeRI { a, k, t } => branch_unless!(rd($regs, a) <= k, t),
-                        Op::JnGtRR { a, b, t } => branch_unless!(rd($regs, a) > rd($regs, b), t),
-                        Op::JnGtRI { a, k, t } => branch_unless!(rd($regs, a) > k, t),
-                        Op::JnGeRR { a, b, t } => branch_unless!(rd($regs, a) >= rd($regs, b), t),
-                        Op::JnGeRI { a, k, t } => branch_unless!(rd($regs, a) >= k, t),
-                        Op::JnEqRR { a, b, t } => branch_unless!(rd($regs, a) == rd($regs, b), t),
-                        Op::JnEqRI { a, k, t } => branch_unless!(rd($regs, a) == k, t),
-                        Op::JnNeRR { a, b, t } => branch_unless!(rd($regs, a) != rd($regs, b), t),
-                        Op::JnNeRI { a, k, t } => branch_unless!(rd($regs, a) != k, t),
+                        Op::JnLtRR { a, b, t } => branch_unless!($regs.rd(a) < $regs.rd(b), t),
+                        Op::JnLtRI { a, k, t } => branch_unless!($regs.rd(a) < k, t),
+                        Op::JnLeRR { a, b, t } => branch_unless!($regs.rd(a) <= $regs.rd(b), t),
+                        Op::JnLeRI { a, k, t } => branch_unless!($regs.rd(a) <= k, t),
+                        Op::JnGtRR { a, b, t } => branch_unless!($regs.rd(a) > $regs.rd(b), t),
+                        Op::JnGtRI { a, k, t } => branch_unless!($regs.rd(a) > k, t),
+                        Op::JnGeRR { a, b, t } => branch_unless!($regs.rd(a) >= $regs.rd(b), t),
+                        Op::JnGeRI { a, k, t } => branch_unless!($regs.rd(a) >= k, t),
+                        Op::JnEqRR { a, b, t } => branch_unless!($regs.rd(a) == $regs.rd(b), t),
+                        Op::JnEqRI { a, k, t } => branch_unless!($regs.rd(a) == k, t),
+                        Op::JnNeRR { a, b, t } => branch_unless!($regs.rd(a) != $regs.rd(b), t),
+                        Op::JnNeRI { a, k, t } => branch_unless!($regs.rd(a) != k, t),
                         Op::Jump { t } => pc = t as usize,
                         Op::JumpBack { t } => {
                             step!();
                             pc = t as usize;
                         }
                         Op::Jz { c, t } => {
-                            if rd($regs, c) == 0 {
+                            if $regs.rd(c) == 0 {
                                 pc = t as usize;
                                 continue;
                             }
                         }
                         Op::JzBack { c, t } => {
-                            if rd($regs, c) == 0 {
+                            if $regs.rd(c) == 0 {
                                 step!();
                                 pc = t as usize;
                             }
@@ -582,29 +569,29 @@ fn exec<E: Engine, const COUNT: bool>(
                             loop_header!($regs, at);
                         }
                         Op::LoopLtRR { a, b, t } => {
-                            loop_test!($regs, t, rd($regs, a) < rd($regs, b))
+                            loop_test!($regs, t, $regs.rd(a) < $regs.rd(b))
                         }
-                        Op::LoopLtRI { a, k, t } => loop_test!($regs, t, rd($regs, a) < k),
+                        Op::LoopLtRI { a, k, t } => loop_test!($regs, t, $regs.rd(a) < k),
                         Op::LoopLeRR { a, b, t } => {
-                            loop_test!($regs, t, rd($regs, a) <= rd($regs, b))
+                            loop_test!($regs, t, $regs.rd(a) <= $regs.rd(b))
                         }
-                        Op::LoopLeRI { a, k, t } => loop_test!($regs, t, rd($regs, a) <= k),
+                        Op::LoopLeRI { a, k, t } => loop_test!($regs, t, $regs.rd(a) <= k),
                         Op::LoopGtRR { a, b, t } => {
-                            loop_test!($regs, t, rd($regs, a) > rd($regs, b))
+                            loop_test!($regs, t, $regs.rd(a) > $regs.rd(b))
                         }
-                        Op::LoopGtRI { a, k, t } => loop_test!($regs, t, rd($regs, a) > k),
+                        Op::LoopGtRI { a, k, t } => loop_test!($regs, t, $regs.rd(a) > k),
                         Op::LoopGeRR { a, b, t } => {
-                            loop_test!($regs, t, rd($regs, a) >= rd($regs, b))
+                            loop_test!($regs, t, $regs.rd(a) >= $regs.rd(b))
                         }
-                        Op::LoopGeRI { a, k, t } => loop_test!($regs, t, rd($regs, a) >= k),
+                        Op::LoopGeRI { a, k, t } => loop_test!($regs, t, $regs.rd(a) >= k),
                         Op::LoopEqRR { a, b, t } => {
-                            loop_test!($regs, t, rd($regs, a) == rd($regs, b))
+                            loop_test!($regs, t, $regs.rd(a) == $regs.rd(b))
                         }
-                        Op::LoopEqRI { a, k, t } => loop_test!($regs, t, rd($regs, a) == k),
+                        Op::LoopEqRI { a, k, t } => loop_test!($regs, t, $regs.rd(a) == k),
                         Op::LoopNeRR { a, b, t } => {
-                            loop_test!($regs, t, rd($regs, a) != rd($regs, b))
+                            loop_test!($regs, t, $regs.rd(a) != $regs.rd(b))
                         }
-                        Op::LoopNeRI { a, k, t } => loop_test!($regs, t, rd($regs, a) != k),
+                        Op::LoopNeRI { a, k, t } => loop_test!($regs, t, $regs.rd(a) != k),
                         Op::LoopHeader { at } => loop_header!($regs, at),
                         Op::Call {
                             dst,
@@ -680,10 +667,10 @@ fn exec<E: Engine, const COUNT: bool>(
                             }
                             continue 'frame;
                         }
-                        Op::Ret { src } => ret!(rd($regs, src)),
+                        Op::Ret { src } => ret!($regs.rd(src)),
                         Op::RetImm { k } => ret!(k),
                         Op::Print { src } => {
-                            let v = rd($regs, src);
+                            let v = $regs.rd(src);
                             sync_out!();
                             engine.print(v);
                         }

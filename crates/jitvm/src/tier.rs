@@ -656,13 +656,13 @@ impl<W: Output> State<W> {
     /// Patches the linkable call at offset `at` of `caller`'s code to go to `target`; `false`
     /// when `target` is out of the call's reach. The patch is one aligned 4-byte store
     /// (`patch_live`: the caller may be suspended in the middle of this very call, further up
-    /// the stack); under Toggle, whose pages are not executable while written, an ordinary
-    /// patch (this VM runs its compiled code on this thread only, which is here).
+    /// the stack); where the block does not patch live (Toggle: its pages are not executable
+    /// while written), an ordinary patch (this VM runs its compiled code on this thread only,
+    /// which is here).
     fn link_call(&mut self, caller: FuncId, at: usize, target: usize) -> Result<bool, JitError> {
         let Some(jit) = self.jit.as_ref() else {
             return Ok(false);
         };
-        let live = jit.memory.strategy() != jitmem::Strategy::Toggle;
         let isa = jit.isa;
         let Some(code) = self
             .funcs
@@ -676,7 +676,7 @@ impl<W: Output> State<W> {
         let Some((offset, bytes)) = crate::jit::link_call(isa, address, target) else {
             return Ok(false);
         };
-        if live {
+        if block.patches_live() {
             block.patch_live(at + offset, &bytes)?;
         } else {
             block.patch(at + offset, &bytes)?;
@@ -963,19 +963,7 @@ mod tests {
         let scope = block.write_range(at..at + 5).unwrap();
         let bytes = scope.to_vec();
         drop(scope);
-        match Isa::native().unwrap() {
-            Isa::X64 => {
-                assert_eq!(bytes[0], 0xe8, "call rel32");
-                let disp = i32::from_le_bytes(bytes[1..5].try_into().unwrap());
-                (address as i64 + 5 + i64::from(disp)) as usize
-            }
-            Isa::A64 => {
-                let word = u32::from_le_bytes(bytes[..4].try_into().unwrap());
-                assert_eq!(word >> 26, 0b100101, "bl");
-                let imm26 = ((word << 6) as i32 >> 6) as i64;
-                (address as i64 + imm26 * 4) as usize
-            }
-        }
+        crate::jit::call_destination(Isa::native().unwrap(), &bytes, address)
     }
 
     /// The linkable call sites of `func` (compiled again: code generation is deterministic).

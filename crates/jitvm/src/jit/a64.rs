@@ -290,21 +290,6 @@ impl MacroAssembler for A64 {
         Ok((self.asm.finish()?, self.helper_calls))
     }
 
-    /// `bl`: the displacement counts from the instruction itself (+-128 MiB).
-    fn patch_call(code: &mut [u8], call: HelperCall, base: usize) -> Result<()> {
-        let here = base
-            .checked_add(call.at)
-            .ok_or(JitError::Internal("code address overflows"))?;
-        let mut a = Assembler::new();
-        a.bl_disp(call.target as i64 - here as i64)
-            .map_err(|_| JitError::Internal("helper beyond the reach of bl"))?;
-        let bytes = a.finish()?;
-        code.get_mut(call.at..call.at + bytes.len())
-            .ok_or(JitError::Internal("helper call outside the code"))?
-            .copy_from_slice(&bytes);
-        Ok(())
-    }
-
     fn take_frame_steps(&mut self) -> Vec<FrameStep> {
         std::mem::take(&mut self.steps)
     }
@@ -576,7 +561,8 @@ impl MacroAssembler for A64 {
         Ok(())
     }
 
-    /// `bl`: one instruction (naturally aligned), +-128 MiB.
+    /// `bl`: one instruction (naturally aligned); the displacement counts from the instruction
+    /// itself, +-128 MiB.
     fn link_call(at: usize, target: usize) -> Option<(usize, [u8; 4])> {
         let disp = (target as i64).checked_sub(at as i64)?;
         let mut a = Assembler::new();

@@ -319,9 +319,21 @@ pub(crate) trait MacroAssembler: Sized {
     /// The code, with every fixup patched, and its direct helper calls (to patch once the code
     /// has an address).
     fn finish(self) -> Result<(Vec<u8>, Vec<HelperCall>)>;
-    /// Patches the direct helper call `call` of `code`, which will run at address `base`;
-    /// fails if the helper is out of the call's reach.
-    fn patch_call(code: &mut [u8], call: HelperCall, base: usize) -> Result<()>;
+    /// Patches the direct helper call `call` of `code`, which will run at address `base`
+    /// ([`link_call`](Self::link_call)'s patch); fails if the helper is out of the call's reach.
+    fn patch_call(code: &mut [u8], call: HelperCall, base: usize) -> Result<()> {
+        let at = base
+            .checked_add(call.at)
+            .ok_or(JitError::Internal("code address overflows"))?;
+        let (offset, bytes) = Self::link_call(at, call.target).ok_or(JitError::Internal(
+            "helper beyond the reach of a direct call",
+        ))?;
+        let start = call.at + offset;
+        code.get_mut(start..start + bytes.len())
+            .ok_or(JitError::Internal("helper call outside the code"))?
+            .copy_from_slice(&bytes);
+        Ok(())
+    }
 
     /// Entry from compiled code (arguments per the ABI): checks the native stack (jumping to
     /// `stack_trap`), builds the frame, moves the arguments home and zeroes the other locals.

@@ -156,6 +156,24 @@ pub fn inlined_calls(program: &crate::Program) -> u32 {
         .sum()
 }
 
+/// Where the direct call (`call rel32` / `bl`) at the start of `code`, placed at `address`,
+/// goes: tests read generated and patched calls back with it.
+#[cfg(test)]
+pub(crate) fn call_destination(isa: Isa, code: &[u8], address: usize) -> usize {
+    match isa {
+        Isa::X64 => {
+            assert_eq!(code[0], 0xE8, "call rel32");
+            let rel = i32::from_le_bytes(code[1..5].try_into().unwrap());
+            (address as i64 + 5 + i64::from(rel)) as usize
+        }
+        Isa::A64 => {
+            let word = u32::from_le_bytes(code[..4].try_into().unwrap());
+            assert_eq!(word >> 26, 0b100101, "bl");
+            (address as i64 + ((word << 6) as i32 >> 6) as i64 * 4) as usize
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,27 +214,17 @@ mod tests {
             };
             patch(&mut bytes, call, base).unwrap();
             let at = call.at;
-            match isa {
-                Isa::X64 => {
-                    assert_eq!(bytes[at], 0xE8);
-                    let rel = i32::from_le_bytes(bytes[at + 1..at + 5].try_into().unwrap());
-                    assert_eq!(
-                        base as i64 + (at + 5) as i64 + i64::from(rel),
-                        helpers.print as i64
-                    );
-                }
-                Isa::A64 => {
-                    let word = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-                    assert_eq!(word >> 26, 0b100101, "bl");
-                    let imm = ((word << 6) as i32 >> 6) as i64 * 4;
-                    assert_eq!(base as i64 + at as i64 + imm, helpers.print as i64);
-                    // 200 MiB away: beyond bl's reach.
-                    let far = masm::HelperCall {
-                        at,
-                        target: base + (200 << 20),
-                    };
-                    assert!(patch(&mut bytes, far, base).is_err());
-                }
+            assert_eq!(
+                call_destination(isa, &bytes[at..], base + at),
+                helpers.print
+            );
+            if isa == Isa::A64 {
+                // 200 MiB away: beyond bl's reach.
+                let far = masm::HelperCall {
+                    at,
+                    target: base + (200 << 20),
+                };
+                assert!(patch(&mut bytes, far, base).is_err());
             }
             let no_direct = compile_for(isa, &program(), 0, CodegenOptions::default()).unwrap();
             assert!(no_direct.helper_calls.is_empty());
@@ -241,19 +249,10 @@ mod tests {
             let mut thunks = Vec::new();
             for &(at, callee) in &code.call_sites {
                 assert_eq!(callee, 1);
-                let target = match isa {
-                    Isa::X64 => {
-                        assert_eq!((at + 1) % 4, 0, "the displacement is 4-byte aligned");
-                        assert_eq!(code.code[at], 0xE8, "call rel32");
-                        let rel = i32::from_le_bytes(code.code[at + 1..at + 5].try_into().unwrap());
-                        (at as i64 + 5 + i64::from(rel)) as usize
-                    }
-                    Isa::A64 => {
-                        let word = u32::from_le_bytes(code.code[at..at + 4].try_into().unwrap());
-                        assert_eq!(word >> 26, 0b100101, "bl");
-                        (at as i64 + ((word << 6) as i32 >> 6) as i64 * 4) as usize
-                    }
-                };
+                if isa == Isa::X64 {
+                    assert_eq!((at + 1) % 4, 0, "the displacement is 4-byte aligned");
+                }
+                let target = call_destination(isa, &code.code[at..], at);
                 assert!(
                     target > at && target < code.code.len(),
                     "{isa:?}: a thunk in the code"
@@ -280,19 +279,12 @@ mod tests {
             ] {
                 let target = target & !3;
                 let (offset, bytes) = link_call(isa, at, target).unwrap();
-                let decoded = match isa {
-                    Isa::X64 => {
-                        assert_eq!(offset, 1);
-                        (at as i64 + 5 + i64::from(i32::from_le_bytes(bytes))) as usize
-                    }
-                    Isa::A64 => {
-                        assert_eq!(offset, 0);
-                        let word = u32::from_le_bytes(bytes);
-                        assert_eq!(word >> 26, 0b100101, "bl");
-                        (at as i64 + ((word << 6) as i32 >> 6) as i64 * 4) as usize
-                    }
-                };
-                assert_eq!(decoded, target, "{isa:?}");
+                assert_eq!(offset, if isa == Isa::X64 { 1 } else { 0 });
+                // The patch applied to one of the generated calls.
+                let site = code.call_sites[0].0;
+                let mut call = code.code[site..site + offset + 4].to_vec();
+                call[offset..].copy_from_slice(&bytes);
+                assert_eq!(call_destination(isa, &call, at), target, "{isa:?}");
             }
             assert_eq!(link_call(isa, at, at + width + reach + 64), None, "{isa:?}");
             assert_eq!(link_call(isa, at, at - reach - 64), None, "{isa:?}");

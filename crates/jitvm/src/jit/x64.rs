@@ -177,19 +177,15 @@ impl X64 {
         }
         Ok(())
     }
-}
 
-/// Displacement of `callee`'s entry in the function table.
-fn table_disp(callee: FuncId) -> Result<i32> {
-    i32::try_from(u64::from(callee) * 8).map_err(|_| JitError::Internal("function index too large"))
-}
-
-impl X64 {
-    /// `rax = callee` (the bridge reads it) and `TMP` = the function table.
-    fn table_entry(&mut self, callee: FuncId) -> Result<()> {
+    /// `rax = callee` (the bridge reads it), `TMP` = the function table; returns `callee`'s
+    /// entry in it, to call or jump through.
+    fn table_slot(&mut self, callee: FuncId) -> Result<Mem> {
         self.asm.mov_ri(Reg::Rax, i64::from(callee));
         self.asm.mov_rm(TMP, ctx(off::TABLE))?;
-        Ok(())
+        let disp = i32::try_from(u64::from(callee) * 8)
+            .map_err(|_| JitError::Internal("function index too large"))?;
+        Ok(Mem::base(TMP, disp))
     }
 }
 
@@ -223,22 +219,6 @@ impl MacroAssembler for X64 {
 
     fn finish(self) -> Result<(Vec<u8>, Vec<HelperCall>)> {
         Ok((self.asm.finish()?, self.helper_calls))
-    }
-
-    /// `call rel32`: the displacement counts from the end of the 5-byte instruction.
-    fn patch_call(code: &mut [u8], call: HelperCall, base: usize) -> Result<()> {
-        let next = base
-            .checked_add(call.at + 5)
-            .ok_or(JitError::Internal("code address overflows"))?;
-        let disp = i32::try_from(call.target as i64 - next as i64)
-            .map_err(|_| JitError::Internal("helper beyond the reach of call rel32"))?;
-        let mut a = Assembler::new();
-        a.call_rel32(disp);
-        let bytes = a.finish()?;
-        code.get_mut(call.at..call.at + bytes.len())
-            .ok_or(JitError::Internal("helper call outside the code"))?
-            .copy_from_slice(&bytes);
-        Ok(())
     }
 
     fn take_frame_steps(&mut self) -> Vec<FrameStep> {
@@ -556,8 +536,8 @@ impl MacroAssembler for X64 {
                 self.asm.call_label(thunk)?;
             }
             CallTarget::Table => {
-                self.table_entry(callee)?;
-                self.asm.call_m(Mem::base(TMP, table_disp(callee)?))?;
+                let slot = self.table_slot(callee)?;
+                self.asm.call_m(slot)?;
             }
         }
         self.asm.add_ri(DEPTH, 1);
@@ -568,8 +548,8 @@ impl MacroAssembler for X64 {
     fn call_thunk(&mut self, callee: FuncId) -> Result<()> {
         // Reached by a call: the frame is the caller's call state until the jump.
         self.note(|at| FrameStep::Entry { at });
-        self.table_entry(callee)?;
-        self.asm.jmp_m(Mem::base(TMP, table_disp(callee)?))?;
+        let slot = self.table_slot(callee)?;
+        self.asm.jmp_m(slot)?;
         Ok(())
     }
 
